@@ -39,6 +39,8 @@ class ImageBuildError(VmigrateError):
 class TestbedError(VmigrateError):
     """The embedded testbed could not be brought up, inspected or torn down."""
 
+    __test__ = False  # not a pytest test class, despite its name
+
 
 class HypervisorError(VmigrateError):
     """The hypervisor (QEMU over QMP) refused or failed an operation."""

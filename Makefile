@@ -1,0 +1,58 @@
+# vmigrate — the two commands that matter: `make demo` and `make test` (as root, Debian 12).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+BIN := $(VENV)/bin
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+PYTEST_ARGS ?=
+
+.PHONY: help setup host venv image demo test unit integration lint bench clean down
+
+help:
+	@echo "make demo   set everything up, run the default experiment end to end"
+	@echo "make test   set everything up, lint, run unit + integration tests"
+	@echo "make setup  system packages, .venv, guest image (idempotent)"
+	@echo "make lint   ruff + mypy (strict on src/)"
+	@echo "make bench  benchmarks (figures, not pass/fail)"
+	@echo "make down   remove the default testbed (also after a killed run)"
+
+setup: host venv image
+
+host:
+	@bash scripts/setup-host.sh
+
+$(UV):
+	python3 -m venv .tools && .tools/bin/pip install --quiet uv
+
+venv: | $(UV)
+	@$(UV) sync --frozen --quiet
+	@echo "setup: .venv ok ($(BIN)/vmigrate)"
+
+image: host venv
+	@$(BIN)/vmigrate image build
+
+demo: setup
+	$(BIN)/vmigrate demo
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
+
+integration: setup
+	$(BIN)/pytest tests/integration -q $(PYTEST_ARGS)
+
+test: setup lint
+	$(BIN)/pytest tests -q $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m bench
+
+down: venv
+	$(BIN)/vmigrate testbed down
+
+clean:
+	rm -rf .mypy_cache .ruff_cache .pytest_cache runs .tools

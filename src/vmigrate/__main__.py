@@ -1,0 +1,5 @@
+"""`python -m vmigrate` runs the CLI."""
+
+from vmigrate.cli import main
+
+main()

@@ -1,0 +1,238 @@
+"""The `vmigrate` command: parse, call, print. No logic lives here.
+
+Any VmigrateError becomes one line on stderr and its exit code (2 for bad input); Ctrl-C and
+SIGTERM unwind through the same clean-up paths as an error, then exit 130.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vmigrate import __version__
+from vmigrate.errors import VmigrateError
+
+T = TypeVar("T")
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    help=(
+        "Live-migrate a VM between hosts and measure what it costs.\n\n"
+        "On one machine, vmigrate builds a testbed of namespaced hosts (source, destination, "
+        "an NFS storage server, a client), boots a real guest under QEMU, migrates it while "
+        "its service runs, and writes result.json with the bill.\n\n"
+        "Start with `vmigrate demo`, or `vmigrate run examples/demo.toml --set vm.memory_mib=1024`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+image_app = typer.Typer(help="The guest image (Debian kernel, busybox, vmigrate's agent).")
+testbed_app = typer.Typer(help="The embedded testbed of namespaced hosts.")
+app.add_typer(image_app, name="image")
+app.add_typer(testbed_app, name="testbed")
+
+TestbedName = Annotated[
+    str, typer.Option("--testbed", "-t", help="testbed name: prefix of its namespaces")
+]
+REPO_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _sigterm(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def guarded(action: Callable[[], T]) -> T:
+    """Run a command body: errors become one line and an exit code; Ctrl-C exits 130."""
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return action()
+    except VmigrateError as exc:
+        err_console.print(f"[red]vmigrate: error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("vmigrate: interrupted; cleaned up", highlight=False)
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def version() -> None:
+    """Print vmigrate's version."""
+    console.print(__version__)
+
+
+@app.command()
+def doctor() -> None:
+    """Check this machine: root, QEMU, nfs-ganesha, kernel features, KVM, guest image."""
+    from vmigrate.doctor import diagnose
+
+    findings = guarded(diagnose)
+    table = Table(title="vmigrate doctor")
+    for column in ("check", "status", "detail", "fix"):
+        table.add_column(column)
+    for item in findings:
+        if item.ok:
+            status = "[green]ok[/green]"
+        else:
+            status = "[red]missing[/red]" if item.required else "[yellow]no[/yellow]"
+        table.add_row(item.name, status, item.detail, "" if item.ok else item.fix)
+    console.print(table)
+    if any(not f.ok and f.required for f in findings):
+        console.print("Fix the rows marked missing (or run `make setup`), then run doctor again.")
+        raise typer.Exit(1)
+
+
+@image_app.command("build")
+def image_build(
+    force: Annotated[bool, typer.Option("--force", help="rebuild even if cached")] = False,
+) -> None:
+    """Build (or reuse) the guest image from Debian packages; print where it is."""
+    from vmigrate.guest.image import build_image
+
+    image = guarded(lambda: build_image(force, lambda s: console.print(f"[cyan]•[/cyan] {s}")))
+    console.print(f"guest image {image.digest[:12]}: kernel {image.kernel_version}")
+    console.print(f"  kernel {image.kernel}\n  initrd {image.initrd}")
+
+
+@testbed_app.command("up")
+def testbed_up(
+    name: TestbedName = "vmig",
+    bandwidth_mbit: Annotated[
+        float, typer.Option(help="rate of every host's link (tbf), Mbit/s", min=0.001)
+    ] = 1000.0,
+) -> None:
+    """Create the hosts (namespaces), the switch, the shaped links and the NFS server."""
+    from vmigrate.testbed.testbed import Testbed
+
+    def body() -> None:
+        testbed = Testbed(name)
+        testbed.up(bandwidth_mbit, lambda s: console.print(f"[cyan]•[/cyan] {s}"))
+        _print_status(testbed.status())
+
+    guarded(body)
+
+
+@testbed_app.command("down")
+def testbed_down(name: TestbedName = "vmig") -> None:
+    """Remove every namespace, process and file of the testbed (also after a killed run)."""
+    from vmigrate.testbed.testbed import Testbed
+
+    problems = guarded(lambda: Testbed(name).down())
+    if problems:
+        for line in problems:
+            err_console.print(f"[red]vmigrate: could not remove:[/red] {line}")
+        raise typer.Exit(1)
+    console.print(f"testbed {name}: nothing left")
+
+
+@testbed_app.command("status")
+def testbed_status(
+    name: TestbedName = "vmig",
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Show the testbed's hosts, addresses and processes."""
+    from vmigrate.testbed.testbed import Testbed
+
+    status = guarded(lambda: Testbed(name).status())
+    if as_json:
+        print(json.dumps(status, indent=2))
+    else:
+        _print_status(status)
+    if not status["up"]:
+        raise typer.Exit(1)
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    state = "[green]up[/green]" if status["up"] else "[red]down[/red]"
+    table = Table(title=f"testbed {status['name']}: {state}  ({status['bandwidth_mbit']} Mbit/s)")
+    for column in ("host", "namespace", "address", "present"):
+        table.add_column(column)
+    for role, host in status["hosts"].items():
+        table.add_row(role, host["netns"], host["ip"], "yes" if host["present"] else "no")
+    console.print(table)
+    for proc in status["processes"]:
+        alive = "alive" if proc["alive"] else "[red]gone[/red]"
+        console.print(f"  process {proc['label']} pid {proc['pid']}: {alive}")
+
+
+def _default_out(name: str) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{name}-{stamp}"
+
+
+def _run_scenario(path: Path | None, out: Path | None, overrides: list[str], testbed: str) -> None:
+    from vmigrate.config import load_scenario, validate_scenario
+    from vmigrate.experiment import run_experiment
+    from vmigrate.report.terminal import TerminalObserver, summary_table
+    from vmigrate.testbed.testbed import Testbed
+
+    def body() -> tuple[dict[str, Any], Path]:
+        scenario = (
+            load_scenario(path, overrides)
+            if path is not None
+            else validate_scenario({"name": "demo"}, "built-in demo")
+        )
+        bed = Testbed(testbed)
+        out_dir = out or _default_out(scenario.name)
+        console.print(f"[bold]vmigrate[/bold] {scenario.name} → {out_dir}")
+        observer = TerminalObserver(console)
+        try:
+            return run_experiment(scenario, out_dir, bed, observer), out_dir
+        finally:
+            observer.close()
+
+    result, out_dir = guarded(body)
+    console.print(summary_table(result))
+    console.print(f"result: {out_dir / 'result.json'}  (logs and serial consoles beside it)")
+    if result["outcome"] != "completed":
+        raise typer.Exit(1)
+
+
+OutOption = Annotated[
+    Path | None, typer.Option("--out", "-o", help="run directory (default runs/NAME-TIME)")
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="override a scenario key, e.g. --set migration.strategy=cold"),
+]
+
+
+@app.command("run")
+def run_command(
+    scenario: Annotated[Path, typer.Argument(help="scenario TOML file (see examples/)")],
+    out: OutOption = None,
+    overrides: SetOption = None,
+    testbed: TestbedName = "vmig",
+) -> None:
+    """Run one scenario: boot, load, migrate, measure; write result.json and logs.
+
+    The testbed is brought up if needed and torn down afterwards if this run made it.
+    Exit 0 when the migration completed, 1 when it did not, 2 on bad input.
+    """
+    _run_scenario(scenario, out, overrides or [], testbed)
+
+
+@app.command()
+def demo(out: OutOption = None, testbed: TestbedName = "vmig") -> None:
+    """Run the default experiment (examples/demo.toml): a web guest migrated with pre-copy."""
+    path = REPO_EXAMPLES / "demo.toml"
+    _run_scenario(path if path.exists() else None, out, [], testbed)
+
+
+def main() -> None:
+    """Entry point for `python -m vmigrate`."""
+    app(prog_name="vmigrate")
+
+
+if __name__ == "__main__":
+    main()

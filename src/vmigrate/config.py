@@ -1,0 +1,184 @@
+"""Scenario model: what to migrate, under which load, over which network, with which strategy.
+
+A scenario is a TOML file validated by pydantic; unknown keys are rejected so a typo never
+silently falls back to a default. `--set section.key=value` overrides are applied before
+validation, so they are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
+
+from vmigrate.errors import ScenarioError
+
+
+class _Section(BaseModel):
+    """A scenario section: frozen, and strict about unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VmSpec(_Section):
+    """The guest: its size and the CPU it is shown."""
+
+    memory_mib: int = Field(512, gt=0, le=65536, description="guest RAM in MiB")
+    vcpus: int = Field(1, ge=1, le=64, description="virtual CPUs")
+    cpu_model: str = Field("qemu64", min_length=1, description="QEMU CPU model name")
+    accel: Literal["auto", "kvm", "tcg"] = Field(
+        "auto", description="auto uses KVM only if a bounded probe boots with it, else TCG"
+    )
+
+
+class WorkloadSpec(_Section):
+    """What runs inside the guest while it migrates."""
+
+    kind: Literal["idle", "web", "memory"] = Field("web", description="guest workload")
+    dirty_rate_mib_s: float = Field(0, ge=0, le=100000, description="memory dirtied per second")
+    working_set_mib: int = Field(64, ge=1, description="memory the workload dirties")
+
+
+class NetworkSpec(_Section):
+    """The links between the testbed's hosts."""
+
+    bandwidth_mbit: float = Field(1000, gt=0, le=100000, description="uplink rate (tbf)")
+
+
+class StorageSpec(_Section):
+    """Where the guest's disk lives."""
+
+    mode: Literal["shared-nfs"] = Field("shared-nfs", description="disk on the NFS storage host")
+
+
+class MigrationSpec(_Section):
+    """How the VM is moved."""
+
+    strategy: Literal["precopy", "cold"] = Field("precopy", description="migration strategy")
+    max_bandwidth_mib_s: float = Field(0, ge=0, description="cap; 0 = only the link limits")
+    downtime_limit_ms: int = Field(300, ge=1, le=600000, description="allowed stop-and-copy")
+    timeout_s: float = Field(120, gt=0, le=86400, description="cancel when not done by then")
+
+
+class PhasesSpec(_Section):
+    """Measurement windows around the migration."""
+
+    warmup_s: float = Field(3, ge=0, le=3600, description="after boot, before measuring")
+    baseline_s: float = Field(5, ge=0, le=3600, description="measured before migrating")
+    after_s: float = Field(5, ge=0, le=3600, description="measured after migrating")
+
+
+class Scenario(_Section):
+    """One experiment: every knob, with defaults that make a sensible first run."""
+
+    name: str = Field("scenario", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    vm: VmSpec = VmSpec()
+    workload: WorkloadSpec = WorkloadSpec()
+    network: NetworkSpec = NetworkSpec()
+    storage: StorageSpec = StorageSpec()
+    migration: MigrationSpec = MigrationSpec()
+    phases: PhasesSpec = PhasesSpec()
+
+    @model_validator(mode="after")
+    def _working_set_fits(self) -> Scenario:
+        if (
+            self.workload.kind == "memory"
+            and self.workload.working_set_mib > self.vm.memory_mib // 2
+        ):
+            raise ValueError(
+                f"workload.working_set_mib: {self.workload.working_set_mib} MiB does not fit a "
+                f"{self.vm.memory_mib} MiB guest; use at most {self.vm.memory_mib // 2}"
+            )
+        return self
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    name: info.annotation
+    for name, info in Scenario.model_fields.items()
+    if isinstance(info.annotation, type) and issubclass(info.annotation, _Section)
+}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `section.key=value` into a key path and a TOML-typed value (bare words are strings)."""
+    key, sep, raw = text.partition("=")
+    path = [part.strip() for part in key.split(".")]
+    if not sep or not all(path) or not raw.strip():
+        raise ScenarioError(
+            f"--set {text!r}: expected section.key=value, e.g. --set vm.memory_mib=1024"
+        )
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `data` with every `section.key=value` override applied."""
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ScenarioError(f"--set {text!r}: {part!r} is a value, not a section")
+            node[part] = child = dict(child)
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def _describe(error: ErrorDetails) -> str:
+    """One human line for one pydantic error: which key, what is wrong, what is allowed."""
+    loc = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    got = error.get("input")
+    if kind == "extra_forbidden":
+        section, _, key = loc.rpartition(".")
+        model: type[BaseModel] = SECTIONS.get(section, Scenario) if section else Scenario
+        allowed = ", ".join(model.model_fields)
+        where = f"[{section}]" if section else "the top level"
+        return f"{loc}: unknown key {key!r}; allowed keys in {where}: {allowed}"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        allowed = expected.replace("'", "").replace(" or ", ", ")
+        return f"{loc}: {got!r} is not allowed; choose one of: {allowed}"
+    if kind == "value_error":
+        return str(error["msg"]).removeprefix("Value error, ")
+    msg = str(error["msg"])
+    msg = msg.replace("Input should be", "must be")
+    return f"{loc}: {msg} (got {got!r})"
+
+
+def validate_scenario(data: dict[str, Any], origin: str = "scenario") -> Scenario:
+    """Validate raw scenario data; raise ScenarioError with one line naming the bad key."""
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = len(exc.errors()) - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise ScenarioError(f"{origin}: {_describe(first)}{suffix}") from None
+
+
+def load_scenario(path: Path, overrides: list[str] | None = None) -> Scenario:
+    """Read a scenario TOML file, apply --set overrides, validate."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such scenario file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from None
+    return validate_scenario(apply_overrides(data, overrides or []), origin=str(path))
+
+
+def scenario_to_dict(scenario: Scenario) -> dict[str, Any]:
+    """The full effective scenario, every default spelled out (for result.json)."""
+    return scenario.model_dump(mode="json")

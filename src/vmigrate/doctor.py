@@ -1,0 +1,160 @@
+"""`vmigrate doctor`: is this machine able to run the testbed? Each finding names its fix.
+
+Kernel features are tried for real (a throwaway namespace with a bridge, a tap and a tbf
+qdisc), not inferred from file names.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmigrate.paths import cache_dir
+from vmigrate.proc import run
+
+SETUP_HINT = "make setup"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check: did it pass, what was seen, and what to do when it did not."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def _tool(name: str, package: str) -> Finding:
+    path = shutil.which(name)
+    return Finding(
+        name,
+        path is not None,
+        path or "not found",
+        fix=f"apt-get install {package}",
+    )
+
+
+def _file(name: str, path: Path, package: str) -> Finding:
+    return Finding(name, path.exists(), str(path), fix=f"apt-get install {package}")
+
+
+def _qemu_block_nfs() -> Finding:
+    candidates = list(Path("/usr/lib").glob("*/qemu/block-nfs.so"))
+    return Finding(
+        "QEMU nfs:// block driver",
+        bool(candidates),
+        str(candidates[0]) if candidates else "block-nfs.so not found",
+        fix="apt-get install qemu-block-extra",
+    )
+
+
+def _ganesha_vfs() -> Finding:
+    candidates = list(Path("/usr/lib").glob("*/ganesha/libfsalvfs.so"))
+    return Finding(
+        "nfs-ganesha VFS backend",
+        bool(candidates),
+        str(candidates[0]) if candidates else "libfsalvfs.so not found",
+        fix="apt-get install nfs-ganesha-vfs",
+    )
+
+
+def _kernel_networking() -> Finding:
+    """Create a namespace with a bridge, a tap and a tbf qdisc, then delete it."""
+    ns = f"vmigdoctor{os.getpid()}"
+    steps = [
+        (["ip", "netns", "add", ns], "network namespaces"),
+        (["ip", "-n", ns, "link", "add", "d-br", "type", "bridge"], "bridge"),
+        (["ip", "-n", ns, "tuntap", "add", "dev", "d-tap", "mode", "tap"], "tun/tap"),
+        (["ip", "-n", ns, "link", "add", "d-a", "type", "veth", "peer", "name", "d-b"], "veth"),
+        (
+            [
+                "tc",
+                "-n",
+                ns,
+                "qdisc",
+                "add",
+                "dev",
+                "d-a",
+                "root",
+                "tbf",
+                "rate",
+                "100mbit",
+                "burst",
+                "64k",
+                "latency",
+                "50ms",
+            ],
+            "tbf shaping",
+        ),
+    ]
+    try:
+        for argv, feature in steps:
+            done = run(argv, check=False)
+            if done.returncode != 0:
+                return Finding(
+                    "kernel networking",
+                    False,
+                    f"{feature} failed: {done.stderr.strip()}",
+                    fix="a kernel with netns, bridge, veth, tun and sch_tbf (modprobe them)",
+                )
+    finally:
+        run(["ip", "netns", "delete", ns], check=False)
+    return Finding("kernel networking", True, "netns, bridge, veth, tap, tbf all work")
+
+
+def _kvm() -> Finding:
+    probe = cache_dir() / "kvm-probe.json"
+    if not os.path.exists("/dev/kvm"):
+        return Finding("KVM", False, "/dev/kvm absent: TCG will be used", required=False)
+    if probe.exists():
+        return Finding("KVM", True, f"probe verdict cached in {probe}: {probe.read_text()}",
+                       required=False)
+    return Finding(
+        "KVM",
+        True,
+        "/dev/kvm present; accel=auto probes it (bounded) on the first run",
+        required=False,
+    )
+
+
+def _guest_image() -> Finding:
+    from vmigrate.guest.image import load_cached_image
+
+    image = load_cached_image()
+    return Finding(
+        "guest image",
+        image is not None,
+        f"{image.initrd.parent} (kernel {image.kernel_version})" if image else "not built yet",
+        fix="vmigrate image build",
+    )
+
+
+def diagnose() -> list[Finding]:
+    """Every check, in the order a person would fix them."""
+    findings = [
+        Finding("root", os.geteuid() == 0, f"euid {os.geteuid()}", fix="run as root (sudo)"),
+        _tool("qemu-system-x86_64", "qemu-system-x86"),
+        _tool("qemu-img", "qemu-utils"),
+        _qemu_block_nfs(),
+        _tool("ganesha.nfsd", "nfs-ganesha"),
+        _ganesha_vfs(),
+        _tool("rpcbind", "rpcbind"),
+        _tool("ip", "iproute2"),
+        _tool("tc", "iproute2"),
+        _file("busybox-static", Path("/bin/busybox"), "busybox-static"),
+        _tool("gcc", "gcc libc6-dev"),
+        _file(
+            "userfaultfd (post-copy)",
+            Path("/proc/sys/vm/unprivileged_userfaultfd"),
+            "a kernel with CONFIG_USERFAULTFD",
+        ),
+    ]
+    if os.geteuid() == 0 and shutil.which("ip") and shutil.which("tc"):
+        findings.append(_kernel_networking())
+    findings.append(_kvm())
+    findings.append(_guest_image())
+    return findings

@@ -1,0 +1,309 @@
+"""One scenario end to end: image, testbed, boot, warm up, baseline, migrate, verify, record.
+
+The VM always ends up somewhere known (the orchestrator guarantees that), every process this
+run starts is recorded in the testbed's state file the moment it exists, and on the way out —
+success, failure or Ctrl-C — the run's VMs are stopped and, when this run brought the testbed
+up, the testbed is torn down again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from vmigrate import __version__
+from vmigrate.config import Scenario
+from vmigrate.errors import EnvironmentProblem, GuestError, UsageError, VmigrateError
+from vmigrate.guest import agent_client
+from vmigrate.guest.image import GuestImage, build_image, kernel_cmdline
+from vmigrate.hypervisor.accel import resolve_accel
+from vmigrate.hypervisor.base import Domain, VmConfig
+from vmigrate.hypervisor.qemu import QemuDomain
+from vmigrate.migration.orchestrator import MigrationObserver, MigrationRecord, migrate
+from vmigrate.proc import run
+from vmigrate.report.result import build_result, write_result
+from vmigrate.testbed.netns import call_in_netns
+from vmigrate.testbed.testbed import Testbed
+
+BOOT_TIMEOUT_S = 120.0
+MIGRATION_PORT = 4444
+DISK_SIZE = "256M"
+READY_MARKER = "VMIGRATE-AGENT-READY"
+
+
+class ExperimentObserver(MigrationObserver, Protocol):
+    """What a front end is told while an experiment runs."""
+
+    def stage(self, text: str) -> None: ...
+
+
+class SilentObserver:
+    """An observer that shows nothing (tests, scripts)."""
+
+    def stage(self, text: str) -> None:
+        pass
+
+    def migration_progress(self, elapsed_s: float, stats: Any) -> None:
+        pass
+
+
+@dataclass
+class GuestFacts:
+    """What the guest said about itself at one moment: identity, service, memory checksum."""
+
+    boot_id: str | None = None
+    service_ok: bool = False
+    checksum: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class RunContext:
+    """Everything one run knows; filled in as the run goes."""
+
+    scenario: Scenario
+    out_dir: Path
+    testbed: Testbed
+    t0_ns: int = field(default_factory=time.monotonic_ns)
+    started_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
+    accel: str = ""
+    accel_reason: str = ""
+    image: GuestImage | None = None
+    qemu_version: str = ""
+    marks_ns: dict[str, int] = field(default_factory=dict)
+    before: GuestFacts = field(default_factory=GuestFacts)
+    after: GuestFacts = field(default_factory=GuestFacts)
+    running_on: str = "none"
+    record: MigrationRecord | None = None
+    error: str | None = None
+
+    def mark(self, name: str) -> None:
+        self.marks_ns[name] = time.monotonic_ns()
+
+
+def guest_cmdline(scenario: Scenario, guest_ip: str) -> str:
+    """The guest's kernel command line: console, address and workload for its agent."""
+    wl = scenario.workload
+    return kernel_cmdline(
+        f"{guest_ip}/24",
+        workload=wl.kind,
+        working_set_mib=wl.working_set_mib,
+        dirty_rate_mib_s=wl.dirty_rate_mib_s if wl.kind == "memory" else 0,
+        extra=("quiet", "panic=-1"),
+    )
+
+
+async def wait_for_agent(domain: QemuDomain, timeout_s: float = BOOT_TIMEOUT_S) -> None:
+    """Wait until the guest agent prints its ready line on the serial console."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if READY_MARKER in domain.serial_log.read_text(errors="replace"):
+                return
+        if domain.process.poll() is not None:
+            raise GuestError(
+                f"QEMU on {domain.host_role} exited while the guest booted: {domain.log_tail()}"
+            )
+        await asyncio.sleep(0.1)
+    raise GuestError(
+        f"the guest did not report ready within {timeout_s:.0f} s; see {domain.serial_log}"
+    )
+
+
+async def ask_guest(testbed: Testbed, with_checksum: bool) -> GuestFacts:
+    """Ask the guest, from the client host, for its identity, service answer and checksum."""
+    client_ns = testbed.hosts["client"].netns
+    facts = GuestFacts()
+    try:
+        reply = await asyncio.to_thread(
+            call_in_netns, client_ns, agent_client.http_get, testbed.guest_ip
+        )
+        facts.boot_id = str(reply.get("boot_id"))
+        facts.service_ok = True
+        if with_checksum:
+            facts.checksum = await asyncio.to_thread(
+                call_in_netns, client_ns, agent_client.checksum, testbed.guest_ip
+            )
+    except VmigrateError as exc:
+        facts.error = str(exc)
+    return facts
+
+
+class Experiment:
+    """Runs one scenario. `await Experiment(...).run()` returns the result document."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        out_dir: Path,
+        testbed: Testbed,
+        observer: ExperimentObserver,
+    ) -> None:
+        self.ctx = RunContext(scenario=scenario, out_dir=out_dir, testbed=testbed)
+        self.observer = observer
+        self.domains: list[Domain] = []
+
+    async def run(self) -> dict[str, Any]:
+        ctx = self.ctx
+        if os.geteuid() != 0:
+            raise EnvironmentProblem("vmigrate needs root for namespaces and taps: run with sudo")
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        testbed = ctx.testbed
+        owns_testbed = False
+        disk: Path | None = None
+        try:
+            self.observer.stage("guest image")
+            ctx.image = await asyncio.to_thread(build_image, False, self.observer.stage)
+            ctx.accel, ctx.accel_reason = await asyncio.to_thread(
+                resolve_accel, ctx.scenario.vm.accel, ctx.image.kernel
+            )
+            self.observer.stage(f"accelerator: {ctx.accel} ({ctx.accel_reason})")
+            owns_testbed = not testbed.is_healthy()
+            await asyncio.to_thread(
+                testbed.up, ctx.scenario.network.bandwidth_mbit, self.observer.stage
+            )
+            disk = self._create_disk()
+            await self._migrate_once(self._vm_config(ctx.image, disk))
+        except VmigrateError as exc:
+            if isinstance(exc, UsageError):
+                raise
+            ctx.error = str(exc)
+        finally:
+            for domain in reversed(self.domains):
+                with contextlib.suppress(Exception):
+                    await domain.shutdown()
+            if disk is not None:
+                disk.unlink(missing_ok=True)
+            if owns_testbed:
+                self.observer.stage("tearing the testbed down")
+                await asyncio.to_thread(testbed.down)
+        result = build_result(
+            scenario=ctx.scenario,
+            record=ctx.record,
+            started_at=ctx.started_at,
+            t0_ns=ctx.t0_ns,
+            marks_ns=ctx.marks_ns,
+            environment={
+                "tool_version": __version__,
+                "testbed": testbed.name,
+                "accel": ctx.accel,
+                "accel_reason": ctx.accel_reason,
+                "qemu_version": ctx.qemu_version,
+                "guest_kernel": ctx.image.kernel_version if ctx.image else "",
+                "guest_image_digest": ctx.image.digest if ctx.image else "",
+            },
+            verification={
+                "running_on": ctx.running_on,
+                "service_ok_after": ctx.after.service_ok
+                and ctx.after.boot_id is not None
+                and ctx.after.boot_id == ctx.before.boot_id,
+                "memory_checksum_ok": ctx.before.checksum is not None
+                and ctx.before.checksum == ctx.after.checksum,
+                "boot_id_before": ctx.before.boot_id,
+                "boot_id_after": ctx.after.boot_id,
+                "memory_checksum_before": ctx.before.checksum,
+                "memory_checksum_after": ctx.after.checksum,
+            },
+            error=ctx.error,
+        )
+        write_result(ctx.out_dir, result)
+        return result
+
+    def _create_disk(self) -> Path:
+        """A fresh qcow2 for this run in the NFS export (recorded, so `down` removes it too)."""
+        testbed = self.ctx.testbed
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        disk = testbed.export_dir / f"{self.ctx.scenario.name}-{stamp}-{os.getpid()}.qcow2"
+        testbed.state.add_path(disk)
+        run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), DISK_SIZE])
+        return disk
+
+    def _vm_config(self, image: GuestImage, disk: Path) -> VmConfig:
+        scenario, testbed = self.ctx.scenario, self.ctx.testbed
+        return VmConfig(
+            name=scenario.name,
+            memory_mib=scenario.vm.memory_mib,
+            vcpus=scenario.vm.vcpus,
+            cpu_model=scenario.vm.cpu_model,
+            accel=self.ctx.accel,
+            kernel=image.kernel,
+            initrd=image.initrd,
+            kernel_cmdline=guest_cmdline(scenario, testbed.guest_ip),
+            disk_url=testbed.nfs_url(disk),
+            mac=testbed.guest_mac,
+        )
+
+    async def _launch(self, role: str, config: VmConfig, incoming: str | None) -> QemuDomain:
+        testbed = self.ctx.testbed
+        host = testbed.hosts[role]
+        assert host.tap is not None
+        domain = await QemuDomain.launch(
+            host_role=role,
+            netns=host.netns,
+            tap=host.tap,
+            config=config,
+            log_dir=self.ctx.out_dir,
+            socket_dir=testbed.dir / "run",
+            incoming=incoming,
+            on_start=lambda pid: testbed.state.add_process(pid, f"qemu-{role}"),
+            on_exit=testbed.state.forget_process,
+        )
+        self.domains.append(domain)
+        return domain
+
+    async def _migrate_once(self, config: VmConfig) -> None:
+        ctx, testbed, phases = self.ctx, self.ctx.testbed, self.ctx.scenario.phases
+        self.observer.stage(f"booting the guest on the source ({ctx.accel})")
+        ctx.mark("boot_start")
+        source = await self._launch("source", config, None)
+        version = await source.execute("query-version")
+        ctx.qemu_version = "{major}.{minor}.{micro}".format(**version["qemu"])
+        await wait_for_agent(source)
+        ctx.mark("guest_ready")
+        ctx.before = await ask_guest(testbed, with_checksum=True)
+        if not ctx.before.service_ok:
+            raise GuestError(f"the guest's service does not answer: {ctx.before.error}")
+        self.observer.stage(f"warming up for {phases.warmup_s:g} s")
+        await asyncio.sleep(phases.warmup_s)
+        ctx.mark("baseline_start")
+        self.observer.stage(f"baseline window: {phases.baseline_s:g} s")
+        await asyncio.sleep(phases.baseline_s)
+        dest_ip = testbed.hosts["destination"].ip
+        uri = f"tcp:{dest_ip}:{MIGRATION_PORT}"
+        self.observer.stage("starting the destination (-incoming)")
+        destination = await self._launch("destination", config, uri)
+        self.observer.stage(f"migrating ({ctx.scenario.migration.strategy})")
+        ctx.mark("migration_start")
+        ctx.record = await migrate(source, destination, ctx.scenario.migration, uri, self.observer)
+        ctx.mark("migration_end")
+        ctx.running_on = await self._where_is_it(source, destination)
+        if ctx.record.outcome == "completed":
+            await source.shutdown()
+        if ctx.record.error:
+            self.observer.stage(f"migration {ctx.record.outcome}: {ctx.record.error}")
+        self.observer.stage(f"after window: {phases.after_s:g} s")
+        await asyncio.sleep(phases.after_s)
+        ctx.mark("after_end")
+        ctx.after = await ask_guest(testbed, with_checksum=True)
+
+    @staticmethod
+    async def _where_is_it(source: Domain, destination: Domain) -> str:
+        """Which host runs the VM now (by the hypervisors' own word)."""
+        if await destination.run_state() == "running":
+            return "destination"
+        if await source.run_state() == "running":
+            return "source"
+        return "none"
+
+
+def run_experiment(
+    scenario: Scenario, out_dir: Path, testbed: Testbed, observer: ExperimentObserver
+) -> dict[str, Any]:
+    """Run one scenario to its result document (also written to out_dir/result.json)."""
+    return asyncio.run(Experiment(scenario, out_dir, testbed, observer).run())

@@ -1,0 +1,276 @@
+"""QEMU behind the `Domain` interface: one qemu-system process per host, driven over QMP.
+
+The process runs inside its host's network namespace (`ip netns exec`, which execs, so the PID
+we get is QEMU's own), in its own session so a Ctrl-C reaches vmigrate, not QEMU: vmigrate
+decides what happens to the VM. The QMP socket is a path in the run directory, reachable from
+the root namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import ExecuteError, QMPClient, QMPError
+
+from vmigrate.errors import HypervisorError
+from vmigrate.hypervisor.base import Domain, HypervisorEvent, MigrationStats, VmConfig
+from vmigrate.proc import in_netns
+from vmigrate.testbed.state import terminate
+
+QEMU_BINARY = "qemu-system-x86_64"
+CONNECT_TIMEOUT_S = 20.0
+COMMAND_TIMEOUT_S = 30.0
+
+
+def qemu_argv(
+    config: VmConfig, tap: str, qmp_socket: Path, serial_log: Path, incoming: str | None
+) -> list[str]:
+    """The QEMU command line; identical on both hosts except for `-incoming`."""
+    argv = [
+        QEMU_BINARY,
+        "-name", f"{config.name},debug-threads=on",
+        "-machine", config.machine,
+        "-accel", config.accel,
+        "-cpu", config.cpu_model,
+        "-m", str(config.memory_mib),
+        "-smp", str(config.vcpus),
+        "-nodefaults", "-no-user-config", "-display", "none",
+        "-kernel", str(config.kernel),
+        "-initrd", str(config.initrd),
+        "-append", config.kernel_cmdline,
+        "-serial", f"file:{serial_log}",
+        "-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no",
+        "-device", f"virtio-net-pci,netdev=net0,mac={config.mac},romfile=",
+        "-drive", f"file={config.disk_url},format=qcow2,cache=none,if=none,id=disk0",
+        "-device", "virtio-blk-pci,drive=disk0",
+        "-qmp", f"unix:{qmp_socket},server=on,wait=off",
+    ]  # fmt: skip
+    if incoming:
+        argv += ["-incoming", incoming]
+    return argv
+
+
+def _stats_from_query(reply: dict[str, Any]) -> MigrationStats:
+    """Normalise QEMU's query-migrate reply (names and units) into MigrationStats."""
+    ram: dict[str, Any] = reply.get("ram", {})
+
+    def opt_float(key: str) -> float | None:
+        value = reply.get(key)
+        return float(value) if value is not None else None
+
+    return MigrationStats(
+        status=str(reply.get("status", "none")),
+        total_time_ms=opt_float("total-time"),
+        setup_time_ms=opt_float("setup-time"),
+        downtime_ms=opt_float("downtime"),
+        expected_downtime_ms=opt_float("expected-downtime"),
+        transferred_bytes=int(ram.get("transferred", 0)),
+        remaining_bytes=int(ram.get("remaining", 0)),
+        total_bytes=int(ram.get("total", 0)),
+        zero_pages=int(ram.get("duplicate", 0)),
+        normal_pages=int(ram.get("normal", 0)),
+        normal_bytes=int(ram.get("normal-bytes", 0)),
+        dirty_pages_rate=int(ram.get("dirty-pages-rate", 0)),
+        page_size_bytes=int(ram.get("page-size", 4096)),
+        throughput_mbit_s=float(ram.get("mbps", 0.0)),
+        iterations=int(ram.get("dirty-sync-count", 0)),
+        precopy_bytes=int(ram.get("precopy-bytes", 0)),
+        downtime_bytes=int(ram.get("downtime-bytes", 0)),
+        postcopy_bytes=int(ram.get("postcopy-bytes", 0)),
+        cpu_throttle_pct=int(reply.get("cpu-throttle-percentage", 0)),
+        error=reply.get("error-desc"),
+        raw=reply,
+    )
+
+
+class QemuDomain(Domain):
+    """A QEMU process on one host. Create with `await QemuDomain.launch(...)`."""
+
+    def __init__(
+        self,
+        host_role: str,
+        process: subprocess.Popen[bytes],
+        log_dir: Path,
+        qmp_socket: Path,
+        on_exit: Callable[[int], None],
+    ) -> None:
+        self.host_role = host_role
+        self.process = process
+        self.qmp_socket = qmp_socket
+        self.serial_log = log_dir / f"serial-{host_role}.log"
+        self.qemu_log = log_dir / f"qemu-{host_role}.log"
+        self._on_exit = on_exit
+        self._client = QMPClient(f"vmigrate-{host_role}")
+        self._events: list[HypervisorEvent] = []
+        self._event_task: asyncio.Task[None] | None = None
+        self._released = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @classmethod
+    async def launch(
+        cls,
+        *,
+        host_role: str,
+        netns: str,
+        tap: str,
+        config: VmConfig,
+        log_dir: Path,
+        socket_dir: Path,
+        incoming: str | None,
+        on_start: Callable[[int], None],
+        on_exit: Callable[[int], None],
+    ) -> QemuDomain:
+        """Start QEMU on a host and connect to its QMP socket; `on_start` gets the PID at once.
+
+        Logs and the serial console go to `log_dir`; the QMP socket to `socket_dir` (kept short:
+        a unix socket path has at most 107 bytes).
+        """
+        log_dir.mkdir(parents=True, exist_ok=True)
+        socket_dir.mkdir(parents=True, exist_ok=True)
+        sock = socket_dir / f"qmp-{host_role}.sock"
+        sock.unlink(missing_ok=True)
+        serial = log_dir / f"serial-{host_role}.log"
+        serial.unlink(missing_ok=True)
+        log_path = log_dir / f"qemu-{host_role}.log"
+        argv = in_netns(netns, qemu_argv(config, tap, sock, serial, incoming))
+        with open(log_path, "ab") as log:
+            log.write(("$ " + " ".join(argv) + "\n").encode())
+            log.flush()
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        on_start(process.pid)
+        domain = cls(host_role, process, log_dir, sock, on_exit)
+        try:
+            await domain._connect()
+        except BaseException:
+            await domain.shutdown()
+            raise
+        return domain
+
+    def log_tail(self, lines: int = 3) -> str:
+        """The last lines QEMU printed (for error messages)."""
+        try:
+            text = self.qemu_log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(line for line in text[-lines:] if not line.startswith("$ "))
+
+    async def _connect(self) -> None:
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        while True:
+            if self.process.poll() is not None:
+                raise HypervisorError(
+                    f"QEMU on {self.host_role} exited with {self.process.returncode}: "
+                    f"{self.log_tail() or 'no output'} (see {self.qemu_log})"
+                )
+            if self.qmp_socket.exists():
+                try:
+                    await self._client.connect(str(self.qmp_socket))
+                    break
+                except (QMPError, OSError):
+                    pass
+            if time.monotonic() > deadline:
+                raise HypervisorError(
+                    f"QEMU on {self.host_role} did not open its QMP socket within "
+                    f"{CONNECT_TIMEOUT_S:.0f} s (see {self.qemu_log})"
+                )
+            await asyncio.sleep(0.05)
+        self._event_task = asyncio.create_task(self._collect_events())
+
+    async def _collect_events(self) -> None:
+        async for event in self._client.events:
+            data = event.get("data", {})
+            self._events.append(
+                HypervisorEvent(
+                    t_ns=time.monotonic_ns(),
+                    host=self.host_role,
+                    name=str(event["event"]),
+                    data=dict(data) if isinstance(data, dict) else {},
+                )
+            )
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Run one QMP command; HypervisorError says which command failed and why."""
+        if self._released:
+            raise HypervisorError(f"QEMU on {self.host_role} is already stopped ({command})")
+        try:
+            return await asyncio.wait_for(
+                self._client.execute(command, arguments), COMMAND_TIMEOUT_S
+            )
+        except ExecuteError as exc:
+            raise HypervisorError(f"QEMU on {self.host_role} refused {command}: {exc}") from exc
+        except (QMPError, OSError, EOFError, TimeoutError) as exc:
+            tail = self.log_tail()
+            raise HypervisorError(
+                f"QMP {command} on {self.host_role} failed: {exc!r}"
+                + (f"; QEMU said: {tail}" if tail else "")
+            ) from exc
+
+    async def run_state(self) -> str:
+        if self._released or self.process.poll() is not None:
+            return "gone"
+        reply = await self.execute("query-status")
+        return str(reply["status"])
+
+    async def pause(self) -> None:
+        await self.execute("stop")
+
+    async def resume(self) -> None:
+        await self.execute("cont")
+
+    async def set_migration_capabilities(self, capabilities: dict[str, bool]) -> None:
+        caps = [{"capability": k, "state": v} for k, v in capabilities.items()]
+        await self.execute("migrate-set-capabilities", {"capabilities": caps})
+
+    async def set_migration_parameters(self, parameters: dict[str, Any]) -> None:
+        await self.execute("migrate-set-parameters", parameters)
+
+    async def start_migration(self, uri: str) -> None:
+        await self.execute("migrate", {"uri": uri})
+
+    async def migration_stats(self) -> MigrationStats:
+        reply = await self.execute("query-migrate")
+        return _stats_from_query(dict(reply))
+
+    async def cancel_migration(self) -> None:
+        await self.execute("migrate_cancel")
+
+    def drain_events(self) -> list[HypervisorEvent]:
+        events, self._events = self._events, []
+        return events
+
+    async def shutdown(self) -> None:
+        """Ask QEMU to quit; kill it if it does not; forget it in the testbed state."""
+        if self._released:
+            return
+        if self.process.poll() is None and self._client.runstate.name == "RUNNING":
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._client.execute("quit"), 3.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._client.disconnect(), 3.0)
+        if self._event_task is not None:
+            self._event_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._event_task
+        try:
+            await asyncio.to_thread(self.process.wait, 5.0)
+        except subprocess.TimeoutExpired:
+            await asyncio.to_thread(terminate, self.process.pid, None, 3.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(2.0)
+        self._released = True
+        self._on_exit(self.process.pid)

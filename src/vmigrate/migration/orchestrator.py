@@ -1,0 +1,189 @@
+"""The migration state machine: set up both ends, migrate, follow progress, finish or roll back.
+
+Whatever happens (failure, timeout, Ctrl-C), the VM ends up running on exactly one host: on the
+destination after a completed migration, else back on the source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from vmigrate.config import MigrationSpec
+from vmigrate.errors import HypervisorError, MigrationError
+from vmigrate.hypervisor.base import Domain, HypervisorEvent, MigrationStats
+from vmigrate.migration.strategy import plan_for
+
+CANCEL_WAIT_S = 15.0
+RESUME_WAIT_S = 15.0
+
+
+class MigrationObserver(Protocol):
+    """Told about progress while a migration runs (the CLI draws it; tests may record it)."""
+
+    def migration_progress(self, elapsed_s: float, stats: MigrationStats) -> None: ...
+
+
+@dataclass(frozen=True)
+class ProgressSample:
+    """One poll of the migration counters, on the monotonic clock."""
+
+    t_ns: int
+    stats: MigrationStats
+
+
+@dataclass
+class MigrationRecord:
+    """What happened: outcome, times, the last counters, every poll and every event."""
+
+    strategy: str
+    outcome: str = "failed"  # completed | failed | cancelled | timeout
+    error: str | None = None
+    started_ns: int = 0
+    completed_ns: int | None = None
+    ended_ns: int = 0
+    paused_ns: int | None = None
+    resumed_ns: int | None = None
+    final: MigrationStats | None = None
+    samples: list[ProgressSample] = field(default_factory=list)
+    events: list[HypervisorEvent] = field(default_factory=list)
+
+    @property
+    def total_time_s(self) -> float | None:
+        """Hypervisor-reported total time; for cold, from the pause to the resume."""
+        if self.outcome != "completed":
+            return None
+        if self.paused_ns is not None and self.resumed_ns is not None:
+            return (self.resumed_ns - self.paused_ns) / 1e9
+        if self.final is not None and self.final.total_time_ms is not None:
+            return self.final.total_time_ms / 1000
+        return None
+
+    @property
+    def downtime_reported_ms(self) -> float | None:
+        """The hypervisor's pause; for cold the whole pause, timed from stop to resume."""
+        if self.outcome != "completed":
+            return None
+        if self.paused_ns is not None and self.resumed_ns is not None:
+            return (self.resumed_ns - self.paused_ns) / 1e6
+        return self.final.downtime_ms if self.final is not None else None
+
+
+async def _wait_state(domain: Domain, wanted: set[str], timeout_s: float) -> str:
+    """Poll until the domain is in one of `wanted` states (or gone); return the last state."""
+    deadline = time.monotonic() + timeout_s
+    state = await domain.run_state()
+    while state not in wanted and state != "gone" and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        state = await domain.run_state()
+    return state
+
+
+async def migrate(
+    source: Domain,
+    destination: Domain,
+    spec: MigrationSpec,
+    uri: str,
+    observer: MigrationObserver | None = None,
+    poll_interval_s: float = 0.1,
+) -> MigrationRecord:
+    """Move the VM from `source` to `destination` (started with -incoming on `uri`)."""
+    plan = plan_for(spec)
+    record = MigrationRecord(strategy=plan.strategy)
+    active = False
+    try:
+        await source.set_migration_capabilities(plan.source_capabilities)
+        await destination.set_migration_capabilities(plan.destination_capabilities)
+        await source.set_migration_parameters(plan.parameters)
+        if plan.pause_first:
+            await source.pause()
+            record.paused_ns = time.monotonic_ns()
+        record.started_ns = time.monotonic_ns()
+        await source.start_migration(uri)
+        active = True
+        while True:
+            stats = await source.migration_stats()
+            now = time.monotonic_ns()
+            record.samples.append(ProgressSample(now, stats))
+            elapsed = (now - record.started_ns) / 1e9
+            if observer is not None:
+                observer.migration_progress(elapsed, stats)
+            if stats.status == "completed":
+                record.completed_ns = now
+                active = False
+                break
+            if stats.status in ("failed", "cancelled"):
+                active = False
+                record.outcome = stats.status
+                record.error = stats.error or f"migration {stats.status}"
+                break
+            if elapsed > spec.timeout_s:
+                record.outcome = "timeout"
+                record.error = f"not finished after {spec.timeout_s:g} s (migration.timeout_s)"
+                await _cancel(source)
+                active = False
+                break
+            await asyncio.sleep(poll_interval_s)
+        record.final = await source.migration_stats()
+        if record.completed_ns is not None:
+            await _finish_on_destination(source, destination, record)
+        else:
+            await _roll_back(source, destination, record)
+    except BaseException as exc:
+        record.outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed"
+        record.error = record.error or str(exc) or type(exc).__name__
+        with contextlib.suppress(Exception):
+            if active:
+                await _cancel(source)
+            await _roll_back(source, destination, record)
+        if not isinstance(exc, Exception):
+            raise
+    finally:
+        record.ended_ns = time.monotonic_ns()
+        record.events = source.drain_events() + destination.drain_events()
+        record.events.sort(key=lambda e: e.t_ns)
+    return record
+
+
+async def _cancel(source: Domain) -> None:
+    """Cancel and wait until the source says the migration is over."""
+    await source.cancel_migration()
+    deadline = time.monotonic() + CANCEL_WAIT_S
+    while time.monotonic() < deadline:
+        stats = await source.migration_stats()
+        if stats.status in ("cancelled", "failed", "completed"):
+            return
+        await asyncio.sleep(0.05)
+    raise MigrationError(f"migration did not stop within {CANCEL_WAIT_S:g} s of migrate_cancel")
+
+
+async def _finish_on_destination(
+    source: Domain, destination: Domain, record: MigrationRecord
+) -> None:
+    """Make sure the VM runs on the destination; a cold migration resumes it there."""
+    if record.paused_ns is not None:
+        state = await _wait_state(destination, {"paused", "running"}, RESUME_WAIT_S)
+        if state == "paused":
+            await destination.resume()
+        record.resumed_ns = time.monotonic_ns()
+    state = await _wait_state(destination, {"running"}, RESUME_WAIT_S)
+    if state != "running":
+        record.outcome = "failed"
+        record.error = f"destination is {state!r} after the migration completed, not running"
+        await _roll_back(source, destination, record)
+        return
+    record.outcome = "completed"
+
+
+async def _roll_back(source: Domain, destination: Domain, record: MigrationRecord) -> None:
+    """After a migration that did not complete: drop the destination, keep the source running."""
+    with contextlib.suppress(HypervisorError):
+        await destination.shutdown()
+    state = await source.run_state()
+    if state in ("paused", "postmigrate", "finish-migrate"):
+        await source.resume()
+    if record.paused_ns is not None and record.resumed_ns is None:
+        record.resumed_ns = time.monotonic_ns()

@@ -1,0 +1,102 @@
+"""What a person sees in the terminal: stage lines, a live migration bar, a summary table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from vmigrate.hypervisor.base import MigrationStats
+
+MIB = 1024 * 1024
+
+
+class TerminalObserver:
+    """Prints each stage and draws a live progress bar while the migration runs."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def stage(self, text: str) -> None:
+        self._stop_bar()
+        self.console.print(f"[cyan]•[/cyan] {text}")
+
+    def migration_progress(self, elapsed_s: float, stats: MigrationStats) -> None:
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("[bold]migrating[/bold]"),
+                BarColumn(bar_width=20),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[detail]}"),
+                console=self.console,
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("migrate", total=100.0, detail="")
+        assert self._task is not None
+        dirty_mib_s = stats.dirty_pages_rate * stats.page_size_bytes / MIB
+        detail = (
+            f"{stats.remaining_bytes / MIB:.0f} MiB left · pass {stats.iterations} · "
+            f"dirty {dirty_mib_s:.0f} MiB/s · {stats.throughput_mbit_s:.0f} Mbit/s · {stats.status}"
+        )
+        done = 100.0 if stats.status == "completed" else stats.percent_sent
+        self._progress.update(self._task, completed=done, detail=detail)
+
+    def _stop_bar(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            self._task = None
+
+    def close(self) -> None:
+        self._stop_bar()
+
+
+def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "[green]yes[/green]" if value else "[red]no[/red]"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}{unit}"
+    if isinstance(value, int):
+        return f"{value:,}{unit}"
+    return f"{value}{unit}"
+
+
+def summary_table(result: dict[str, Any]) -> Table:
+    """The headline figures of one run."""
+    mig = result["migration"]
+    ver = result["verification"]
+    outcome = result["outcome"]
+    colour = "green" if outcome == "completed" else "red"
+    table = Table(title=f"vmigrate — {result['scenario']['name']}: [{colour}]{outcome}[/{colour}]")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows: list[tuple[str, str]] = [
+        ("strategy", _fmt(mig["strategy"])),
+        ("total migration time", _fmt(mig["total_time_s"], " s", 3)),
+        ("setup time", _fmt(mig["setup_time_s"], " s", 3)),
+        ("downtime (hypervisor)", _fmt(mig["downtime_reported_ms"], " ms", 1)),
+        ("transferred", _fmt(_mib(mig["transferred_bytes"]), " MiB", 1)),
+        ("iterations", _fmt(mig["iterations"])),
+        ("average throughput", _fmt(mig["throughput_mbit_s"], " Mbit/s", 1)),
+        ("VM runs on", _fmt(ver["running_on"])),
+        ("service answers after (same guest)", _fmt(ver["service_ok_after"])),
+        ("memory checksum unchanged", _fmt(ver["memory_checksum_ok"])),
+        ("accelerator", _fmt(result["environment"]["accel"])),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    if result.get("error"):
+        table.caption = f"[red]{result['error']}[/red]"
+    return table
+
+
+def _mib(value: int | None) -> float | None:
+    return None if value is None else value / MIB

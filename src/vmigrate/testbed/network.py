@@ -1,0 +1,134 @@
+"""The testbed's wiring: namespaced hosts on a switch that lives in its own fabric namespace.
+
+```
+            fabric namespace: bridge <tb>-fab
+   <tb>-src     <tb>-dst      <tb>-sto      <tb>-cli        (fabric ends of the veth pairs)
+      |            |             |             |
+   <tb>-up      <tb>-up       <tb>-up       <tb>-up         (host ends, one per host namespace)
+   bridge       bridge        10.241.0.3    10.241.0.4
+   <tb>-br      <tb>-br       storage       client
+   + <tb>-tap   + <tb>-tap
+   10.241.0.1   10.241.0.2
+   source       destination
+```
+Nothing is added to the root namespace's network. Each host's uplink is shaped with tbf in both
+directions (egress of the host end and of the fabric end), like a NIC on a switch port.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from vmigrate.proc import run
+
+SUBNET_PREFIX = 24
+HOST_IPS = {
+    "source": "10.241.0.1",
+    "destination": "10.241.0.2",
+    "storage": "10.241.0.3",
+    "client": "10.241.0.4",
+}
+GUEST_IP = "10.241.0.100"
+GUEST_MAC = "52:54:00:f1:00:64"
+HYPERVISOR_ROLES = ("source", "destination")
+ROLES = ("source", "destination", "storage", "client")
+_SHORT = {"source": "src", "destination": "dst", "storage": "sto", "client": "cli"}
+
+
+@dataclass(frozen=True)
+class Host:
+    """One namespaced host: where its processes run and how it is wired."""
+
+    role: str
+    netns: str
+    ip: str
+    uplink: str
+    fabric_port: str
+    bridge: str | None = None
+    tap: str | None = None
+
+    @property
+    def interface(self) -> str:
+        """The interface that carries the host's address (its bridge, else its uplink)."""
+        return self.bridge or self.uplink
+
+
+def fabric_netns(prefix: str) -> str:
+    return f"{prefix}-fabric"
+
+
+def host_layout(prefix: str) -> dict[str, Host]:
+    """The names and addresses of every host of testbed `prefix` (pure; nothing is created)."""
+    hosts = {}
+    for role in ROLES:
+        hypervisor = role in HYPERVISOR_ROLES
+        hosts[role] = Host(
+            role=role,
+            netns=f"{prefix}-{role}",
+            ip=HOST_IPS[role],
+            uplink=f"{prefix}-up",
+            fabric_port=f"{prefix}-{_SHORT[role]}",
+            bridge=f"{prefix}-br" if hypervisor else None,
+            tap=f"{prefix}-tap" if hypervisor else None,
+        )
+    return hosts
+
+
+def create_netns(name: str) -> None:
+    """A new network namespace with its loopback up."""
+    run(["ip", "netns", "add", name])
+    run(["ip", "-n", name, "link", "set", "lo", "up"])
+
+
+def create_fabric(prefix: str) -> None:
+    """The switch: a bridge in the (already created) fabric namespace."""
+    ns = fabric_netns(prefix)
+    run(["ip", "-n", ns, "link", "add", f"{prefix}-fab", "type", "bridge"])
+    run(["ip", "-n", ns, "link", "set", f"{prefix}-fab", "type", "bridge", "forward_delay", "0"])
+    run(["ip", "-n", ns, "link", "set", f"{prefix}-fab", "up"])
+
+
+def wire_host(prefix: str, host: Host) -> None:
+    """Connect a host (its namespace exists) to the fabric and give it its address."""
+    fabric = fabric_netns(prefix)
+    ns = host.netns
+    run(["ip", "-n", fabric, "link", "add", host.fabric_port, "type", "veth",
+         "peer", "name", host.uplink, "netns", ns])  # fmt: skip
+    run(["ip", "-n", fabric, "link", "set", host.fabric_port, "master", f"{prefix}-fab", "up"])
+    if host.bridge is not None and host.tap is not None:
+        run(["ip", "-n", ns, "link", "add", host.bridge, "type", "bridge"])
+        run(["ip", "-n", ns, "link", "set", host.bridge, "type", "bridge", "forward_delay", "0"])
+        run(["ip", "-n", ns, "link", "set", host.uplink, "master", host.bridge, "up"])
+        run(["ip", "-n", ns, "tuntap", "add", "dev", host.tap, "mode", "tap"])
+        run(["ip", "-n", ns, "link", "set", host.tap, "master", host.bridge, "up"])
+    run(["ip", "-n", ns, "addr", "add", f"{host.ip}/{SUBNET_PREFIX}", "dev", host.interface])
+    run(["ip", "-n", ns, "link", "set", host.interface, "up"])
+    run(["ip", "-n", ns, "link", "set", host.uplink, "up"])
+
+
+def tbf_args(bandwidth_mbit: float) -> list[str]:
+    """tc arguments for a token bucket at `bandwidth_mbit`: burst ~4 ms of traffic, ≥ 64 KiB."""
+    rate_bytes_s = bandwidth_mbit * 1e6 / 8
+    burst = max(int(rate_bytes_s * 0.004), 64 * 1024)
+    return ["tbf", "rate", f"{bandwidth_mbit:g}mbit", "burst", str(burst), "latency", "50ms"]
+
+
+def shape_host(prefix: str, host: Host, bandwidth_mbit: float) -> None:
+    """Set (or change) the rate of a host's link in both directions."""
+    args = tbf_args(bandwidth_mbit)
+    run(["tc", "-n", host.netns, "qdisc", "replace", "dev", host.uplink, "root", *args])
+    run(["tc", "-n", fabric_netns(prefix), "qdisc", "replace", "dev", host.fabric_port,
+         "root", *args])  # fmt: skip
+
+
+def link_counters(netns: str, interface: str) -> dict[str, int]:
+    """rx/tx bytes and packets of an interface, read from inside its namespace."""
+    done = run(["ip", "-n", netns, "-s", "-j", "link", "show", "dev", interface])
+    stats = json.loads(done.stdout)[0]["stats64"]
+    return {
+        "rx_bytes": int(stats["rx"]["bytes"]),
+        "tx_bytes": int(stats["tx"]["bytes"]),
+        "rx_packets": int(stats["rx"]["packets"]),
+        "tx_packets": int(stats["tx"]["packets"]),
+    }

@@ -1,0 +1,585 @@
+"""The storage host's NFS server: rpcbind + nfs-ganesha (VFS FSAL) inside one network namespace.
+
+There is no kernel NFS server on the machines we target, so the shared storage for a migration is
+served by userspace nfs-ganesha. Both daemons run inside the storage host's network namespace and
+inside one private mount namespace of their own with a tmpfs on /run: their sockets, lock and pid
+files (/run/rpcbind.sock, /run/ganesha, ...) live there, so the machine's own /run and any rpcbind
+it runs are never touched. Every process started is returned (and written to work_dir/pids) so a
+later process can stop them by PID, even after the starter was killed.
+
+Process tree (``ip netns exec`` and ``unshare`` exec, so they add no process):
+
+    sh (wrapper, reaps both daemons)  ── rpcbind -f
+                                      └─ ganesha.nfsd -F
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import ipaddress
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmigrate.errors import CommandFailed, TestbedError
+from vmigrate.proc import in_netns, run
+
+#: How long start_nfs_server waits for the server to answer before giving up.
+START_TIMEOUT_S = 30.0
+#: Poll interval while waiting for the server to come up or for processes to exit.
+POLL_INTERVAL_S = 0.1
+#: The wrapper script's file name in work_dir; its presence in argv recognises it by PID later.
+WRAPPER_NAME = "vmigrate-nfs-wrapper.sh"
+
+PIDS_FILE = "pids"
+CONFIG_FILE = "ganesha.conf"
+LOG_FILE = "ganesha.log"
+WRAPPER_LOG_FILE = "wrapper.log"
+
+# Runs as `sh WORK_DIR/vmigrate-nfs-wrapper.sh WORK_DIR GANESHA RPCBIND CONFIG LOG PIDFILE`
+# inside the target netns and a fresh private mount namespace. It mounts a tmpfs on /run (mount -n:
+# libmount must not create /run/mount/utab in the shared, not yet covered /run), starts rpcbind,
+# waits for its socket, starts ganesha, appends every PID to work_dir/pids and then reaps both
+# daemons; SIGTERM/SIGINT/SIGHUP to the wrapper are forwarded to them.
+WRAPPER_SCRIPT = r"""# vmigrate NFS wrapper (written by vmigrate.testbed.nfs; see there).
+set -u
+work=$1 ganesha=$2 rpcbind=$3 conf=$4 log=$5 pidfile=$6
+r= g= stopping=
+echo $$ >> "$work/pids"
+trap 'stopping=1; kill -TERM $g $r 2>/dev/null' TERM INT HUP
+mount -n -t tmpfs -o mode=0755,size=16m vmigrate-nfs-run /run || exit 90
+mkdir -p /run/rpcbind /run/ganesha || exit 91
+# Debian's rpcbind drops to user _rpc and keeps its warm-start files in /run/rpcbind.
+chown _rpc /run/rpcbind 2>/dev/null || true
+"$rpcbind" -f &
+r=$!
+echo $r >> "$work/pids"
+i=0
+while [ ! -S /run/rpcbind.sock ]; do
+    i=$((i + 1))
+    if [ $i -gt 200 ] || ! kill -0 $r 2>/dev/null; then
+        echo "rpcbind did not create /run/rpcbind.sock" >&2
+        kill -TERM $r 2>/dev/null
+        wait
+        exit 92
+    fi
+    sleep 0.05
+done
+if [ -n "$stopping" ]; then
+    wait
+    exit 93
+fi
+"$ganesha" -F -f "$conf" -L "$log" -N NIV_EVENT -p "$pidfile" &
+g=$!
+echo $g >> "$work/pids"
+# A signal that came between starting ganesha and setting $g found no $g to forward to.
+[ -z "$stopping" ] || kill -TERM $g $r 2>/dev/null
+# `wait` returns >128 when a trapped signal interrupts it and 0 once every child has exited.
+while :; do
+    wait
+    [ $? -gt 128 ] || break
+done
+"""
+
+_GANESHA_CONF = """\
+# Written by vmigrate (testbed/nfs.py). One export for QEMU's libnfs client (NFSv3 by default).
+NFS_CORE_PARAM {{
+    Protocols = 3, 4;
+    # No rpc.statd here and QEMU takes no NFS locks: without this ganesha would try to reach statd.
+    Enable_NLM = false;
+    Enable_RQUOTA = false;
+    # libnfs speaks TCP only; fewer sockets, fewer rpcbind registrations.
+    Enable_UDP = false;
+    Plugins_Dir = "{plugins_dir}";
+}}
+
+NFS_KRB5 {{
+    Active_krb5 = false;
+}}
+
+NFSv4 {{
+    # No grace period: a fresh server has no state to reclaim, and clients must not wait 90 s.
+    Graceless = true;
+    RecoveryBackend = fs;
+    RecoveryRoot = "{recovery_dir}";
+}}
+
+EXPORT {{
+    Export_Id = 1;
+    Path = "{export_dir}";
+    Pseudo = "{export_dir}";
+    Protocols = 3, 4;
+    Transports = TCP;
+    Access_Type = RW;
+    Squash = No_Root_Squash;
+    SecType = sys;
+    # libnfs as non-root (or behind NAT) uses ports >= 1024.
+    PrivilegedPort = false;
+    # The export dir is also read and written locally (images created, results compared):
+    # never serve cached attributes.
+    Attr_Expiration_Time = 0;
+    FSAL {{
+        Name = VFS;
+    }}
+}}
+"""
+
+# Log lines that mean the export (or the whole server) is not usable, although ganesha may keep
+# running and answering RPCs. CRITs from DBUS (no system bus in our private /run, by design) and
+# NFS CB (no krb5 keytab for NFSv4 callbacks) are expected and harmless.
+_FATAL_LOG = re.compile(r":(?!DBUS :|NFS CB :)[A-Z0-9 _]+ :(?:CRIT|MAJ|FATAL) :|No export entries")
+_EXPECTED = re.compile(r":(?:DBUS|NFS CB) :(?:CRIT|MAJ|WARN) :")
+
+
+@dataclass(frozen=True)
+class NfsServer:
+    """A running NFS server: the PIDs to stop it by, and where it serves what."""
+
+    pids: list[int]
+    address: str
+    export_dir: Path
+    work_dir: Path
+    #: /proc/PID/stat start time (clock ticks since boot) of each PID, to survive PID reuse.
+    start_ticks: dict[int, int] = field(default_factory=dict)
+
+    def url_for(self, path: Path) -> str:
+        """The nfs:// URL under which QEMU reaches `path` (absolute, inside export_dir)."""
+        path = Path(os.path.abspath(path))
+        if path != self.export_dir and self.export_dir not in path.parents:
+            raise TestbedError(f"{path} is not inside the NFS export {self.export_dir}")
+        host = self.address
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+        return f"nfs://{host}{path}"
+
+    @property
+    def log_path(self) -> Path:
+        """ganesha's log file."""
+        return self.work_dir / LOG_FILE
+
+
+# ---------------------------------------------------------------------------------------------
+# Preflight
+
+
+def _require_binary(name: str, package: str) -> str:
+    """The absolute path of `name`, or TestbedError naming the package to install."""
+    found = shutil.which(name) or next(
+        (str(p) for d in ("/usr/sbin", "/sbin", "/usr/bin") if (p := Path(d, name)).exists()),
+        None,
+    )
+    if found is None:
+        raise TestbedError(f"{name} is not installed: apt-get install {package}")
+    return found
+
+
+def _find_plugins_dir() -> Path:
+    """The directory holding ganesha's VFS FSAL (libfsalvfs.so)."""
+    candidates = [Path("/usr/lib/ganesha"), *sorted(Path("/usr/lib").glob("*/ganesha"))]
+    candidates += [Path("/usr/lib64/ganesha"), Path("/usr/local/lib/ganesha")]
+    for directory in candidates:
+        if (directory / "libfsalvfs.so").exists():
+            return directory
+    raise TestbedError("nfs-ganesha-vfs is not installed: apt-get install nfs-ganesha-vfs")
+
+
+class _FileHandleHeader(ctypes.Structure):
+    """struct file_handle without its payload: enough to ask for the handle's size."""
+
+    _fields_ = (("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int))
+
+
+def _check_file_handles(directory: Path) -> None:
+    """Fail early when `directory`'s filesystem cannot give file handles (ganesha's VFS needs them).
+
+    overlayfs without nfs_export=on is the usual culprit; ganesha would start but refuse to
+    export with a CRIT in its log. name_to_handle_at with a zero-size buffer answers EOVERFLOW
+    when handles are supported and EOPNOTSUPP when not.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = _FileHandleHeader(0, 0)
+    mount_id = ctypes.c_int(0)
+    at_fdcwd = -100
+    rc: int = libc.name_to_handle_at(
+        at_fdcwd, os.fsencode(directory), ctypes.byref(header), ctypes.byref(mount_id), 0
+    )
+    if rc == -1 and ctypes.get_errno() in (errno.EOPNOTSUPP, errno.ENOTSUP):
+        raise TestbedError(
+            f"the filesystem of {directory} does not support file handles, which nfs-ganesha's "
+            "VFS FSAL needs (overlayfs?): put the export directory on ext4, xfs, btrfs or tmpfs"
+        )
+
+
+def _preflight(netns: str, export_dir: Path, address: str) -> tuple[dict[str, str], Path]:
+    """Check everything that can be checked before starting; return binaries and plugins dir."""
+    if os.geteuid() != 0:
+        raise TestbedError("the NFS server needs root (namespaces, mounts): run as root")
+    binaries = {
+        "ganesha": _require_binary("ganesha.nfsd", "nfs-ganesha"),
+        "rpcbind": _require_binary("rpcbind", "rpcbind"),
+        "rpcinfo": _require_binary("rpcinfo", "rpcbind"),
+        "unshare": _require_binary("unshare", "util-linux"),
+        "ip": _require_binary("ip", "iproute2"),
+    }
+    plugins_dir = _find_plugins_dir()
+    if not Path("/run/netns", netns).exists():
+        raise TestbedError(f"network namespace {netns!r} does not exist: create it first")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError as exc:
+        raise TestbedError(f"NFS server address {address!r} is not an IP address") from exc
+    if not export_dir.is_absolute():
+        raise TestbedError(f"NFS export dir {export_dir} must be an absolute path")
+    if not export_dir.is_dir():
+        raise TestbedError(f"NFS export dir {export_dir} does not exist: create it first")
+    _check_file_handles(export_dir)
+    # rpcbind and ganesha talk over loopback inside the namespace; harmless if already up.
+    try:
+        run(["ip", "-n", netns, "link", "set", "lo", "up"], timeout_s=10)
+        addrs = run(["ip", "-n", netns, "-o", "addr", "show"], timeout_s=10).stdout
+    except CommandFailed as exc:
+        raise TestbedError(f"cannot use network namespace {netns!r}: {exc}") from exc
+    if not any(f" {address}/" in line for line in addrs.splitlines()):
+        raise TestbedError(
+            f"address {address} is not configured in network namespace {netns!r}: "
+            "assign it to an interface there before starting the NFS server"
+        )
+    return binaries, plugins_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Process identity (PID reuse safety)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (index 0 = state), or None if gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def _cmdline(pid: int) -> list[str]:
+    """The process's argv ([] if gone or a zombie)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return []
+    return [os.fsdecode(a) for a in raw.split(b"\0") if a]
+
+
+def _role(pid: int) -> str | None:
+    """'ganesha', 'rpcbind' or 'wrapper' if `pid` is a process this module starts, else None."""
+    argv = _cmdline(pid)
+    if not argv:
+        return None
+    name = os.path.basename(argv[0])
+    if name == "ganesha.nfsd":
+        return "ganesha"
+    if name == "rpcbind":
+        return "rpcbind"
+    if any(os.path.basename(a) == WRAPPER_NAME for a in argv[1:2]):
+        return "wrapper"
+    return None
+
+
+# Popen objects of wrappers started by this process, so that stop_nfs_server can reap them.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _alive(pid: int, ticks: int | None) -> bool:
+    """True if `pid` still runs (not a zombie) and, when `ticks` is known, is the same process."""
+    child = _CHILDREN.get(pid)
+    if child is not None and child.poll() is not None:
+        del _CHILDREN[pid]
+        return False
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return ticks is None or int(fields[19]) == ticks
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    """Send `sig`, ignoring a process that is already gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _wait_gone(pids: dict[int, int | None], timeout_s: float) -> dict[int, int | None]:
+    """Wait until the processes are gone; return those still alive after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    left = dict(pids)
+    while left:
+        left = {p: t for p, t in left.items() if _alive(p, t)}
+        if not left or time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_INTERVAL_S)
+    return left
+
+
+def read_pids(work_dir: Path) -> list[int]:
+    """The PIDs recorded in work_dir/pids (for cleanup by a process other than the starter)."""
+    try:
+        text = (work_dir / PIDS_FILE).read_text()
+    except FileNotFoundError:
+        return []
+    pids: list[int] = []
+    for token in text.split():
+        if token.isdigit() and int(token) not in pids:
+            pids.append(int(token))
+    return pids
+
+
+# ---------------------------------------------------------------------------------------------
+# Stop
+
+
+def stop_nfs_server(server_or_pids: NfsServer | Iterable[int], timeout_s: float = 10.0) -> None:
+    """Stop the server's processes by PID: SIGTERM, wait, SIGKILL. Idempotent.
+
+    Only processes that still look like ours are signalled: with an NfsServer their start time
+    must match; with bare PIDs (from a state file) their command must be ganesha.nfsd, rpcbind or
+    our wrapper. ganesha goes first so that it can still deregister from rpcbind. Raises
+    TestbedError if a process survives SIGKILL.
+    """
+    if isinstance(server_or_pids, NfsServer):
+        known = server_or_pids.start_ticks
+        targets: dict[int, int | None] = {p: known.get(p) for p in server_or_pids.pids}
+    else:
+        targets = {p: None for p in server_or_pids}
+    ours: dict[int, int | None] = {}
+    roles: dict[int, str] = {}
+    for pid, ticks in targets.items():
+        role = _role(pid)
+        if role is not None and _alive(pid, ticks):
+            ours[pid] = ticks if ticks is not None else _start_ticks(pid)
+            roles[pid] = role
+        else:
+            _reap(pid)
+    ganesha = {p: t for p, t in ours.items() if roles[p] == "ganesha"}
+    for pid in ganesha:
+        _signal(pid, signal.SIGTERM)
+    # ganesha's orderly shutdown takes ~2 s (it drains its worker threads).
+    left = _wait_gone(ganesha, timeout_s)
+    rest = {p: t for p, t in ours.items() if p not in ganesha}
+    for pid in rest:
+        if _alive(pid, rest[pid]):
+            _signal(pid, signal.SIGTERM)
+    left.update(_wait_gone(rest, min(timeout_s, 5.0)))
+    for pid, ticks in left.items():
+        if _alive(pid, ticks):
+            _signal(pid, signal.SIGKILL)
+    left = _wait_gone(left, 5.0)
+    for pid in ours:
+        _reap(pid)
+    if left:
+        raise TestbedError(
+            f"NFS server processes {sorted(left)} survived SIGKILL: check `ps -o pid,stat,cmd "
+            f"-p {','.join(map(str, sorted(left)))}` (stuck in D state on a dead mount?)"
+        )
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status of a wrapper this process started, so it leaves no zombie."""
+    child = _CHILDREN.pop(pid, None)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Start
+
+
+def _write_config(work_dir: Path, export_dir: Path, plugins_dir: Path) -> Path:
+    """Write work_dir/ganesha.conf for one RW, no-root-squash export of `export_dir`."""
+    for value in (str(export_dir), str(work_dir)):
+        if '"' in value or "\n" in value:
+            raise TestbedError(f"path {value!r} cannot be written into a ganesha config")
+    recovery = work_dir / "recovery"
+    recovery.mkdir(parents=True, exist_ok=True)
+    conf = work_dir / CONFIG_FILE
+    conf.write_text(
+        _GANESHA_CONF.format(plugins_dir=plugins_dir, recovery_dir=recovery, export_dir=export_dir)
+    )
+    return conf
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    """The last `lines` lines of a text file ([] if missing)."""
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except FileNotFoundError:
+        return []
+
+
+def _short(line: str) -> str:
+    """A ganesha log line without its date/epoch/host/pid prefix."""
+    _, sep, rest = line.partition("] ")
+    return rest if sep else line
+
+
+def _fatal_log_lines(work_dir: Path) -> list[str]:
+    """ganesha log lines that mean it will not serve the export."""
+    try:
+        text = (work_dir / LOG_FILE).read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    return [_short(line) for line in text.splitlines() if _FATAL_LOG.search(line)]
+
+
+def _hint(lines: Sequence[str]) -> str:
+    """A fix for well-known failures seen in the log lines, or ''."""
+    text = "\n".join(lines)
+    if "Could not get handle" in text or "Operation not supported" in text:
+        return " Fix: export a directory on ext4/xfs/btrfs/tmpfs (file handles are needed)."
+    if "No such file or directory" in text and "export path" in text:
+        return " Fix: create the export directory before starting the server."
+    if "Address already in use" in text or "Error binding" in text:
+        return (
+            " Fix: another NFS server or rpcbind already runs in this namespace; stop it "
+            "(vmigrate testbed down)."
+        )
+    return ""
+
+
+def _diagnostics(work_dir: Path) -> str:
+    """Error lines and the tail of ganesha.log and of the wrapper's output, for error messages."""
+    fatal = _fatal_log_lines(work_dir)
+    tail = [_short(line) for line in _tail(work_dir / LOG_FILE, 200) if not _EXPECTED.search(line)]
+    tail = tail[-12:]
+    wrapper = _tail(work_dir / WRAPPER_LOG_FILE, 5)
+    parts = []
+    if fatal:
+        parts.append("ganesha errors:\n  " + "\n  ".join(fatal[:10]))
+    parts.append(
+        f"last lines of {work_dir / LOG_FILE}:\n  " + ("\n  ".join(tail) if tail else "(empty)")
+    )
+    if wrapper:
+        parts.append("wrapper/rpcbind output:\n  " + "\n  ".join(wrapper))
+    return _hint(fatal + tail + wrapper) + "\n" + "\n".join(parts)
+
+
+def _serving(netns: str, rpcinfo: str, address: str) -> bool:
+    """True once NFSv3 and MOUNTv3 answer a NULL call over TCP at `address` (via rpcbind)."""
+    for program in ("nfs", "mountd"):
+        try:
+            done = run(
+                [rpcinfo, "-t", address, program, "3"], netns=netns, check=False, timeout_s=3.0
+            )
+        except subprocess.TimeoutExpired:
+            return False
+        if done.returncode != 0:
+            return False
+    return True
+
+
+def start_nfs_server(netns: str, export_dir: Path, work_dir: Path, address: str) -> NfsServer:
+    """Start rpcbind + ganesha in `netns` exporting `export_dir`; return once it really serves.
+
+    The export's pseudo path is export_dir itself, so `NfsServer.url_for(export_dir / "x")` is
+    `nfs://ADDRESS/EXPORT_DIR/x`. Config, log, PIDs and NFSv4 recovery state go to `work_dir`.
+    Raises TestbedError (with the fix, and ganesha's log on failure); nothing is left running then.
+    """
+    export_dir = Path(os.path.abspath(export_dir))
+    work_dir = Path(os.path.abspath(work_dir))
+    binaries, plugins_dir = _preflight(netns, export_dir, address)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    conf = _write_config(work_dir, export_dir, plugins_dir)
+    log = work_dir / LOG_FILE
+    log.unlink(missing_ok=True)
+    pids_file = work_dir / PIDS_FILE
+    pids_file.write_text("")
+    script = work_dir / WRAPPER_NAME
+    script.write_text(WRAPPER_SCRIPT)
+
+    argv = in_netns(
+        netns,
+        [
+            binaries["unshare"], "--mount", "--propagation", "private",
+            "sh", str(script),
+            str(work_dir), binaries["ganesha"], binaries["rpcbind"], str(conf), str(log),
+            str(work_dir / "ganesha.pid"),
+        ],
+    )  # fmt: skip
+    started = time.monotonic()
+    with (work_dir / WRAPPER_LOG_FILE).open("wb") as wrapper_log:
+        # Own session: a Ctrl-C in the caller's terminal must not kill the server behind the
+        # back of the orderly teardown.
+        wrapper = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=wrapper_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _CHILDREN[wrapper.pid] = wrapper
+
+    def fail(reason: str) -> TestbedError:
+        """Stop whatever was started so far; the error to raise, with ganesha's log."""
+        with contextlib.suppress(TestbedError):
+            stop_nfs_server([*read_pids(work_dir), wrapper.pid], timeout_s=5.0)
+            if wrapper.poll() is None:  # still `ip`/`unshare`, not yet recognisable as ours
+                wrapper.terminate()  # the wrapper forwards it to anything it started
+                try:
+                    wrapper.wait(timeout=5.0)
+                except subprocess.TimeoutExpired:
+                    wrapper.kill()
+                    wrapper.wait()
+            stop_nfs_server(read_pids(work_dir), timeout_s=5.0)  # recorded meanwhile
+        _CHILDREN.pop(wrapper.pid, None)
+        return TestbedError(
+            f"NFS server in netns {netns!r} failed to start: {reason}.{_diagnostics(work_dir)}"
+        )
+
+    try:
+        deadline = started + START_TIMEOUT_S
+        while True:
+            if wrapper.poll() is not None:
+                raise fail(f"its wrapper exited with status {wrapper.returncode}")
+            pids = read_pids(work_dir)
+            if len(pids) >= 3:
+                dead = [p for p in pids[1:] if not _alive(p, None)]
+                if dead:
+                    raise fail(f"process(es) {dead} exited")
+                if _fatal_log_lines(work_dir):
+                    raise fail("ganesha reported errors")
+                if _serving(netns, binaries["rpcinfo"], address):
+                    break
+            if time.monotonic() >= deadline:
+                raise fail(f"not serving NFSv3 at {address} after {START_TIMEOUT_S:.0f} s")
+            time.sleep(POLL_INTERVAL_S)
+        if _fatal_log_lines(work_dir):
+            raise fail("ganesha reported errors")
+    except TestbedError:
+        raise
+    except (CommandFailed, OSError) as exc:
+        raise fail(str(exc)) from exc
+    except BaseException:
+        # KeyboardInterrupt and friends: leave nothing running, then let it propagate.
+        fail("interrupted")
+        raise
+
+    pids = read_pids(work_dir)
+    # Kill order: ganesha, rpcbind, wrapper (the file lists wrapper, rpcbind, ganesha).
+    ordered = list(reversed(pids))
+    pids_file.write_text("".join(f"{p}\n" for p in ordered))
+    ticks = {p: t for p in ordered if (t := _start_ticks(p)) is not None}
+    return NfsServer(
+        pids=ordered, address=address, export_dir=export_dir, work_dir=work_dir, start_ticks=ticks
+    )

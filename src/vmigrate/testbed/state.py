@@ -1,0 +1,206 @@
+"""The testbed's state file: every namespace, process and path a testbed owns, recorded as made.
+
+Resources are recorded *before* they are created (processes right after, when their PID is
+known), so a vmigrate killed with SIGKILL at any point leaves a file from which `testbed down`
+removes everything. Teardown runs in reverse order and tolerates what is already gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmigrate.proc import run
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state first), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (None if it is gone): tells PID reuse."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def is_same_process(pid: int, start_ticks: int | None) -> bool:
+    """True while `pid` runs and is still the process that was recorded (not a reused PID).
+
+    A zombie counts as gone: it has exited and only waits for its parent to collect it.
+    """
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] == "Z":
+        return False
+    return start_ticks is None or int(fields[19]) == start_ticks
+
+
+def terminate(pid: int, start_ticks: int | None, grace_s: float = 5.0) -> None:
+    """SIGTERM a recorded process, SIGKILL it after `grace_s`; reap it if it is our child."""
+    if not is_same_process(pid, start_ticks):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        if not is_same_process(pid, start_ticks):
+            break
+        time.sleep(0.05)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        for _ in range(100):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            if not is_same_process(pid, start_ticks):
+                break
+            time.sleep(0.02)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One thing a testbed owns. kind: netns | process | path; `name` labels a process."""
+
+    kind: str
+    name: str
+    pid: int = 0
+    start_ticks: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "pid": self.pid,
+            "start_ticks": self.start_ticks,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Resource:
+        return cls(
+            kind=str(data["kind"]),
+            name=str(data["name"]),
+            pid=int(data.get("pid", 0)),
+            start_ticks=data.get("start_ticks"),
+        )
+
+
+class StateFile:
+    """A JSON list of resources plus free-form facts, updated under an flock, written atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock_path = path.with_suffix(".lock")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = self.read()
+            yield data
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=2))
+            os.replace(tmp, self.path)
+
+    def read(self) -> dict[str, Any]:
+        """The whole state (an empty one when the file does not exist)."""
+        try:
+            data: dict[str, Any] = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            data = {}
+        data.setdefault("resources", [])
+        data.setdefault("facts", {})
+        return data
+
+    def resources(self) -> list[Resource]:
+        return [Resource.from_json(item) for item in self.read()["resources"]]
+
+    def facts(self) -> dict[str, Any]:
+        facts: dict[str, Any] = self.read()["facts"]
+        return facts
+
+    def set_facts(self, **facts: Any) -> None:
+        with self._locked() as data:
+            data["facts"].update(facts)
+
+    def add(self, resource: Resource) -> None:
+        with self._locked() as data:
+            data["resources"].append(resource.to_json())
+
+    def add_netns(self, name: str) -> None:
+        self.add(Resource("netns", name))
+
+    def add_path(self, path: Path) -> None:
+        self.add(Resource("path", str(path)))
+
+    def add_process(self, pid: int, label: str) -> None:
+        self.add(Resource("process", label, pid=pid, start_ticks=process_start_ticks(pid)))
+
+    def forget(self, resource: Resource) -> None:
+        """Drop a resource that was removed on purpose (e.g. a VM's QEMU that exited)."""
+        with self._locked() as data:
+            data["resources"] = [r for r in data["resources"] if r != resource.to_json()]
+
+    def forget_process(self, pid: int) -> None:
+        with self._locked() as data:
+            data["resources"] = [
+                r for r in data["resources"] if not (r["kind"] == "process" and r["pid"] == pid)
+            ]
+
+
+def netns_exists(name: str) -> bool:
+    return Path("/run/netns", name).exists()
+
+
+def netns_pids(name: str) -> list[int]:
+    """PIDs of every process living in network namespace `name` (all of them ours)."""
+    if not netns_exists(name):
+        return []
+    done = run(["ip", "netns", "pids", name], check=False)
+    return [int(tok) for tok in done.stdout.split() if tok.isdigit()]
+
+
+def tear_down(state: StateFile) -> list[str]:
+    """Remove every recorded resource, newest first; return what could not be removed."""
+    problems: list[str] = []
+    resources = state.resources()
+    for res in reversed(resources):
+        if res.kind == "process":
+            terminate(res.pid, res.start_ticks)
+    namespaces = [r.name for r in resources if r.kind == "netns"]
+    for ns in namespaces:
+        for pid in netns_pids(ns):
+            terminate(pid, process_start_ticks(pid), grace_s=2.0)
+    for res in reversed(resources):
+        if res.kind == "netns" and netns_exists(res.name):
+            done = run(["ip", "netns", "delete", res.name], check=False)
+            if done.returncode != 0:
+                problems.append(f"netns {res.name}: {done.stderr.strip()}")
+        elif res.kind == "path":
+            target = Path(res.name)
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+            if target.exists():
+                problems.append(f"path {target}: could not be removed")
+        elif res.kind == "process" and is_same_process(res.pid, res.start_ticks):
+            problems.append(f"process {res.name} (pid {res.pid}) survived SIGKILL")
+    return problems

@@ -1,0 +1,110 @@
+"""The testbed itself: wiring, shaping, NFS, and teardown — also after vmigrate was SIGKILLed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import leftovers
+
+from vmigrate.testbed.netns import call_in_netns
+from vmigrate.testbed.testbed import Testbed
+
+
+def vmigrate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vmigrate", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def root_links() -> set[str]:
+    out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout
+    return {link["ifname"] for link in json.loads(out)}
+
+
+def test_hosts_are_wired_and_nothing_touches_the_root_namespace(testbed: Testbed) -> None:
+    status = testbed.status()
+    assert status["up"] is True
+    assert all(h["present"] for h in status["hosts"].values())
+    assert not any(name.startswith(testbed.name) for name in root_links())
+    # Every host reaches every other through the fabric switch.
+    source = testbed.hosts["source"]
+    for role, host in testbed.hosts.items():
+        if role != "source":
+            done = subprocess.run(
+                ["ip", "netns", "exec", source.netns, "ping", "-c", "1", "-W", "2", host.ip],
+                capture_output=True,
+                text=True,
+            )
+            assert done.returncode == 0, f"source cannot reach {role}: {done.stdout}"
+    # The uplinks are shaped with tbf at the requested rate.
+    qdisc = subprocess.run(
+        ["tc", "-n", source.netns, "qdisc", "show", "dev", source.uplink],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "tbf" in qdisc and "1Gbit" in qdisc
+
+
+def test_nfs_export_is_served_to_the_hypervisor_hosts(testbed: Testbed) -> None:
+    disk = testbed.export_dir / "probe.qcow2"
+    try:
+        url = testbed.nfs_url(disk)
+        for role in ("source", "destination"):
+            ns = testbed.hosts[role].netns
+            if role == "source":
+                create = ["qemu-img", "create", "-q", "-f", "qcow2", url, "16M"]
+                subprocess.run(["ip", "netns", "exec", ns, *create], check=True)
+            info = subprocess.run(
+                ["ip", "netns", "exec", ns, "qemu-img", "info", "--output=json", url],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            assert json.loads(info.stdout)["virtual-size"] == 16 * 1024 * 1024
+        assert disk.exists()
+    finally:
+        disk.unlink(missing_ok=True)
+
+
+def test_netns_calls_run_inside_the_namespace(testbed: Testbed) -> None:
+    def addresses() -> str:
+        return Path("/proc/net/fib_trie").read_text()
+
+    inside = call_in_netns(testbed.hosts["client"].netns, addresses)
+    assert testbed.hosts["client"].ip in inside
+    assert testbed.hosts["client"].ip not in addresses()
+
+
+def test_down_after_sigkill_removes_everything() -> None:
+    name = "vmigk"
+    Testbed(name).down()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmigrate", "testbed", "up", "--testbed", name],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = Testbed(name).state
+    deadline = time.monotonic() + 60
+    # Kill it mid-way: once the NFS server's processes are recorded, before it reports success.
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(r.kind == "process" for r in state.resources()) if state.path.exists() else False:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert leftovers(name), "the killed run should have left pieces behind for down to remove"
+    done = vmigrate("testbed", "down", "--testbed", name)
+    assert done.returncode == 0, done.stderr
+    assert leftovers(name) == []
+    assert not Testbed(name).dir.exists()
+
+
+def test_status_of_a_missing_testbed_says_down() -> None:
+    done = vmigrate("testbed", "status", "--testbed", "vmignone", "--json")
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["up"] is False

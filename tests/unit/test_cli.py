@@ -1,0 +1,62 @@
+"""The command line: bad input is one line on stderr, exit code 2, and nothing is created."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def vmigrate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vmigrate", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize(
+    ("toml", "args", "needle"),
+    [
+        ("[vm]\nmemroy_mib = 512\n", [], "vm.memroy_mib: unknown key 'memroy_mib'; allowed keys"),
+        ("[vm]\nmemory_mib = -5\n", [], "vm.memory_mib: must be greater than 0 (got -5)"),
+        ('[migration]\nstrategy = "prcopy"\n', [], "choose one of: precopy, cold"),
+        ("", ["--set", "migration.strategy=postcopyy"], "choose one of: precopy, cold"),
+        ("", ["--set", "vm.memory_mib"], "expected section.key=value"),
+    ],
+)
+def test_bad_scenario_is_one_line_exit_2_and_creates_nothing(
+    tmp_path: Path, toml: str, args: list[str], needle: str
+) -> None:
+    scenario = tmp_path / "bad.toml"
+    scenario.write_text(toml)
+    before = namespaces()
+    done = vmigrate("run", str(scenario), "--testbed", "vmigbad", *args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert needle in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]
+    assert namespaces() == before
+
+
+def test_bad_testbed_name_is_refused(tmp_path: Path) -> None:
+    done = vmigrate("testbed", "status", "--testbed", "Bad_Name!", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "testbed name 'Bad_Name!' is invalid" in done.stderr
+
+
+def test_help_teaches() -> None:
+    done = vmigrate("run", "--help", cwd=Path.cwd())
+    assert done.returncode == 0
+    assert "--set" in done.stdout and "result.json" in done.stdout

@@ -1,0 +1,126 @@
+"""Scenario validation: defaults, overrides, and one clear line for every kind of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vmigrate.config import (
+    Scenario,
+    apply_overrides,
+    load_scenario,
+    parse_override,
+    scenario_to_dict,
+    validate_scenario,
+)
+from vmigrate.errors import ScenarioError
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_defaults_match_the_documented_ones() -> None:
+    s = Scenario()
+    assert (s.vm.memory_mib, s.vm.vcpus, s.vm.cpu_model, s.vm.accel) == (512, 1, "qemu64", "auto")
+    assert (s.workload.kind, s.workload.dirty_rate_mib_s, s.workload.working_set_mib) == (
+        "web",
+        0,
+        64,
+    )
+    assert s.network.bandwidth_mbit == 1000
+    assert s.storage.mode == "shared-nfs"
+    m = s.migration
+    assert (m.strategy, m.max_bandwidth_mib_s, m.downtime_limit_ms, m.timeout_s) == (
+        "precopy",
+        0,
+        300,
+        120,
+    )
+    assert (s.phases.warmup_s, s.phases.baseline_s, s.phases.after_s) == (3, 5, 5)
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
+def test_every_example_scenario_is_valid(path: Path) -> None:
+    assert load_scenario(path).name
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"vm": {"foo": 1}}, "vm.foo: unknown key 'foo'; allowed keys in [vm]: memory_mib, vcpus"),
+        ({"vm": {"memory_mib": -5}}, "vm.memory_mib: must be greater than 0 (got -5)"),
+        (
+            {"migration": {"strategy": "prcopy"}},
+            "migration.strategy: 'prcopy' is not allowed; choose one of: precopy, cold",
+        ),
+        ({"nework": {}}, "nework: unknown key 'nework'; allowed keys in the top level: name, vm"),
+        (
+            {"workload": {"kind": "memory", "working_set_mib": 400}},
+            "workload.working_set_mib: 400 MiB does not fit a 512 MiB guest; use at most 256",
+        ),
+    ],
+)
+def test_bad_input_gives_one_line_naming_key_and_allowed_values(
+    data: dict[str, object], expected: str
+) -> None:
+    with pytest.raises(ScenarioError) as info:
+        validate_scenario(data, "s.toml")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"s.toml: {expected}")
+    assert info.value.exit_code == 2
+
+
+def test_overrides_are_typed_and_validated() -> None:
+    data = apply_overrides(
+        {"vm": {"memory_mib": 256}}, ["vm.memory_mib=1024", "migration.strategy=cold"]
+    )
+    s = validate_scenario(data)
+    assert s.vm.memory_mib == 1024
+    assert s.migration.strategy == "cold"
+    with pytest.raises(ScenarioError, match="vm.memory_mib: must be greater than 0"):
+        validate_scenario(apply_overrides({}, ["vm.memory_mib=0"]))
+
+
+def test_overrides_do_not_mutate_their_input() -> None:
+    original = {"vm": {"memory_mib": 256}}
+    apply_overrides(original, ["vm.memory_mib=1024"])
+    assert original == {"vm": {"memory_mib": 256}}
+
+
+@pytest.mark.parametrize("text", ["vm.memory_mib", "=3", "vm..x=1", "vm.memory_mib="])
+def test_malformed_override_is_refused(text: str) -> None:
+    with pytest.raises(ScenarioError, match="expected section.key=value"):
+        parse_override(text)
+
+
+def test_override_through_a_value_is_refused() -> None:
+    with pytest.raises(ScenarioError, match="is a value, not a section"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="no such scenario file"):
+        load_scenario(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[vm\nmemory_mib = 3")
+    with pytest.raises(ScenarioError, match="not valid TOML"):
+        load_scenario(bad)
+
+
+def test_effective_scenario_round_trips() -> None:
+    s = validate_scenario({"vm": {"memory_mib": 768}, "migration": {"strategy": "cold"}})
+    assert validate_scenario(scenario_to_dict(s)) == s
+
+
+@given(st.integers(min_value=1, max_value=65536))
+def test_any_positive_memory_size_is_accepted(memory: int) -> None:
+    assert validate_scenario({"vm": {"memory_mib": memory}}).vm.memory_mib == memory
+
+
+@given(st.text(min_size=1, max_size=12).filter(lambda s: s not in {"precopy", "cold"}))
+def test_any_other_strategy_is_refused_with_the_allowed_list(strategy: str) -> None:
+    with pytest.raises(ScenarioError, match="choose one of: precopy, cold"):
+        validate_scenario({"migration": {"strategy": strategy}})

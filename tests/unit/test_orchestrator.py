@@ -1,0 +1,143 @@
+"""The migration state machine against a scripted fake hypervisor: every ending leaves the VM
+running on exactly one host."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from vmigrate.config import MigrationSpec
+from vmigrate.hypervisor.base import Domain, HypervisorEvent, MigrationStats
+from vmigrate.migration.orchestrator import migrate
+from vmigrate.migration.strategy import UNLIMITED_BYTES_S, plan_for
+
+
+class FakeDomain(Domain):
+    """A VM instance whose migration goes through a scripted list of statuses."""
+
+    def __init__(self, role: str, state: str, script: list[str] | None = None) -> None:
+        self.host_role = role
+        self.state = state
+        self.script = list(script or [])
+        self.calls: list[str] = []
+        self.capabilities: dict[str, bool] = {}
+        self.parameters: dict[str, Any] = {}
+        self.peer: FakeDomain | None = None
+        self.migration_status = "none"
+
+    async def run_state(self) -> str:
+        return self.state
+
+    async def pause(self) -> None:
+        self.calls.append("pause")
+        self.state = "paused"
+
+    async def resume(self) -> None:
+        self.calls.append("resume")
+        self.state = "running"
+
+    async def set_migration_capabilities(self, capabilities: dict[str, bool]) -> None:
+        self.capabilities.update(capabilities)
+
+    async def set_migration_parameters(self, parameters: dict[str, Any]) -> None:
+        self.parameters.update(parameters)
+
+    async def start_migration(self, uri: str) -> None:
+        self.calls.append(f"migrate {uri}")
+
+    async def migration_stats(self) -> MigrationStats:
+        if self.migration_status not in ("completed", "failed", "cancelled") and self.script:
+            self.migration_status = self.script.pop(0)
+            if self.migration_status == "completed":
+                was_running = self.state == "running"
+                self.state = "postmigrate"
+                assert self.peer is not None
+                self.peer.state = "running" if was_running else "paused"
+        return MigrationStats(
+            status=self.migration_status,
+            total_time_ms=1234.0,
+            downtime_ms=7.0,
+            transferred_bytes=1000,
+            remaining_bytes=0 if self.migration_status == "completed" else 500,
+        )
+
+    async def cancel_migration(self) -> None:
+        self.calls.append("cancel")
+        self.migration_status = "cancelled"
+        self.script.clear()
+
+    def drain_events(self) -> list[HypervisorEvent]:
+        return []
+
+    async def shutdown(self) -> None:
+        self.calls.append("shutdown")
+        self.state = "gone"
+
+
+def pair(script: list[str]) -> tuple[FakeDomain, FakeDomain]:
+    source = FakeDomain("source", "running", script)
+    destination = FakeDomain("destination", "inmigrate")
+    source.peer = destination
+    return source, destination
+
+
+def run(source: FakeDomain, destination: FakeDomain, **spec: Any) -> Any:
+    return asyncio.run(
+        migrate(source, destination, MigrationSpec(**spec), "tcp:x:1", poll_interval_s=0.001)
+    )
+
+
+def test_precopy_completes_on_the_destination() -> None:
+    source, destination = pair(["setup", "active", "active", "completed"])
+    record = run(source, destination)
+    assert record.outcome == "completed"
+    assert destination.state == "running"
+    assert source.state == "postmigrate"
+    assert record.downtime_reported_ms == 7.0
+    assert record.total_time_s == pytest.approx(1.234)
+    assert len(record.samples) == 4
+    assert source.capabilities == {"events": True}
+    assert source.parameters["max-bandwidth"] == UNLIMITED_BYTES_S
+
+
+def test_timeout_cancels_and_keeps_the_vm_on_the_source() -> None:
+    source, destination = pair(["active"] * 100000)
+    record = run(source, destination, timeout_s=0.05)
+    assert record.outcome == "timeout"
+    assert "cancel" in source.calls
+    assert source.state == "running"
+    assert destination.state == "gone"
+    assert record.downtime_reported_ms is None
+
+
+def test_failure_keeps_the_vm_on_the_source() -> None:
+    source, destination = pair(["active", "failed"])
+    record = run(source, destination)
+    assert record.outcome == "failed"
+    assert source.state == "running"
+    assert destination.state == "gone"
+
+
+def test_cold_pauses_first_and_resumes_on_the_destination() -> None:
+    source, destination = pair(["active", "completed"])
+    record = run(source, destination, strategy="cold")
+    assert source.calls[0] == "pause"
+    assert "resume" in destination.calls
+    assert record.outcome == "completed"
+    assert destination.state == "running"
+    assert record.downtime_reported_ms is not None and record.downtime_reported_ms >= 0
+    assert record.downtime_reported_ms == pytest.approx(record.total_time_s * 1000)
+
+
+def test_failed_cold_migration_resumes_the_source() -> None:
+    source, destination = pair(["active", "failed"])
+    record = run(source, destination, strategy="cold")
+    assert record.outcome == "failed"
+    assert source.state == "running"
+
+
+def test_bandwidth_cap_is_passed_in_bytes() -> None:
+    plan = plan_for(MigrationSpec(max_bandwidth_mib_s=10, downtime_limit_ms=50))
+    assert plan.parameters == {"downtime-limit": 50, "max-bandwidth": 10 * 1024 * 1024}
