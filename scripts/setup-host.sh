@@ -9,7 +9,7 @@ PACKAGES=(
   busybox-static cpio gzip xz-utils zstd kmod   # guest initramfs
   gcc libc6-dev                                 # the static guest agent
   iproute2                                      # namespaces, bridges, veth, tap, tbf
-  procps                                        # ps, for humans and tests
+  procps iputils-ping                           # ps and ping, for humans and tests
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from vmigrate.testbed.state import is_same_process, netns_pids
 from vmigrate.testbed.testbed import Testbed
 
 TESTBED = "vmigt"
-DAEMONS = {"qemu-system-x86", "ganesha.nfsd", "rpcbind"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -32,27 +32,30 @@ def _needs_root() -> None:
         pytest.fail("integration tests need root (namespaces, taps, QEMU): run `sudo make test`")
 
 
-def leftovers(prefix: str) -> list[str]:
-    """Namespaces and processes a testbed named `prefix` may have left behind."""
+def processes_in(prefix: str) -> list[int]:
+    """PIDs of every process inside the namespaces of testbed `prefix` right now."""
+    pids: list[int] = []
+    for ns in Testbed(prefix).namespace_names():
+        pids += netns_pids(ns)
+    return pids
+
+
+def leftovers(prefix: str, pids: list[int] | None = None) -> list[str]:
+    """Namespaces of testbed `prefix` still present, and which of `pids` (or of the processes
+    naming the testbed's directory or tap) still run."""
     found = []
-    root_netns = os.readlink("/proc/self/ns/net")
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     found += [line.split()[0] for line in namespaces.splitlines() if line.startswith(prefix + "-")]
+    watched = set(pids or [])
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or not is_same_process(int(proc.name), None):
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        try:
-            comm = (proc / "comm").read_text().strip()
-            netns = os.readlink(proc / "ns" / "net")
-        except OSError:
-            continue
-        daemon_elsewhere = comm in DAEMONS and netns != root_netns
-        if f"/{prefix}/" in cmdline or f"{prefix}-tap" in cmdline or daemon_elsewhere:
-            found.append(f"pid {proc.name} ({comm}): {cmdline[:80]}")
+        if int(proc.name) in watched or f"/{prefix}/" in cmdline or f"{prefix}-tap" in cmdline:
+            found.append(f"pid {proc.name}: {cmdline[:80]}")
     return found
 
 
@@ -62,6 +65,8 @@ def testbed() -> Iterator[Testbed]:
     bed.down()
     bed.up(1000)
     yield bed
+    pids = processes_in(TESTBED)
+    assert pids, "the NFS server should be running in the storage namespace"
     problems = bed.down()
     assert problems == []
-    assert leftovers(TESTBED) == []
+    assert leftovers(TESTBED, pids) == []

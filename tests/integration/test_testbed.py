@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from conftest import leftovers
+from conftest import leftovers, processes_in
 
 from vmigrate.testbed.netns import call_in_netns
 from vmigrate.testbed.testbed import Testbed
@@ -72,12 +73,18 @@ def test_nfs_export_is_served_to_the_hypervisor_hosts(testbed: Testbed) -> None:
 
 
 def test_netns_calls_run_inside_the_namespace(testbed: Testbed) -> None:
-    def addresses() -> str:
-        return Path("/proc/net/fib_trie").read_text()
+    client_ip = testbed.hosts["client"].ip
 
-    inside = call_in_netns(testbed.hosts["client"].netns, addresses)
-    assert testbed.hosts["client"].ip in inside
-    assert testbed.hosts["client"].ip not in addresses()
+    def can_bind() -> bool:
+        with socket.socket() as sock:
+            try:
+                sock.bind((client_ip, 0))
+            except OSError:
+                return False
+            return True
+
+    assert call_in_netns(testbed.hosts["client"].netns, can_bind) is True
+    assert can_bind() is False
 
 
 def test_down_after_sigkill_removes_everything() -> None:
@@ -97,10 +104,11 @@ def test_down_after_sigkill_removes_everything() -> None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    pids = processes_in(name)
     assert leftovers(name), "the killed run should have left pieces behind for down to remove"
     done = vmigrate("testbed", "down", "--testbed", name)
     assert done.returncode == 0, done.stderr
-    assert leftovers(name) == []
+    assert leftovers(name, pids) == []
     assert not Testbed(name).dir.exists()
 
 
@@ -108,3 +116,51 @@ def test_status_of_a_missing_testbed_says_down() -> None:
     done = vmigrate("testbed", "status", "--testbed", "vmignone", "--json")
     assert done.returncode == 1
     assert json.loads(done.stdout)["up"] is False
+
+
+def test_ctrl_c_during_migration_leaves_nothing(tmp_path: Path) -> None:
+    """SIGINT while migrating: the run rolls back, tears down its testbed, exits 130."""
+    name = "vmigi"
+    Testbed(name).down()
+    scenario = tmp_path / "slow.toml"
+    scenario.write_text(
+        "[vm]\naccel = 'tcg'\n[phases]\nwarmup_s = 0\nbaseline_s = 0\nafter_s = 0\n"
+        "[network]\nbandwidth_mbit = 20\n"
+        "[workload]\nkind = 'memory'\nworking_set_mib = 128\ndirty_rate_mib_s = 50\n"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vmigrate",
+            "run",
+            str(scenario),
+            "--testbed",
+            name,
+            "--out",
+            str(tmp_path / "out"),
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    state = Testbed(name).state
+    deadline = time.monotonic() + 120
+    pids: list[int] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        qemus = (
+            [r for r in state.resources() if r.name.startswith("qemu")]
+            if state.path.exists()
+            else []
+        )
+        if len(qemus) == 2:  # the destination is up: the migration is starting
+            time.sleep(1.0)
+            pids = processes_in(name)
+            break
+        time.sleep(0.05)
+    assert pids, "the run never reached the migration"
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "interrupted" in output
+    assert leftovers(name, pids) == []

@@ -20,6 +20,7 @@ import shlex
 import shutil
 import stat
 import struct
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -374,7 +375,7 @@ def _apt_get_update(progress: Progress | None) -> None:
     _say(progress, "apt package lists are empty or stale: running apt-get update")
     try:
         run(["apt-get", "update"], timeout_s=600)
-    except CommandFailed as exc:
+    except (CommandFailed, subprocess.TimeoutExpired) as exc:
         raise ImageBuildError(
             f"apt-get update failed ({exc}); the Debian mirror must be reachable"
         ) from exc
@@ -563,7 +564,7 @@ def _download_kernel(package: str, version: str, progress: Progress | None) -> P
         argv = ["env", "-C", str(tmp), "apt-get", "download", "-o", "APT::Sandbox::User=root"]
         try:
             run([*argv, f"{package}={version}"], timeout_s=900)
-        except CommandFailed as exc:
+        except (CommandFailed, subprocess.TimeoutExpired) as exc:
             raise ImageBuildError(
                 f"cannot download {package}={version} ({exc}); "
                 "the Debian mirror must be reachable (try apt-get update)"

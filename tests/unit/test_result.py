@@ -1,0 +1,106 @@
+"""result.json: built from a recorded migration, valid against docs/result.schema.json."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from vmigrate.config import Scenario
+from vmigrate.hypervisor.base import HypervisorEvent, MigrationStats
+from vmigrate.migration.orchestrator import MigrationRecord, ProgressSample
+from vmigrate.report.result import build_result, write_result
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs/result.schema.json").read_text())
+ENV = {
+    "tool_version": "0",
+    "testbed": "t",
+    "accel": "tcg",
+    "accel_reason": "requested",
+    "qemu_version": "7.2.0",
+    "guest_kernel": "6.1",
+    "guest_image_digest": "abc",
+}
+VERIFIED = {"running_on": "destination", "service_ok_after": True, "memory_checksum_ok": True}
+
+
+def completed_record(t0: int) -> MigrationRecord:
+    final = MigrationStats(
+        status="completed",
+        total_time_ms=2000.0,
+        setup_time_ms=5.0,
+        downtime_ms=12.0,
+        transferred_bytes=250_000_000,
+        iterations=4,
+    )
+    return MigrationRecord(
+        strategy="precopy",
+        outcome="completed",
+        started_ns=t0,
+        completed_ns=t0 + 2_000_000_000,
+        ended_ns=t0 + 2_100_000_000,
+        final=final,
+        samples=[ProgressSample(t0, final)],
+        events=[HypervisorEvent(t0 + 1000, "source", "MIGRATION", {"status": "setup"})],
+    )
+
+
+def test_a_completed_run_has_consistent_figures_and_validates(tmp_path: Path) -> None:
+    t0 = time.monotonic_ns()
+    result = build_result(
+        scenario=Scenario(),
+        record=completed_record(t0),
+        started_at="2026-01-01T00:00:00+00:00",
+        t0_ns=t0,
+        marks_ns={"migration_start": t0 + 500_000_000},
+        environment=ENV,
+        verification=VERIFIED,
+        error=None,
+    )
+    jsonschema.validate(result, SCHEMA)
+    mig = result["migration"]
+    assert mig["total_time_s"] == 2.0
+    assert mig["setup_time_s"] == 0.005
+    assert mig["downtime_reported_ms"] == 12.0
+    # 250 MB in 2 s = 1000 Mbit/s.
+    assert mig["throughput_mbit_s"] == pytest.approx(1000.0)
+    assert result["timeline_s"] == {"migration_start": 0.5}
+    assert result["events"][0]["t_s"] == pytest.approx(1e-6)
+    path = write_result(tmp_path, result)
+    assert json.loads(path.read_text()) == result
+
+
+def test_a_run_that_never_migrated_still_validates() -> None:
+    result = build_result(
+        scenario=Scenario(),
+        record=None,
+        started_at="x",
+        t0_ns=0,
+        marks_ns={},
+        environment=ENV,
+        verification={**VERIFIED, "running_on": "none", "service_ok_after": False},
+        error="the guest did not report ready",
+    )
+    jsonschema.validate(result, SCHEMA)
+    assert result["outcome"] == "failed"
+    assert result["migration"]["total_time_s"] is None
+
+
+def test_the_schema_rejects_a_figure_without_its_unit() -> None:
+    t0 = time.monotonic_ns()
+    result = build_result(
+        scenario=Scenario(),
+        record=completed_record(t0),
+        started_at="x",
+        t0_ns=t0,
+        marks_ns={},
+        environment=ENV,
+        verification=VERIFIED,
+        error=None,
+    )
+    result["migration"]["downtime"] = 12
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(result, SCHEMA)
