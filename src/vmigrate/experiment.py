@@ -34,7 +34,6 @@ from vmigrate.testbed.testbed import Testbed
 BOOT_TIMEOUT_S = 120.0
 MIGRATION_PORT = 4444
 DISK_SIZE = "256M"
-READY_MARKER = "VMIGRATE-AGENT-READY"
 
 
 class ExperimentObserver(MigrationObserver, Protocol):
@@ -100,12 +99,16 @@ def guest_cmdline(scenario: Scenario, guest_ip: str) -> str:
 
 
 async def wait_for_agent(domain: QemuDomain, timeout_s: float = BOOT_TIMEOUT_S) -> None:
-    """Wait until the guest agent prints its ready line on the serial console."""
+    """Wait until the guest agent announces itself on the serial console (or fails)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
-            if READY_MARKER in domain.serial_log.read_text(errors="replace"):
+            console = domain.serial_log.read_text(errors="replace")
+            if agent_client.parse_ready(console):
                 return
+            failure = agent_client.console_failure(console)
+            if failure:
+                raise GuestError(f"the guest failed to start: {failure} (see {domain.serial_log})")
         if domain.process.poll() is not None:
             raise GuestError(
                 f"QEMU on {domain.host_role} exited while the guest booted: {domain.log_tail()}"

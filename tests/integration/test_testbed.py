@@ -139,7 +139,7 @@ def test_ctrl_c_during_migration_leaves_nothing(tmp_path: Path) -> None:
             name,
             "--out",
             str(tmp_path / "out"),
-        ],  # fmt: skip
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
