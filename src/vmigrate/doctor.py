@@ -111,8 +111,9 @@ def _kvm() -> Finding:
     if not os.path.exists("/dev/kvm"):
         return Finding("KVM", False, "/dev/kvm absent: TCG will be used", required=False)
     if probe.exists():
-        return Finding("KVM", True, f"probe verdict cached in {probe}: {probe.read_text()}",
-                       required=False)
+        return Finding(
+            "KVM", True, f"probe verdict cached in {probe}: {probe.read_text()}", required=False
+        )
     return Finding(
         "KVM",
         True,
