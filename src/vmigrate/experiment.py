@@ -59,6 +59,8 @@ class GuestFacts:
     boot_id: str | None = None
     service_ok: bool = False
     checksum: str | None = None
+    pages_checked: int = 0
+    pages_mismatched: int | None = None
     error: str | None = None
 
 
@@ -132,6 +134,9 @@ async def ask_guest(testbed: Testbed, with_checksum: bool) -> GuestFacts:
         if with_checksum:
             facts.checksum = await asyncio.to_thread(
                 call_in_netns, client_ns, agent_client.checksum, testbed.guest_ip
+            )
+            facts.pages_checked, facts.pages_mismatched = await asyncio.to_thread(
+                call_in_netns, client_ns, agent_client.verify, testbed.guest_ip
             )
     except VmigrateError as exc:
         facts.error = str(exc)
@@ -208,6 +213,9 @@ class Experiment:
                 and ctx.after.boot_id == ctx.before.boot_id,
                 "memory_checksum_ok": ctx.before.checksum is not None
                 and ctx.before.checksum == ctx.after.checksum,
+                "memory_writes_intact": ctx.after.pages_mismatched == 0,
+                "working_set_pages_checked": ctx.after.pages_checked,
+                "working_set_pages_mismatched": ctx.after.pages_mismatched,
                 "boot_id_before": ctx.before.boot_id,
                 "boot_id_after": ctx.after.boot_id,
                 "memory_checksum_before": ctx.before.checksum,

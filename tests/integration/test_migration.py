@@ -32,6 +32,7 @@ def assert_moved(result: dict[str, Any], out: Path) -> None:
     assert ver["service_ok_after"] is True
     assert ver["boot_id_before"] == ver["boot_id_after"]
     assert ver["memory_checksum_ok"] is True
+    assert ver["memory_writes_intact"] is True, ver
     mig = result["migration"]
     assert mig["total_time_s"] > 0
     assert mig["downtime_reported_ms"] >= 0
@@ -64,6 +65,8 @@ def test_precopy_with_memory_dirtying_workload(testbed: Testbed, tmp_path: Path)
     assert_moved(result, tmp_path)
     # Dirtied pages are re-sent: more than one pass over memory.
     assert result["migration"]["iterations"] >= 2
+    # Every page of the working set was checked against the agent's ledger after the move.
+    assert result["verification"]["working_set_pages_checked"] == 64 * 1024 * 1024 // 4096
 
 
 def test_cold_migration_pauses_for_the_whole_transfer(testbed: Testbed, tmp_path: Path) -> None:

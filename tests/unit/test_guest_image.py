@@ -546,10 +546,13 @@ def free_port(kind: int) -> int:
         return port
 
 
-def reference_checksum(integrity_mib: int) -> str:
-    """What agent.c computes: xorshift64 (fixed seed) fill, then FNV-1a 64 over the bytes."""
+def reference_checksum(integrity_mib: int, boot_id: str) -> str:
+    """What agent.c computes: xorshift64 fill seeded from the boot id, then FNV-1a 64."""
     mask = (1 << 64) - 1
     x = 0x9E3779B97F4A7C15
+    for char in boot_id.encode():
+        x = ((x ^ char) * 0x100000001B3) & mask
+    x = x or 1
     words = []
     for _ in range(integrity_mib * 1024 * 1024 // 8):
         x ^= (x << 13) & mask
@@ -615,7 +618,15 @@ def http_exchange(port: int, raw: bytes) -> bytes:
 
 def test_agent_checksum_matches_reference(host_agent: dict[str, int]) -> None:
     reply = agent_client.checksum("127.0.0.1", port=host_agent["control"])
-    assert agent_client.parse_checksum(reply) == (reference_checksum(1), 1024 * 1024)
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert agent_client.parse_checksum(reply) == (reference_checksum(1, boot_id), 1024 * 1024)
+    assert reference_checksum(1, boot_id) != reference_checksum(1, "another boot")
+
+
+def test_agent_verify_finds_no_lost_update_in_a_live_process(host_agent: dict[str, int]) -> None:
+    time.sleep(0.2)  # the working set is touched and being dirtied
+    pages, mismatches = agent_client.verify("127.0.0.1", port=host_agent["control"])
+    assert (pages, mismatches) == (4 * 1024 * 1024 // 4096, 0)
 
 
 def test_agent_status_and_http(host_agent: dict[str, int]) -> None:

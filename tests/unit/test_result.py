@@ -24,7 +24,14 @@ ENV = {
     "guest_kernel": "6.1",
     "guest_image_digest": "abc",
 }
-VERIFIED = {"running_on": "destination", "service_ok_after": True, "memory_checksum_ok": True}
+VERIFIED = {
+    "running_on": "destination",
+    "service_ok_after": True,
+    "memory_checksum_ok": True,
+    "memory_writes_intact": True,
+    "working_set_pages_checked": 0,
+    "working_set_pages_mismatched": 0,
+}
 
 
 def completed_record(t0: int) -> MigrationRecord:

@@ -8,11 +8,14 @@
  *   UDP echo   --echo-port (7)       every datagram goes back to its sender unchanged (the
  *                                    downtime probe sends one per millisecond).
  *   control    --control-port (7000) line protocol, one reply line per command:
- *                                    ping | checksum | status; anything else -> error.
- *   integrity  --integrity-mib (32)  region filled once with xorshift64 output, never written
- *                                    again: its FNV-1a 64 must survive a live migration.
+ *                                    ping | checksum | verify | status; else -> error.
+ *   integrity  --integrity-mib (32)  region filled once with xorshift64 output seeded per
+ *                                    boot, never written again: its FNV-1a 64 must survive a
+ *                                    live migration (and changes if the guest rebooted).
  *   workload   --workload idle|web|memory, --working-set-mib, --dirty-rate-mib-s: the memory
  *                                    workload dirties pages at a fixed rate (tick 10 ms).
+ *                                    Each write also goes to a ledger on other pages; `verify`
+ *                                    compares both, so an update a migration lost shows up.
  *
  * When every listener is up it prints "VMIGRATE-AGENT-READY boot_id=<id>" on stdout (the
  * serial console).  Errors go to stderr.
@@ -172,7 +175,12 @@ static void integrity_fill(void)
     integrity = malloc(integrity_bytes);
     if (!integrity)
         die("cannot allocate %lu MiB integrity region", opt.integrity_mib);
-    uint64_t x = 0x9E3779B97F4A7C15ULL; /* fixed seed: same pattern on every boot */
+    /* Seeded from the boot id: a rebooted guest has a different checksum. */
+    uint64_t x = 0x9E3779B97F4A7C15ULL;
+    for (const char *c = boot_id; *c; c++)
+        x = (x ^ (unsigned char)*c) * 0x100000001b3ULL;
+    if (x == 0)
+        x = 1;
     for (size_t off = 0; off < integrity_bytes; off += 8) {
         x ^= x << 13;
         x ^= x >> 7;
@@ -193,6 +201,34 @@ static uint64_t integrity_checksum(void)
 
 /* ---------------------------------------------------------- memory workload */
 
+/* The working set and its ledger: ledger[p] is the value last written into page p. */
+static pthread_mutex_t ws_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned char *ws_pages;
+static uint64_t *ws_ledger;
+static size_t ws_npages; /* set under ws_lock once the working set is touched */
+
+static void ws_write(size_t page, uint64_t value)
+{
+    memcpy(ws_pages + page * PAGE_SIZE_BYTES, &value, 8);
+    ws_ledger[page] = value;
+}
+
+/* Pages whose content disagrees with the ledger: updates lost by a migration. */
+static size_t ws_verify(size_t *checked)
+{
+    size_t bad = 0;
+    pthread_mutex_lock(&ws_lock);
+    for (size_t p = 0; p < ws_npages; p++) {
+        uint64_t value;
+        memcpy(&value, ws_pages + p * PAGE_SIZE_BYTES, 8);
+        if (value != ws_ledger[p])
+            bad++;
+    }
+    *checked = ws_npages;
+    pthread_mutex_unlock(&ws_lock);
+    return bad;
+}
+
 static void *memory_workload(void *arg)
 {
     (void)arg;
@@ -206,11 +242,21 @@ static void *memory_workload(void *arg)
         warnmsg("memory workload: cannot map %lu MiB: %s", opt.working_set_mib, strerror(errno));
         return NULL;
     }
+    uint64_t *ledger = calloc(npages, sizeof *ledger);
+    if (!ledger) {
+        warnmsg("memory workload: cannot allocate the ledger");
+        return NULL;
+    }
     uint64_t counter = 1;
+    pthread_mutex_lock(&ws_lock);
+    ws_pages = ws;
+    ws_ledger = ledger;
     for (size_t p = 0; p < npages; p++) { /* non-zero so QEMU cannot skip them as zero pages */
-        memcpy(ws + p * PAGE_SIZE_BYTES, &counter, 8);
+        ws_write(p, counter);
         __atomic_add_fetch(&touched_bytes, PAGE_SIZE_BYTES, __ATOMIC_RELAXED);
     }
+    ws_npages = npages;
+    pthread_mutex_unlock(&ws_lock);
     if (opt.dirty_rate_mib_s <= 0)
         return NULL;
     double bytes_per_tick = opt.dirty_rate_mib_s * (double)MIB * ((double)TICK_NS / 1e9);
@@ -235,12 +281,13 @@ static void *memory_workload(void *arg)
         owed += bytes_per_tick;
         size_t pages = (size_t)(owed / (double)PAGE_SIZE_BYTES);
         owed -= (double)pages * (double)PAGE_SIZE_BYTES;
+        pthread_mutex_lock(&ws_lock);
         for (size_t i = 0; i < pages; i++) {
-            counter++;
-            memcpy(ws + next * PAGE_SIZE_BYTES, &counter, 8);
+            ws_write(next, ++counter);
             if (++next == npages)
                 next = 0;
         }
+        pthread_mutex_unlock(&ws_lock);
         __atomic_add_fetch(&dirtied_bytes, (uint64_t)pages * PAGE_SIZE_BYTES, __ATOMIC_RELAXED);
     }
     return NULL;
@@ -312,6 +359,10 @@ static void control_reply(const char *cmd, char *out, size_t outlen)
     } else if (strcmp(cmd, "checksum") == 0) {
         snprintf(out, outlen, "checksum fnv1a64=%016llx bytes=%zu\n",
                  (unsigned long long)integrity_checksum(), integrity_bytes);
+    } else if (strcmp(cmd, "verify") == 0) {
+        size_t checked = 0;
+        size_t bad = ws_verify(&checked);
+        snprintf(out, outlen, "verify pages=%zu mismatches=%zu\n", checked, bad);
     } else if (strcmp(cmd, "status") == 0) {
         snprintf(out, outlen,
                  "{\"boot_id\":\"%s\",\"workload\":\"%s\",\"working_set_mib\":%lu,"

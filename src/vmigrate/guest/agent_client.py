@@ -23,6 +23,7 @@ AGENT_EXITED_MARKER = "VMIGRATE-AGENT-EXITED"
 
 _UUID = r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}"
 _READY_RE = re.compile(rf"{READY_MARKER} boot_id=({_UUID})")
+_VERIFY_RE = re.compile(r"verify pages=(\d+) mismatches=(\d+)")
 _CHECKSUM_RE = re.compile(r"checksum fnv1a64=([0-9a-f]{16}) bytes=(\d+)")
 _MAX_LINE = 65536
 
@@ -86,6 +87,18 @@ def checksum(ip: str, port: int = CONTROL_PORT, timeout_s: float = 30) -> str:
     if not _CHECKSUM_RE.fullmatch(reply):
         raise GuestError(f"agent {ip}:{port} answered {reply!r} to checksum")
     return reply
+
+
+def verify(ip: str, port: int = CONTROL_PORT, timeout_s: float = 30) -> tuple[int, int]:
+    """(pages checked, pages whose content disagrees with the ledger) of the memory workload.
+
+    A mismatch is a write the guest made that did not survive (e.g. lost by a migration).
+    """
+    reply = control(ip, "verify", port, timeout_s)
+    match = _VERIFY_RE.fullmatch(reply)
+    if not match:
+        raise GuestError(f"agent {ip}:{port} answered {reply!r} to verify")
+    return int(match.group(1)), int(match.group(2))
 
 
 def parse_checksum(reply: str) -> tuple[str, int]:

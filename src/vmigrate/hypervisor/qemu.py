@@ -28,6 +28,23 @@ CONNECT_TIMEOUT_S = 20.0
 COMMAND_TIMEOUT_S = 30.0
 
 
+# QEMU < 9.0 under TCG loses guest writes during live migration: the 64-pages-at-a-time fast
+# path of cpu_physical_memory_sync_dirty_bitmap() clears dirty bits without re-arming the TCG
+# TLB's not-dirty trap, so later stores through cached TLB entries are never marked dirty and
+# the destination resumes with stale pages (guest oopses; upstream fix "physmem: Fix
+# migration dirty bitmap coherency with TCG memory access", QEMU 9.0, Feb 2024). The fast path
+# is taken only for RAM blocks whose size is a multiple of 64 pages, so under TCG the guest gets
+# 8 KiB more RAM than asked, which sends every sync through the correct per-page path.
+TCG_RAM_PAD_KIB = 8
+
+
+def ram_size_arg(config: VmConfig) -> str:
+    """The -m value: the requested size, padded under TCG (see TCG_RAM_PAD_KIB)."""
+    if config.accel == "tcg":
+        return f"{config.memory_mib * 1024 + TCG_RAM_PAD_KIB}k"
+    return f"{config.memory_mib}M"
+
+
 def qemu_argv(
     config: VmConfig, tap: str, qmp_socket: Path, serial_log: Path, incoming: str | None
 ) -> list[str]:
@@ -38,7 +55,7 @@ def qemu_argv(
         "-machine", config.machine,
         "-accel", config.accel,
         "-cpu", config.cpu_model,
-        "-m", str(config.memory_mib),
+        "-m", ram_size_arg(config),
         "-smp", str(config.vcpus),
         "-nodefaults", "-no-user-config", "-display", "none",
         "-kernel", str(config.kernel),

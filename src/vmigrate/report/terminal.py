@@ -89,6 +89,7 @@ def summary_table(result: dict[str, Any]) -> Table:
         ("VM runs on", _fmt(ver["running_on"])),
         ("service answers after (same guest)", _fmt(ver["service_ok_after"])),
         ("memory checksum unchanged", _fmt(ver["memory_checksum_ok"])),
+        ("no guest write lost", _fmt(ver["memory_writes_intact"])),
         ("accelerator", _fmt(result["environment"]["accel"])),
     ]
     for name, value in rows:
