@@ -11,7 +11,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmigrate.paths import cache_dir
 from vmigrate.proc import run
 
 SETUP_HINT = "make setup"
@@ -107,19 +106,19 @@ def _kernel_networking() -> Finding:
 
 
 def _kvm() -> Finding:
-    probe = cache_dir() / "kvm-probe.json"
+    """Whether accel=auto will use KVM: the bounded boot probe's verdict (cached per boot)."""
+    from vmigrate.guest.image import load_cached_image
+    from vmigrate.hypervisor.accel import resolve_accel
+
     if not os.path.exists("/dev/kvm"):
         return Finding("KVM", False, "/dev/kvm absent: TCG will be used", required=False)
-    if probe.exists():
-        return Finding(
-            "KVM", True, f"probe verdict cached in {probe}: {probe.read_text()}", required=False
-        )
-    return Finding(
-        "KVM",
-        True,
-        "/dev/kvm present; accel=auto probes it (bounded) on the first run",
-        required=False,
-    )
+    image = load_cached_image()
+    if image is None:
+        return Finding("KVM", False, "not probed yet (needs the guest image)",
+                       fix="vmigrate image build", required=False)  # fmt: skip
+    accel, reason = resolve_accel("auto", image.kernel)
+    detail = f"{reason}; accel=auto uses {accel.upper()}"
+    return Finding("KVM", accel == "kvm", detail, fix="none needed: TCG works", required=False)
 
 
 def _guest_image() -> Finding:

@@ -208,6 +208,7 @@ class Experiment:
             },
             verification={
                 "running_on": ctx.running_on,
+                "source_state_after": ctx.record.source_state_after if ctx.record else None,
                 "service_ok_after": ctx.after.service_ok
                 and ctx.after.boot_id is not None
                 and ctx.after.boot_id == ctx.before.boot_id,

@@ -29,6 +29,7 @@ def assert_moved(result: dict[str, Any], out: Path) -> None:
     assert result["outcome"] == "completed", result["error"]
     ver = result["verification"]
     assert ver["running_on"] == "destination"
+    assert ver["source_state_after"] == "postmigrate"
     assert ver["service_ok_after"] is True
     assert ver["boot_id_before"] == ver["boot_id_after"]
     assert ver["memory_checksum_ok"] is True

@@ -95,6 +95,7 @@ def test_precopy_completes_on_the_destination() -> None:
     assert record.outcome == "completed"
     assert destination.state == "running"
     assert source.state == "postmigrate"
+    assert record.source_state_after == "postmigrate"
     assert record.downtime_reported_ms == 7.0
     assert record.total_time_s == pytest.approx(1.234)
     assert len(record.samples) == 4

@@ -46,8 +46,9 @@ def probe_kvm(kernel: Path, timeout_s: float = PROBE_TIMEOUT_S) -> tuple[bool, s
         text = console.read_text(errors="replace") if console.exists() else ""
         if _MARKER in text:
             return True, "a guest kernel booted under KVM"
-        said = " ".join(stderr.decode(errors="replace").split())
-        return False, f"KVM boot failed: {said[-160:] if said else 'no console output'}"
+        lines = [ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+        said = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else "")
+        return False, f"KVM boot failed: {said[:160] or 'no console output'}"
 
 
 def resolve_accel(requested: str, kernel: Path) -> tuple[str, str]:

@@ -48,6 +48,7 @@ class MigrationRecord:
     paused_ns: int | None = None
     resumed_ns: int | None = None
     final: MigrationStats | None = None
+    source_state_after: str | None = None
     samples: list[ProgressSample] = field(default_factory=list)
     events: list[HypervisorEvent] = field(default_factory=list)
 
@@ -170,10 +171,18 @@ async def _finish_on_destination(
             await destination.resume()
         record.resumed_ns = time.monotonic_ns()
     state = await _wait_state(destination, {"running"}, RESUME_WAIT_S)
+    record.source_state_after = await source.run_state()
     if state != "running":
         record.outcome = "failed"
         record.error = f"destination is {state!r} after the migration completed, not running"
         await _roll_back(source, destination, record)
+        return
+    if record.source_state_after != "postmigrate":
+        record.outcome = "failed"
+        record.error = (
+            f"source is {record.source_state_after!r} after the migration, not postmigrate: "
+            "the VM might run twice"
+        )
         return
     record.outcome = "completed"
 
