@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from vmigrate.testbed.state import is_same_process, netns_pids
+from vmigrate.pids import is_same_process
+from vmigrate.testbed.state import netns_pids
 from vmigrate.testbed.testbed import Testbed
 
 TESTBED = "vmigt"

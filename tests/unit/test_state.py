@@ -5,13 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from vmigrate.testbed.state import (
-    Resource,
-    StateFile,
-    is_same_process,
-    process_start_ticks,
-    tear_down,
-)
+from vmigrate.pids import is_same_process, process_start_ticks
+from vmigrate.testbed.state import Resource, StateFile, tear_down
 
 
 def test_resources_round_trip_and_forget(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from vmigrate.paths import cache_dir
-from vmigrate.testbed.state import terminate
+from vmigrate.pids import terminate
 
 PROBE_TIMEOUT_S = 20.0
 _MARKER = "Kernel panic"

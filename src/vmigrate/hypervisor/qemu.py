@@ -20,8 +20,8 @@ from qemu.qmp import ExecuteError, QMPClient, QMPError
 
 from vmigrate.errors import HypervisorError
 from vmigrate.hypervisor.base import Domain, HypervisorEvent, MigrationStats, VmConfig
+from vmigrate.pids import terminate
 from vmigrate.proc import in_netns
-from vmigrate.testbed.state import terminate
 
 QEMU_BINARY = "qemu-system-x86_64"
 CONNECT_TIMEOUT_S = 20.0

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmigrate.errors import CommandFailed, TestbedError
+from vmigrate.pids import is_same_process, process_start_ticks
 from vmigrate.proc import in_netns, run
 
 #: How long start_nfs_server waits for the server to answer before giving up.
@@ -259,21 +260,6 @@ def _preflight(netns: str, export_dir: Path, address: str) -> tuple[dict[str, st
 # Process identity (PID reuse safety)
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (index 0 = state), or None if gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return raw[raw.rfind(")") + 2 :].split()
-
-
-def _start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None if it is gone."""
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields else None
-
-
 def _cmdline(pid: int) -> list[str]:
     """The process's argv ([] if gone or a zombie)."""
     try:
@@ -308,10 +294,7 @@ def _alive(pid: int, ticks: int | None) -> bool:
     if child is not None and child.poll() is not None:
         del _CHILDREN[pid]
         return False
-    fields = _stat_fields(pid)
-    if fields is None or fields[0] in ("Z", "X"):
-        return False
-    return ticks is None or int(fields[19]) == ticks
+    return is_same_process(pid, ticks)
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
@@ -367,7 +350,7 @@ def stop_nfs_server(server_or_pids: NfsServer | Iterable[int], timeout_s: float 
     for pid, ticks in targets.items():
         role = _role(pid)
         if role is not None and _alive(pid, ticks):
-            ours[pid] = ticks if ticks is not None else _start_ticks(pid)
+            ours[pid] = ticks if ticks is not None else process_start_ticks(pid)
             roles[pid] = role
         else:
             _reap(pid)
@@ -579,7 +562,7 @@ def start_nfs_server(netns: str, export_dir: Path, work_dir: Path, address: str)
     # Kill order: ganesha, rpcbind, wrapper (the file lists wrapper, rpcbind, ganesha).
     ordered = list(reversed(pids))
     pids_file.write_text("".join(f"{p}\n" for p in ordered))
-    ticks = {p: t for p in ordered if (t := _start_ticks(p)) is not None}
+    ticks = {p: t for p in ordered if (t := process_start_ticks(p)) is not None}
     return NfsServer(
         pids=ordered, address=address, export_dir=export_dir, work_dir=work_dir, start_ticks=ticks
     )

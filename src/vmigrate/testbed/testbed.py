@@ -16,15 +16,11 @@ from typing import Any
 
 from vmigrate.errors import TestbedError, UsageError
 from vmigrate.paths import state_root
+from vmigrate.pids import is_same_process
 from vmigrate.testbed import network
 from vmigrate.testbed.network import GUEST_IP, GUEST_MAC, Host
 from vmigrate.testbed.nfs import start_nfs_server
-from vmigrate.testbed.state import (
-    StateFile,
-    is_same_process,
-    netns_exists,
-    tear_down,
-)
+from vmigrate.testbed.state import StateFile, netns_exists, tear_down
 
 DEFAULT_NAME = "vmig"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,7}$")
