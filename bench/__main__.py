@@ -1,6 +1,7 @@
 """`make bench`: run every benchmark and print its table."""
 
-from bench import turnaround
+from bench import measurement, turnaround
 
 if __name__ == "__main__":
+    measurement.main()
     turnaround.main()

@@ -10,6 +10,7 @@ PACKAGES=(
   gcc libc6-dev                                 # the static guest agent
   iproute2                                      # namespaces, bridges, veth, tap, tbf
   procps iputils-ping                           # ps and ping, for humans and tests
+  chromium fonts-dejavu-core                    # headless browser + a font, for the HTML report test
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -193,7 +193,7 @@ def _run_scenario(path: Path | None, out: Path | None, overrides: list[str], tes
 
     result, out_dir = guarded(body)
     console.print(summary_table(result))
-    console.print(f"result: {out_dir / 'result.json'}  (logs and serial consoles beside it)")
+    console.print(f"result: {out_dir / 'result.json'}  report: {out_dir / 'report.html'}")
     if result["outcome"] != "completed":
         raise typer.Exit(1)
 
@@ -220,6 +220,19 @@ def run_command(
     Exit 0 when the migration completed, 1 when it did not, 2 on bad input.
     """
     _run_scenario(scenario, out, overrides or [], testbed)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory (the --out of `run`)")],
+) -> None:
+    """Re-analyse a run from its recorded series; rewrite result.json and report.html."""
+    from vmigrate.report.rebuild import rebuild
+    from vmigrate.report.terminal import summary_table
+
+    result, html = guarded(lambda: rebuild(run_dir))
+    console.print(summary_table(result))
+    console.print(f"report: {html}")
 
 
 @app.command()

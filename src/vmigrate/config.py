@@ -71,6 +71,24 @@ class PhasesSpec(_Section):
     after_s: float = Field(5, ge=0, le=3600, description="measured after migrating")
 
 
+class LoadSpec(_Section):
+    """The client host's view of the service: an open-loop HTTP load and a downtime probe."""
+
+    rate_rps: float = Field(
+        100, ge=0, le=20000, description="HTTP requests per second (web and memory kinds; 0 = none)"
+    )
+    probe_interval_ms: float = Field(1, ge=0.1, le=1000, description="UDP echo probe interval")
+    sla_ms: float = Field(100, gt=0, description="a request slower than this violates the SLA")
+    timeout_ms: int = Field(2000, ge=10, le=600000, description="a request is a timeout after")
+
+
+class MeasureSpec(_Section):
+    """How often the samplers read the hypervisor and the hosts."""
+
+    progress_interval_ms: int = Field(100, ge=10, le=10000, description="query-migrate period")
+    resource_interval_ms: int = Field(200, ge=50, le=10000, description="host sampling period")
+
+
 class Scenario(_Section):
     """One experiment: every knob, with defaults that make a sensible first run."""
 
@@ -81,6 +99,8 @@ class Scenario(_Section):
     storage: StorageSpec = StorageSpec()
     migration: MigrationSpec = MigrationSpec()
     phases: PhasesSpec = PhasesSpec()
+    load: LoadSpec = LoadSpec()
+    measure: MeasureSpec = MeasureSpec()
 
     @model_validator(mode="after")
     def _working_set_fits(self) -> Scenario:

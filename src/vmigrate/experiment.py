@@ -13,11 +13,13 @@ import contextlib
 import datetime as dt
 import os
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from vmigrate import __version__
+from vmigrate.analysis import analyze
 from vmigrate.config import Scenario
 from vmigrate.errors import EnvironmentProblem, GuestError, UsageError, VmigrateError
 from vmigrate.guest import agent_client
@@ -25,8 +27,13 @@ from vmigrate.guest.image import GuestImage, build_image, kernel_cmdline
 from vmigrate.hypervisor.accel import resolve_accel
 from vmigrate.hypervisor.base import Domain, VmConfig
 from vmigrate.hypervisor.qemu import QemuDomain
+from vmigrate.measure.client import ClientProcess, start_load, start_probe
+from vmigrate.measure.progress import record_migration
+from vmigrate.measure.recorder import Recorder
+from vmigrate.measure.resources import ResourceSampler, WatchedHost
 from vmigrate.migration.orchestrator import MigrationObserver, MigrationRecord, migrate
 from vmigrate.proc import run
+from vmigrate.report.html import render_report
 from vmigrate.report.result import build_result, write_result
 from vmigrate.testbed.netns import call_in_netns
 from vmigrate.testbed.testbed import Testbed
@@ -156,8 +163,15 @@ class Experiment:
         self.ctx = RunContext(scenario=scenario, out_dir=out_dir, testbed=testbed)
         self.observer = observer
         self.domains: list[Domain] = []
+        self.recorder = Recorder(out_dir)
+        self.sampler: ResourceSampler | None = None
+        self.clients: dict[str, ClientProcess] = {}
 
-    async def run(self) -> dict[str, Any]:
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[VmConfig]:
+        """Everything a guest needs (image, accelerator, testbed, samplers, disk), yielding the
+        VM's configuration; on the way out — however it is left — stops every client, sampler
+        and VM of this run, and takes the testbed down if this run brought it up."""
         ctx = self.ctx
         if os.geteuid() != 0:
             raise EnvironmentProblem("vmigrate needs root for namespaces and taps: run with sudo")
@@ -176,13 +190,13 @@ class Experiment:
             await asyncio.to_thread(
                 testbed.up, ctx.scenario.network.bandwidth_mbit, self.observer.stage
             )
+            self._start_sampler()
             disk = self._create_disk()
-            await self._migrate_once(self._vm_config(ctx.image, disk))
-        except VmigrateError as exc:
-            if isinstance(exc, UsageError):
-                raise
-            ctx.error = str(exc)
+            yield self._vm_config(ctx.image, disk)
         finally:
+            await self.stop_clients()
+            if self.sampler is not None:
+                await asyncio.to_thread(self.sampler.stop)
             for domain in reversed(self.domains):
                 with contextlib.suppress(Exception):
                     await domain.shutdown()
@@ -191,6 +205,18 @@ class Experiment:
             if owns_testbed:
                 self.observer.stage("tearing the testbed down")
                 await asyncio.to_thread(testbed.down)
+
+    async def run(self) -> dict[str, Any]:
+        """The experiment: boot, load, baseline, migrate, after window, verify; the result."""
+        ctx = self.ctx
+        testbed = ctx.testbed
+        try:
+            async with self.session() as config:
+                await self._migrate_once(config)
+        except VmigrateError as exc:
+            if isinstance(exc, UsageError):
+                raise
+            ctx.error = str(exc)
         result = build_result(
             scenario=ctx.scenario,
             record=ctx.record,
@@ -224,8 +250,57 @@ class Experiment:
             },
             error=ctx.error,
         )
+        result = analyze(ctx.out_dir, result)
         write_result(ctx.out_dir, result)
+        render_report(ctx.out_dir)
         return result
+
+    def _start_sampler(self) -> None:
+        """Sample CPU, memory, disk and network of the source, destination and storage hosts."""
+        hosts = [
+            WatchedHost(
+                role, self.ctx.testbed.hosts[role].netns, self.ctx.testbed.hosts[role].uplink
+            )
+            for role in ("source", "destination", "storage")
+        ]
+        interval_s = self.ctx.scenario.measure.resource_interval_ms / 1000
+        self.sampler = ResourceSampler(hosts, self.recorder, interval_s)
+        self.sampler.start()
+
+    async def start_clients(self) -> None:
+        """Start the downtime probe and (for web and memory guests) the open-loop HTTP load."""
+        testbed, load = self.ctx.testbed, self.ctx.scenario.load
+        client_ns = testbed.hosts["client"].netns
+
+        def record(label: str) -> Callable[[int], None]:
+            return lambda pid: testbed.state.add_process(pid, label)
+
+        self.clients["probe"] = await asyncio.to_thread(
+            start_probe,
+            client_ns,
+            testbed.guest_ip,
+            self.recorder.path("probe"),
+            interval_ms=load.probe_interval_ms,
+            on_start=record("probe"),
+        )
+        if self.ctx.scenario.workload.kind != "idle" and load.rate_rps > 0:
+            self.clients["load"] = await asyncio.to_thread(
+                start_load,
+                client_ns,
+                testbed.guest_ip,
+                self.recorder.path("requests"),
+                rate_rps=load.rate_rps,
+                timeout_ms=load.timeout_ms,
+                on_start=record("load"),
+            )
+
+    async def stop_clients(self) -> None:
+        """Stop the probe and the load; they write their records on the way out."""
+        while self.clients:
+            _, client = self.clients.popitem()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(client.stop)
+            self.ctx.testbed.state.forget_process(client.pid)
 
     def _create_disk(self) -> Path:
         """A fresh qcow2 for this run in the NFS export (recorded, so `down` removes it too)."""
@@ -269,8 +344,9 @@ class Experiment:
         self.domains.append(domain)
         return domain
 
-    async def _migrate_once(self, config: VmConfig) -> None:
-        ctx, testbed, phases = self.ctx, self.ctx.testbed, self.ctx.scenario.phases
+    async def boot_source(self, config: VmConfig) -> QemuDomain:
+        """Boot the guest on the source host and wait until its service answers."""
+        ctx = self.ctx
         self.observer.stage(f"booting the guest on the source ({ctx.accel})")
         ctx.mark("boot_start")
         source = await self._launch("source", config, None)
@@ -278,9 +354,15 @@ class Experiment:
         ctx.qemu_version = "{major}.{minor}.{micro}".format(**version["qemu"])
         await wait_for_agent(source)
         ctx.mark("guest_ready")
-        ctx.before = await ask_guest(testbed, with_checksum=True)
+        ctx.before = await ask_guest(ctx.testbed, with_checksum=True)
         if not ctx.before.service_ok:
             raise GuestError(f"the guest's service does not answer: {ctx.before.error}")
+        return source
+
+    async def _migrate_once(self, config: VmConfig) -> None:
+        ctx, testbed, phases = self.ctx, self.ctx.testbed, self.ctx.scenario.phases
+        source = await self.boot_source(config)
+        await self.start_clients()
         self.observer.stage(f"warming up for {phases.warmup_s:g} s")
         await asyncio.sleep(phases.warmup_s)
         ctx.mark("baseline_start")
@@ -292,8 +374,16 @@ class Experiment:
         destination = await self._launch("destination", config, uri)
         self.observer.stage(f"migrating ({ctx.scenario.migration.strategy})")
         ctx.mark("migration_start")
-        ctx.record = await migrate(source, destination, ctx.scenario.migration, uri, self.observer)
+        ctx.record = await migrate(
+            source,
+            destination,
+            ctx.scenario.migration,
+            uri,
+            self.observer,
+            poll_interval_s=ctx.scenario.measure.progress_interval_ms / 1000,
+        )
         ctx.mark("migration_end")
+        record_migration(self.recorder, ctx.record)
         ctx.running_on = await self._where_is_it(source, destination)
         if ctx.record.outcome == "completed":
             await source.shutdown()
@@ -302,6 +392,7 @@ class Experiment:
         self.observer.stage(f"after window: {phases.after_s:g} s")
         await asyncio.sleep(phases.after_s)
         ctx.mark("after_end")
+        await self.stop_clients()
         ctx.after = await ask_guest(testbed, with_checksum=True)
 
     @staticmethod

@@ -83,6 +83,7 @@ def build_result(
     return {
         "schema_version": SCHEMA_VERSION,
         "started_at": started_at,
+        "clock": {"t0_ns": t0_ns},
         "scenario": scenario_to_dict(scenario),
         "environment": environment,
         "outcome": outcome,

@@ -59,7 +59,7 @@ class TerminalObserver:
 
 def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
     if value is None:
-        return "—"
+        return "[dim]—[/dim]"
     if isinstance(value, bool):
         return "[green]yes[/green]" if value else "[red]no[/red]"
     if isinstance(value, float):
@@ -70,7 +70,7 @@ def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
 
 
 def summary_table(result: dict[str, Any]) -> Table:
-    """The headline figures of one run."""
+    """The headline figures of one run: what it took, what the client saw, what hosts paid."""
     mig = result["migration"]
     ver = result["verification"]
     outcome = result["outcome"]
@@ -78,20 +78,49 @@ def summary_table(result: dict[str, Any]) -> Table:
     table = Table(title=f"vmigrate — {result['scenario']['name']}: [{colour}]{outcome}[/{colour}]")
     table.add_column("figure")
     table.add_column("value", justify="right")
+    service = result.get("service", {})
     rows: list[tuple[str, str]] = [
         ("strategy", _fmt(mig["strategy"])),
         ("total migration time", _fmt(mig["total_time_s"], " s", 3)),
         ("setup time", _fmt(mig["setup_time_s"], " s", 3)),
         ("downtime (hypervisor)", _fmt(mig["downtime_reported_ms"], " ms", 1)),
+        ("downtime (client probe)", _fmt(service.get("observed_downtime_ms"), " ms", 1)),
         ("transferred", _fmt(_mib(mig["transferred_bytes"]), " MiB", 1)),
         ("iterations", _fmt(mig["iterations"])),
         ("average throughput", _fmt(mig["throughput_mbit_s"], " Mbit/s", 1)),
+    ]
+    latency = service.get("latency_ms", {})
+    for window in ("baseline", "during", "after"):
+        stats = latency.get(window)
+        if stats:
+            rows.append(
+                (f"latency p50 / p99 {window}", f"{stats['p50']:.1f} / {stats['p99']:.1f} ms")
+            )
+    requests = service.get("requests")
+    if requests and requests["sent"]:
+        rows.append(
+            (
+                "requests ok / errors / timeouts",
+                f"{requests['ok']:,} / {requests['errors']:,} / {requests['timeouts']:,}",
+            )
+        )
+    for host, figures in result.get("resources", {}).get("hosts", {}).items():
+        cpu = figures["cpu_seconds"]["extra"]
+        tx = figures["net_tx_bytes"]["extra"]
+        rx = figures["net_rx_bytes"]["extra"]
+        rows.append((f"extra CPU {host}", _fmt(cpu, " CPU-s", 2)))
+        rows.append(
+            (f"extra net tx / rx {host}", f"{_fmt(_mib(tx), '', 1)} / {_fmt(_mib(rx), ' MiB', 1)}")
+        )
+    rows += [
         ("VM runs on", _fmt(ver["running_on"])),
         ("service answers after (same guest)", _fmt(ver["service_ok_after"])),
         ("memory checksum unchanged", _fmt(ver["memory_checksum_ok"])),
         ("no guest write lost", _fmt(ver["memory_writes_intact"])),
-        ("accelerator", _fmt(result["environment"]["accel"])),
     ]
+    for item in result.get("checks", []):
+        rows.append((f"check: {item['name'].replace('_', ' ')}", _fmt(item["ok"])))
+    rows.append(("accelerator", _fmt(result["environment"]["accel"])))
     for name, value in rows:
         table.add_row(name, value)
     if result.get("error"):
@@ -99,5 +128,5 @@ def summary_table(result: dict[str, Any]) -> Table:
     return table
 
 
-def _mib(value: int | None) -> float | None:
+def _mib(value: float | None) -> float | None:
     return None if value is None else value / MIB

@@ -1,0 +1,71 @@
+"""Consistency checks: figures from independent sources that must agree physically. A false
+check means a number in the report is wrong (or the testbed misbehaved); it is shown in red."""
+
+from __future__ import annotations
+
+from typing import Any
+
+LINK_TOLERANCE = 1.02  # tbf lets a burst of a few ms through above the rate
+
+
+def check(name: str, ok: bool | None, detail: str, **figures: Any) -> dict[str, Any]:
+    return {"name": name, "ok": ok, "detail": detail, "figures": figures}
+
+
+def consistency_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The checks of one run, from its result sections."""
+    mig = result["migration"]
+    service = result["service"]
+    source = result["resources"]["hosts"].get("source", {})
+    transferred = mig.get("transferred_bytes") or 0
+    checks = []
+
+    tx = source.get("net_tx_bytes", {}).get("during")
+    checks.append(
+        check(
+            "source_uplink_carried_the_migration",
+            None if tx is None or not transferred else tx >= transferred,
+            "bytes the source host's uplink sent during the migration ≥ bytes QEMU says it sent",
+            source_uplink_tx_bytes=tx,
+            transferred_bytes=transferred,
+        )
+    )
+
+    observed = service.get("observed_downtime_ms")
+    reported = mig.get("downtime_reported_ms")
+    interval = service.get("probe_interval_ms")
+    checks.append(
+        check(
+            "observed_downtime_covers_reported",
+            None if observed is None or reported is None else observed >= reported - interval,
+            "a client sees at least the pause the hypervisor reports (minus one probe interval)",
+            observed_downtime_ms=observed,
+            downtime_reported_ms=reported,
+            probe_interval_ms=interval,
+        )
+    )
+
+    total_s = mig.get("total_time_s")
+    link_mbit = result["scenario"]["network"]["bandwidth_mbit"]
+    rate = transferred * 8 / total_s / 1e6 if total_s else None
+    checks.append(
+        check(
+            "throughput_within_link_rate",
+            None if rate is None else rate <= link_mbit * LINK_TOLERANCE,
+            f"transferred bytes / total time ≤ the link rate (+{LINK_TOLERANCE - 1:.0%} for "
+            "the token bucket's burst)",
+            average_mbit_s=round(rate, 3) if rate is not None else None,
+            link_mbit_s=link_mbit,
+        )
+    )
+
+    after = result["service"].get("probe_replies_after_migration")
+    checks.append(
+        check(
+            "service_reachable_after_migration",
+            None if after is None else after > 0,
+            "the guest answered the probe after the migration window",
+            probe_replies_after=after,
+        )
+    )
+    return checks

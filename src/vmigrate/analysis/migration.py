@@ -1,0 +1,74 @@
+"""The migration's own story: its phases (from hypervisor events) and the data it moved (from
+the progress series), all in seconds since the migration started."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vmigrate.analysis.windows import Array, Windows, finite_or_none
+
+MIB = 1024 * 1024
+
+
+def phases_section(events: list[dict[str, Any]], windows: Windows) -> dict[str, Any]:
+    """Iterations, stop-and-copy, resume on the destination and completion, relative to the
+    migration's start; plus the three measurement windows (seconds since the run started)."""
+    start_s = (windows.during[0] - windows.t0_ns) / 1e9
+
+    def rel(event: dict[str, Any]) -> float:
+        return round(float(event["t_s"]) - start_s, 6)
+
+    def first(host: str, name: str, **data: Any) -> float | None:
+        for event in events:
+            if (
+                event["host"] == host
+                and event["event"] == name
+                and all(event.get("data", {}).get(k) == v for k, v in data.items())
+            ):
+                return rel(event)
+        return None
+
+    iterations = [
+        {"pass": int(e["data"].get("pass", 0)), "t_s": rel(e)}
+        for e in events
+        if e["host"] == "source" and e["event"] == "MIGRATION_PASS"
+    ]
+    return {
+        "windows_s": windows.as_seconds(),
+        "iterations": iterations,
+        "stop_and_copy_s": first("source", "STOP"),
+        "resume_on_destination_s": first("destination", "RESUME"),
+        "completion_s": first("source", "MIGRATION", status="completed"),
+    }
+
+
+def data_section(progress: dict[str, Array], guest_ram_bytes: int) -> dict[str, Any]:
+    """Bytes and pages moved, dirty rate and amplification, from the progress polls."""
+
+    def last(column: str) -> int:
+        values = progress.get(column, np.array([]))
+        values = values[~np.isnan(values)]
+        return int(values[-1]) if len(values) else 0
+
+    dirty = progress.get("dirty_rate_mib_s", np.array([]))
+    dirty = dirty[~np.isnan(dirty)]
+    transferred = last("transferred_bytes")
+    return {
+        "transferred_bytes": transferred,
+        "zero_pages": last("zero_pages"),
+        "normal_pages": last("normal_pages"),
+        "normal_bytes": last("normal_bytes"),
+        "precopy_bytes": last("precopy_bytes"),
+        "downtime_bytes": last("downtime_bytes"),
+        "postcopy_bytes": last("postcopy_bytes"),
+        "dirty_rate_mib_s": {
+            "mean": finite_or_none(float(np.mean(dirty))) if len(dirty) else None,
+            "peak": finite_or_none(float(np.max(dirty))) if len(dirty) else None,
+        },
+        "iterations": last("iterations"),
+        "amplification_ratio": finite_or_none(transferred / guest_ram_bytes, 4)
+        if guest_ram_bytes
+        else None,
+    }

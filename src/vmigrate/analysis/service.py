@@ -1,0 +1,154 @@
+"""What a client of the service saw: the outage the probe measured, request latency per window,
+errors, SLA violations and throughput.
+
+Latency is measured from each request's *intended* send time (open-loop, no coordinated
+omission). Percentiles use the nearest-rank definition (the value at rank ceil(p·N)), the one
+HdrHistogram reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from hdrh.histogram import HdrHistogram
+
+from vmigrate.analysis.windows import WINDOW_NAMES, Array, Windows, finite_or_none
+
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+HDR_MAX_US = 3_600_000_000  # one hour
+
+
+def nearest_rank(values: Array, percentile: float) -> float:
+    """The nearest-rank percentile of `values` (NaN when empty)."""
+    if len(values) == 0:
+        return float("nan")
+    ordered = np.sort(values)
+    rank = int(np.ceil(percentile / 100.0 * len(ordered)))
+    return float(ordered[max(rank, 1) - 1])
+
+
+def latency_summary(latency_ms: Array) -> dict[str, float | int | None] | None:
+    """count, p50, p90, p99, p999, max, mean of a set of latencies in ms (None when empty)."""
+    if len(latency_ms) == 0:
+        return None
+    summary: dict[str, float | int | None] = {"count": len(latency_ms)}
+    for name, pct in PERCENTILES.items():
+        summary[name] = finite_or_none(nearest_rank(latency_ms, pct))
+    summary["max"] = finite_or_none(float(np.max(latency_ms)))
+    summary["mean"] = finite_or_none(float(np.mean(latency_ms)))
+    return summary
+
+
+def hdr_encoded(latency_ms: Array) -> str | None:
+    """An HdrHistogram of the latencies (µs, 3 significant digits), compressed, base64."""
+    if len(latency_ms) == 0:
+        return None
+    histogram = HdrHistogram(1, HDR_MAX_US, 3)
+    for value in np.clip(np.rint(latency_ms * 1000.0), 1, HDR_MAX_US):
+        histogram.record_value(int(value))
+    encoded: bytes = histogram.encode()  # already base64
+    return encoded.decode()
+
+
+def observed_downtime(
+    send_ns: Array, recv_ns: Array, window: tuple[int, int]
+) -> tuple[float | None, float | None, int, int]:
+    """Longest gap between successful probe replies that overlaps `window`.
+
+    Returns (gap_ms, gap_start_ns, probes sent in the window, probes of it lost). A gap still
+    open at the last probe (no reply ever came back) ends at the last probe's send time.
+    """
+    if len(send_ns) == 0:
+        return None, None, 0, 0
+    in_window = (send_ns >= window[0]) & (send_ns <= window[1])
+    sent = int(np.count_nonzero(in_window))
+    lost = int(np.count_nonzero(in_window & np.isnan(recv_ns)))
+    replies = np.sort(recv_ns[~np.isnan(recv_ns)])
+    last_send = float(np.max(send_ns))
+    if len(replies) == 0:
+        return (last_send - float(np.min(send_ns))) / 1e6, float(np.min(send_ns)), sent, lost
+    starts = replies
+    ends = np.append(replies[1:], max(last_send, float(replies[-1])))
+    overlapping = (ends > window[0]) & (starts < window[1])
+    if not np.any(overlapping):
+        return None, None, sent, lost
+    gaps = np.where(overlapping, ends - starts, -1.0)
+    best = int(np.argmax(gaps))
+    return float(gaps[best]) / 1e6, float(starts[best]), sent, lost
+
+
+def service_section(
+    probe: dict[str, Array],
+    requests: dict[str, Array],
+    errors: list[str],
+    windows: Windows,
+    probe_interval_ms: float,
+    sla_ms: float,
+) -> dict[str, Any]:
+    """The `service` section of result.json."""
+    send_ns = probe.get("send_ns", np.array([]))
+    recv_ns = probe.get("recv_ns", np.array([]))
+    gap_ms, gap_start, sent, lost = observed_downtime(send_ns, recv_ns, windows.during)
+    replies_after = int(
+        np.count_nonzero((recv_ns > windows.after[0]) & (recv_ns <= windows.after[1]))
+    )
+    intended = requests.get("intended_ns", np.array([]))
+    done = requests.get("done_ns", np.array([]))
+    status = requests.get("status", np.array([]))
+    error = np.array(errors if errors else [""] * len(intended), dtype=object)
+    ok = (status == 200) & (error == "") & ~np.isnan(done)
+    timeouts = error == "timeout"
+    latency_ms = (done - intended) / 1e6
+
+    latency: dict[str, Any] = {}
+    histograms: dict[str, str | None] = {}
+    throughput: dict[str, float | None] = {}
+    for name in WINDOW_NAMES:
+        start, end = windows.get(name)
+        mine = ok & (intended >= start) & (intended <= end)
+        latency[name] = latency_summary(latency_ms[mine])
+        histograms[name] = hdr_encoded(latency_ms[mine])
+        completed = ok & (done >= start) & (done <= end)
+        seconds = windows.duration_s(name)
+        throughput[name] = (
+            finite_or_none(np.count_nonzero(completed) / seconds) if seconds > 0 else None
+        )
+
+    baseline_p99 = latency["baseline"]["p99"] if latency["baseline"] else None
+    start, end = windows.during
+    during = (intended >= start) & (intended <= end)
+    failed = during & ~ok
+    slow = np.where(ok, latency_ms, np.inf)
+    over_sla = int(np.count_nonzero(during & (slow > sla_ms)))
+    over_2x = (
+        int(np.count_nonzero(during & (slow > 2 * baseline_p99)))
+        if baseline_p99 is not None
+        else None
+    )
+    return {
+        "probe_interval_ms": probe_interval_ms,
+        "observed_downtime_ms": finite_or_none(gap_ms),
+        "observed_downtime_start_s": finite_or_none(
+            (gap_start - windows.t0_ns) / 1e9 if gap_start is not None else None, 6
+        ),
+        "probe_sent": sent,
+        "probe_lost": lost,
+        "probe_replies_after_migration": replies_after if len(send_ns) else None,
+        "latency_ms": latency,
+        "requests": {
+            "sent": len(intended),
+            "ok": int(np.count_nonzero(ok)),
+            "errors": int(np.count_nonzero(~ok & ~timeouts)),
+            "timeouts": int(np.count_nonzero(timeouts)),
+            "failed_during": int(np.count_nonzero(failed)),
+        },
+        "sla_ms": sla_ms,
+        "sla_violations": {
+            "over_sla": over_sla,
+            "over_2x_baseline_p99": over_2x,
+            "baseline_p99_ms": baseline_p99,
+        },
+        "throughput_rps": throughput,
+        "histograms": histograms,
+    }
