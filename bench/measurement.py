@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
-from vmigrate.measure.client import read_probe, read_requests
 
 from vmigrate.analysis.service import nearest_rank, observed_downtime
 from vmigrate.config import validate_scenario
 from vmigrate.experiment import Experiment, SilentObserver
+from vmigrate.measure.client import read_probe, read_requests
 from vmigrate.pids import process_start_ticks
 from vmigrate.testbed.testbed import Testbed
 

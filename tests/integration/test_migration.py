@@ -94,3 +94,60 @@ def test_timeout_cancels_and_the_vm_keeps_serving_on_the_source(
     assert ver["running_on"] == "source"
     assert ver["service_ok_after"] is True
     assert ver["memory_checksum_ok"] is True
+
+
+def numbers(node: Any, path: str = "") -> list[tuple[str, Any]]:
+    """Every leaf of a JSON document with its dotted path."""
+    if isinstance(node, dict):
+        return [leaf for k, v in node.items() for leaf in numbers(v, f"{path}.{k}")]
+    if isinstance(node, list):
+        return [leaf for i, v in enumerate(node) for leaf in numbers(v, f"{path}[{i}]")]
+    return [(path, node)]
+
+
+def test_web_under_load_gets_the_whole_bill(testbed: Testbed, tmp_path: Path) -> None:
+    result = run(
+        testbed,
+        tmp_path,
+        workload={"kind": "web"},
+        load={"rate_rps": 100},
+        phases={"warmup_s": 1, "baseline_s": 3, "after_s": 3},
+    )
+    assert_moved(result, tmp_path)
+    for section in ("phases", "service", "resources", "data", "checks"):
+        assert result[section], section
+    # Every figure is finite and never negative where negative is meaningless.
+    for path, value in numbers({k: result[k] for k in ("service", "resources", "data")}):
+        if isinstance(value, float):
+            assert value == value and abs(value) != float("inf"), path
+            if not path.endswith(".extra"):
+                assert value >= 0, path
+    service = result["service"]
+    for window in ("baseline", "during", "after"):
+        stats = service["latency_ms"][window]
+        assert stats is not None and stats["count"] > 0, window
+        assert 0 < stats["p50"] <= stats["p90"] <= stats["p99"] <= stats["p999"] <= stats["max"]
+        assert service["throughput_rps"][window] > 0
+    requests = service["requests"]
+    assert requests["sent"] >= 100 * 7 * 0.9  # 100 req/s for 1+3 s plus migration plus 3 s
+    assert requests["ok"] >= requests["sent"] * 0.95
+    # The client saw the guest go away at least as long as QEMU paused it.
+    assert service["observed_downtime_ms"] >= result["migration"]["downtime_reported_ms"] - 1
+    assert service["probe_sent"] > 0
+    hosts = result["resources"]["hosts"]
+    # The source sent the guest's memory; the destination received it.
+    transferred = result["migration"]["transferred_bytes"]
+    assert hosts["source"]["net_tx_bytes"]["during"] >= transferred
+    assert hosts["destination"]["net_rx_bytes"]["during"] >= transferred
+    assert hosts["source"]["cpu_seconds"]["during"] > 0
+    assert hosts["destination"]["cpu_seconds"]["during"] > 0
+    assert hosts["destination"]["rss_bytes"]["after"] > hosts["destination"]["rss_bytes"]["before"]
+    assert "ganesha.nfsd" in hosts["storage"]["processes"]
+    assert set(hosts["source"]["qemu_cpu_seconds"]) == {"vcpu", "migration", "main", "other"}
+    assert hosts["source"]["qemu_cpu_seconds"]["migration"]["during"] > 0
+    assert [c["name"] for c in result["checks"] if c["ok"] is not True] == []
+    assert result["data"]["transferred_bytes"] == transferred
+    assert len(result["phases"]["iterations"]) == result["migration"]["iterations"]
+    assert (tmp_path / "report.html").stat().st_size > 100_000
+    for series in ("migration", "events", "processes", "threads", "links", "probe", "requests"):
+        assert (tmp_path / "series" / f"{series}.csv").exists(), series

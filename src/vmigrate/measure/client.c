@@ -4,8 +4,9 @@
  *   probe  UDP echo downtime probe: one datagram every --interval-us, paced on absolute
  *          CLOCK_MONOTONIC deadlines (clock_nanosleep TIMER_ABSTIME).  After a stall longer
  *          than one interval the missed slots are skipped, never sent in a burst; `seq` counts
- *          the probes actually sent.  A second thread receives the echoes and matches them by
- *          seq.  CSV: seq,send_ns,recv_ns (recv_ns empty when no reply came).
+ *          the probes actually sent.  Each wake-up first collects the echoes that arrived
+ *          (matched by seq; receive time = the kernel's receive timestamp), then sends: one
+ *          wake-up per probe.  CSV: seq,send_ns,recv_ns (recv_ns empty when no reply came).
  *
  *   load   open-loop HTTP/1.1 load (like wrk2): request i is intended at start + i/rate and
  *          goes out then on an idle keep-alive connection, or on a new one (up to
@@ -22,17 +23,16 @@
  * Every time is CLOCK_MONOTONIC in ns, the clock of Python's time.monotonic_ns().
  * Exit: 0 done, 1 runtime failure, 2 usage.
  *
- * Build: gcc -O2 -Wall -Wextra -pthread -o vmigrate-client client.c
+ * Build: gcc -O2 -Wall -Wextra -o vmigrate-client client.c
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
-#include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <pthread.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -299,11 +299,11 @@ static int same_peer(const struct sockaddr_storage *a)
 
 /* ------------------------------------------------------------------ probe */
 
-/* Records live in fixed chunks that never move, so the receiving thread can fill in recv_ns
- * while the sender keeps appending (the sender publishes the count with a release store). */
-#define CHUNK_BITS 16
-#define CHUNK_LEN (1u << CHUNK_BITS)
-#define MAX_CHUNKS 65536
+/* One thread and one wake-up per probe: each wake first collects the echoes that came back
+ * since the last one, then sends the next probe. An echo's receive time is the kernel's
+ * receive timestamp (SO_TIMESTAMPNS), not the moment we read it, so reading late costs no
+ * accuracy. That timestamp is CLOCK_REALTIME; it is moved to CLOCK_MONOTONIC with the offset
+ * between the two clocks sampled right after the read (they differ only by clock steps). */
 
 struct probe_rec {
     int64_t send_ns;
@@ -312,87 +312,96 @@ struct probe_rec {
 
 struct probe_msg {
     uint32_t magic;
-    uint32_t nonce; /* per run: ignore echoes of another client */
+    uint32_t nonce; /* per run: ignore echoes meant for another client */
     uint64_t seq;
     int64_t send_ns;
 };
 
-static struct probe_rec *probe_chunks[MAX_CHUNKS];
-static uint64_t probe_sent;      /* records published (atomic) */
-static int64_t probe_stop_ns;    /* set before probe_stopped */
-static int probe_stopped;        /* atomic */
+#define PROBE_BATCH 32
+
+static struct probe_rec *probes;
+static uint64_t probes_sent, probes_cap, probes_received;
 static uint32_t probe_nonce;
-static int probe_fd;
 
-static inline struct probe_rec *probe_at(uint64_t seq)
+/* Read every echo waiting on the socket; returns how many were matched. */
+static unsigned probe_drain(int fd)
 {
-    return &probe_chunks[seq >> CHUNK_BITS][seq & (CHUNK_LEN - 1)];
-}
-
-static void *probe_receiver(void *arg)
-{
-    (void)arg;
-    uint64_t received = 0;
+    static unsigned char data[PROBE_BATCH][64];
+    static char control[PROBE_BATCH][CMSG_SPACE(sizeof(struct timespec)) + 64];
+    static struct sockaddr_storage from[PROBE_BATCH];
+    struct mmsghdr msgs[PROBE_BATCH];
+    struct iovec iov[PROBE_BATCH];
+    unsigned matched = 0;
     for (;;) {
-        unsigned char buf[256];
-        struct sockaddr_storage from;
-        socklen_t flen = sizeof from;
-        ssize_t n = recvfrom(probe_fd, buf, sizeof buf, 0, (struct sockaddr *)&from, &flen);
-        int64_t now = mono_ns();
-        if (n == (ssize_t)sizeof(struct probe_msg) && same_peer(&from)) {
+        for (int i = 0; i < PROBE_BATCH; i++) {
+            iov[i] = (struct iovec){.iov_base = data[i], .iov_len = sizeof data[i]};
+            msgs[i].msg_hdr = (struct msghdr){
+                .msg_name = &from[i], .msg_namelen = sizeof from[i], .msg_iov = &iov[i],
+                .msg_iovlen = 1, .msg_control = control[i], .msg_controllen = sizeof control[i]};
+        }
+        int n = recvmmsg(fd, msgs, PROBE_BATCH, MSG_DONTWAIT, NULL);
+        if (n <= 0) {
+            if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+                errno != ECONNREFUSED)
+                warnmsg("probe: recvmmsg: %s", strerror(errno));
+            return matched;
+        }
+        int64_t m1 = mono_ns();
+        struct timespec real;
+        clock_gettime(CLOCK_REALTIME, &real);
+        int64_t m2 = mono_ns();
+        int64_t offset = (int64_t)real.tv_sec * NS_PER_S + real.tv_nsec - (m1 + (m2 - m1) / 2);
+        for (int i = 0; i < n; i++) {
             struct probe_msg m;
-            memcpy(&m, buf, sizeof m);
-            uint64_t count = __atomic_load_n(&probe_sent, __ATOMIC_ACQUIRE);
-            if (m.magic == PROBE_MAGIC && m.nonce == probe_nonce && m.seq < count) {
-                struct probe_rec *r = probe_at(m.seq);
-                if (r->send_ns == m.send_ns && r->recv_ns < 0) {
-                    r->recv_ns = now;
-                    received++;
+            if (msgs[i].msg_len != sizeof m ||
+                !same_peer((struct sockaddr_storage *)msgs[i].msg_hdr.msg_name))
+                continue;
+            memcpy(&m, data[i], sizeof m);
+            if (m.magic != PROBE_MAGIC || m.nonce != probe_nonce || m.seq >= probes_sent)
+                continue;
+            struct probe_rec *r = &probes[m.seq];
+            if (r->send_ns != m.send_ns || r->recv_ns >= 0)
+                continue;
+            int64_t at = m1;
+            for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msgs[i].msg_hdr); cm;
+                 cm = CMSG_NXTHDR(&msgs[i].msg_hdr, cm)) {
+                if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+                    struct timespec ts;
+                    memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+                    int64_t k = (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec - offset;
+                    if (k >= r->send_ns && k <= m1) /* else a clock step: keep the read time */
+                        at = k;
                 }
             }
-        } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-                   errno != ECONNREFUSED) {
-            warnmsg("probe: recvfrom: %s", strerror(errno));
-            usleep(1000);
+            r->recv_ns = at;
+            probes_received++;
+            matched++;
         }
-        if (__atomic_load_n(&probe_stopped, __ATOMIC_ACQUIRE)) {
-            if (received >= __atomic_load_n(&probe_sent, __ATOMIC_ACQUIRE) ||
-                now >= probe_stop_ns + PROBE_LINGER_NS)
-                break;
-        }
+        if (n < PROBE_BATCH)
+            return matched;
     }
-    return NULL;
 }
 
 static int run_probe(void)
 {
-    probe_fd = socket(target_addr.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (probe_fd < 0)
+    int fd = socket(target_addr.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
         die(1, "socket: %s", strerror(errno));
-    struct timeval tv = {.tv_sec = 0, .tv_usec = 20000}; /* receiver checks for the stop */
-    setsockopt(probe_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    int rcvbuf = 1 << 20;
-    setsockopt(probe_fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    int one = 1, rcvbuf = 1 << 20;
+    if (setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one) < 0)
+        warnmsg("probe: SO_TIMESTAMPNS: %s (receive times are read times)", strerror(errno));
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
     probe_nonce = (uint32_t)(mono_ns() ^ ((int64_t)getpid() << 16));
     prctl(PR_SET_TIMERSLACK, 1000UL); /* 1 us instead of 50 us of wake-up slack */
-
-    /* The receiver must not take the signals: they have to interrupt the sender's sleep. */
-    sigset_t stopset, old;
-    sigemptyset(&stopset);
-    sigaddset(&stopset, SIGTERM);
-    sigaddset(&stopset, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stopset, &old);
-    pthread_t rx;
-    if (pthread_create(&rx, NULL, probe_receiver, NULL) != 0)
-        die(1, "cannot start the receiver thread");
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    struct csv w;
+    csv_open(&w, "seq,send_ns,recv_ns\n"); /* now: an unwritable --out fails before READY */
 
     say_ready();
     const int64_t interval = (int64_t)opt.interval_us * 1000;
     const int64_t start = mono_ns();
     const int64_t end = opt.duration_s > 0 ? start + (int64_t)(opt.duration_s * 1e9) : INT64_MAX;
     int64_t deadline = start;
-    uint64_t seq = 0, skipped = 0, send_errors = 0;
+    uint64_t skipped = 0, send_errors = 0;
     while (!stop_signals) {
         int64_t now = mono_ns();
         if (now < deadline) {
@@ -407,48 +416,49 @@ static int run_probe(void)
         }
         if (deadline >= end)
             break;
-        if ((seq & (CHUNK_LEN - 1)) == 0) {
-            if ((seq >> CHUNK_BITS) >= MAX_CHUNKS)
-                break;
-            struct probe_rec *chunk = malloc(CHUNK_LEN * sizeof *chunk);
-            if (!chunk)
-                die(1, "out of memory");
-            probe_chunks[seq >> CHUNK_BITS] = chunk;
+        probe_drain(fd);
+        if (probes_sent == probes_cap) {
+            probes_cap = probes_cap ? probes_cap * 2 : 65536;
+            probes = xrealloc(probes, probes_cap * sizeof *probes);
         }
-        struct probe_rec *r = probe_at(seq);
-        struct probe_msg m = {.magic = PROBE_MAGIC, .nonce = probe_nonce, .seq = seq};
+        struct probe_rec *r = &probes[probes_sent];
+        struct probe_msg m = {.magic = PROBE_MAGIC, .nonce = probe_nonce, .seq = probes_sent};
         r->recv_ns = -1;
         r->send_ns = m.send_ns = mono_ns();
-        __atomic_store_n(&probe_sent, seq + 1, __ATOMIC_RELEASE);
-        if (sendto(probe_fd, &m, sizeof m, 0, (struct sockaddr *)&target_addr, target_len) < 0) {
+        probes_sent++;
+        if (sendto(fd, &m, sizeof m, MSG_DONTWAIT, (struct sockaddr *)&target_addr,
+                   target_len) < 0) {
             /* Counted as sent and lost: the slot was used, no echo can come back. */
             if (send_errors++ == 0)
                 warnmsg("probe: sendto: %s", strerror(errno));
         }
-        seq++;
         deadline += interval;
     }
-    probe_stop_ns = mono_ns();
-    __atomic_store_n(&probe_stopped, 1, __ATOMIC_RELEASE);
-    pthread_join(rx, NULL);
+    /* Late echoes: wait up to PROBE_LINGER_NS more (a second signal cuts it short). */
+    const int64_t linger_end = mono_ns() + PROBE_LINGER_NS;
+    const int signals_at_stop = stop_signals;
+    for (;;) {
+        probe_drain(fd);
+        int64_t left = linger_end - mono_ns();
+        if (probes_received >= probes_sent || left <= 0 || stop_signals > signals_at_stop)
+            break;
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        poll(&pfd, 1, (int)((left + NS_PER_MS - 1) / NS_PER_MS));
+    }
+    close(fd);
 
-    struct csv w;
-    csv_open(&w, "seq,send_ns,recv_ns\n");
-    uint64_t lost = 0;
     char line[96];
-    for (uint64_t i = 0; i < seq; i++) {
-        struct probe_rec *r = probe_at(i);
-        lost += r->recv_ns < 0;
+    for (uint64_t i = 0; i < probes_sent; i++) {
         char *p = put_i64(line, (int64_t)i, ',');
-        p = put_i64(p, r->send_ns, ',');
-        p = put_i64(p, r->recv_ns, '\n');
+        p = put_i64(p, probes[i].send_ns, ',');
+        p = put_i64(p, probes[i].recv_ns, '\n');
         fwrite(line, 1, (size_t)(p - line), w.f);
     }
     csv_close(&w);
     fprintf(stderr,
             "vmigrate-client: probe: %llu sent, %llu lost, %llu slots skipped, %llu send errors\n",
-            (unsigned long long)seq, (unsigned long long)lost, (unsigned long long)skipped,
-            (unsigned long long)send_errors);
+            (unsigned long long)probes_sent, (unsigned long long)(probes_sent - probes_received),
+            (unsigned long long)skipped, (unsigned long long)send_errors);
     return 0;
 }
 
@@ -564,9 +574,10 @@ static void conn_events(int c, int want_out)
     k->want_out = want_out;
 }
 
-/* Write (the rest of) the request. Returns -1 when the connection broke before any byte of
- * the request left on a reused connection (the caller may retry elsewhere), else 0. */
-static int conn_write(int c, int64_t now)
+/* Write (the rest of) the request. With `may_retry`, a reused keep-alive connection found dead
+ * before any byte of the request left is closed and -1 returned: the request is still unsent
+ * and the caller puts it on another connection. Otherwise a failed write fails the request. */
+static int conn_write(int c, int64_t now, int may_retry)
 {
     struct conn *k = &conns[c];
     while (k->out_off < request_len) {
@@ -579,7 +590,7 @@ static int conn_write(int c, int64_t now)
                 conn_events(c, 1);
                 return 0;
             }
-            if (k->out_off == 0 && k->reused) {
+            if (may_retry && k->out_off == 0 && k->reused) {
                 reqs[k->req].conn = -1;
                 k->req = -1;
                 conn_close(c, 1);
@@ -605,7 +616,7 @@ static void conn_assign(int c, size_t i)
     reqs[i].conn = c;
 }
 
-/* Open a connection for request i; returns 0 if the request is on it (or failed for good). */
+/* Open a connection for request i and put the request on it (or fail it with `connect`). */
 static void conn_open(size_t i, int64_t now)
 {
     static int socket_warned;
@@ -638,7 +649,7 @@ static void conn_open(size_t i, int64_t now)
     if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0)
         die(1, "epoll_ctl: %s", strerror(errno));
     if (rc == 0)
-        conn_write(c, now);
+        conn_write(c, now, 0);
 }
 
 /* Put queued requests on idle connections, or on new ones while under --max-conns. */
@@ -655,7 +666,7 @@ static void dispatch(int64_t now)
             idle_remove(c);
             conns[c].state = C_BUSY;
             conn_assign(c, i);
-            if (conn_write(c, now) == 0)
+            if (conn_write(c, now, 1) == 0)
                 queue_head++;
             continue; /* on -1 the dead connection is gone: try the next one */
         }
@@ -847,11 +858,11 @@ static void conn_event(int c, uint32_t events, int64_t now)
         if (!(events & EPOLLOUT))
             return;
         k->state = C_BUSY;
-        conn_write(c, now);
+        conn_write(c, now, 0);
         return;
     }
     if ((events & EPOLLOUT) && k->state == C_BUSY && k->out_off < request_len) {
-        conn_write(c, now);
+        conn_write(c, now, 0);
         if (k->state == C_FREE)
             return;
     }
@@ -917,6 +928,8 @@ static int run_load(void)
     if (epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &tev) < 0)
         die(1, "epoll_ctl: %s", strerror(errno));
     prctl(PR_SET_TIMERSLACK, 1000UL);
+    struct csv w;
+    csv_open(&w, "intended_ns,sent_ns,done_ns,status,error\n"); /* fails before READY */
 
     /* Signals only arrive inside epoll_pwait: no lost wake-up between check and wait. */
     sigset_t stopset, waitmask;
@@ -950,7 +963,7 @@ static int run_load(void)
                                            .done_ns = -1, .conn = -1};
                 nreqs++;
                 pending++;
-                next_intended = start + (int64_t)llround((double)nreqs * period_ns);
+                next_intended = start + (int64_t)((double)nreqs * period_ns + 0.5);
             }
         }
         /* Time out what waited too long for its answer (oldest first: same timeout for all). */
@@ -1007,8 +1020,6 @@ static int run_load(void)
         if (conns[c].state != C_FREE)
             conn_close(c, 0);
 
-    struct csv w;
-    csv_open(&w, "intended_ns,sent_ns,done_ns,status,error\n");
     char line[128];
     for (size_t i = 0; i < nreqs; i++) {
         const struct req *r = &reqs[i];
