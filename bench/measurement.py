@@ -46,8 +46,12 @@ def _experiment(bed: Testbed, out: Path, rate_rps: float) -> Experiment:
     return Experiment(scenario, out, bed, SilentObserver())
 
 
-async def fidelity(bed: Testbed, out: Path) -> list[tuple[int, float | None, int]]:
-    """(injected ms, measured ms, probe interval ms) for each pause."""
+async def fidelity(bed: Testbed, out: Path) -> list[tuple[int, float, float | None, int]]:
+    """(requested ms, injected ms, measured ms, probe interval ms) for each pause.
+
+    The injected pause is what QEMU executed: from its STOP event to its RESUME event, by the
+    events' own timestamps (the QMP round trips and the sleep's overshoot are not in it).
+    """
     exp = _experiment(bed, out, 0)
     rows = []
     async with exp.session() as config:
@@ -63,10 +67,13 @@ async def fidelity(bed: Testbed, out: Path) -> list[tuple[int, float | None, int
             windows.append((pause_ms, start, time.monotonic_ns()))
             await asyncio.sleep(1.0)
         await exp.stop_clients()
+        events = source.drain_events()
+    stops = [e.emitted_s for e in events if e.name == "STOP" and e.emitted_s is not None]
+    resumes = [e.emitted_s for e in events if e.name == "RESUME" and e.emitted_s is not None]
     probe = read_probe(exp.recorder.path("probe"))
-    for pause_ms, start, end in windows:
+    for (pause_ms, start, end), stop_s, resume_s in zip(windows, stops, resumes, strict=True):
         gap, _, _, _ = observed_downtime(probe.send_ns, probe.recv_ns, (start, end))
-        rows.append((pause_ms, gap, 1))
+        rows.append((pause_ms, (resume_s - stop_s) * 1000, gap, 1))
     return rows
 
 

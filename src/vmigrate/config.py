@@ -77,7 +77,12 @@ class LoadSpec(_Section):
     rate_rps: float = Field(
         100, ge=0, le=20000, description="HTTP requests per second (web and memory kinds; 0 = none)"
     )
-    probe_interval_ms: float = Field(1, ge=0.1, le=1000, description="UDP echo probe interval")
+    probe: Literal["icmp", "udp"] = Field(
+        "icmp",
+        description="downtime probe: ICMP echo (answered by the guest kernel, even while it "
+        "works off a backlog) or UDP echo (answered by the guest agent)",
+    )
+    probe_interval_ms: float = Field(1, ge=0.1, le=1000, description="echo probe interval")
     sla_ms: float = Field(100, gt=0, description="a request slower than this violates the SLA")
     timeout_ms: int = Field(2000, ge=10, le=600000, description="a request is a timeout after")
 

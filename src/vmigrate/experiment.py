@@ -282,6 +282,7 @@ class Experiment:
             self.recorder.path("probe"),
             interval_ms=load.probe_interval_ms,
             on_start=record("probe"),
+            icmp=load.probe == "icmp",
         )
         if self.ctx.scenario.workload.kind != "idle" and load.rate_rps > 0:
             self.clients["load"] = await asyncio.to_thread(

@@ -194,6 +194,17 @@ def test_probe_at_1khz(cache: Path, pair: Pair, agent: int, tmp_path: Path) -> N
     assert cpu < max(0.02, 2 * floor + 0.01)
 
 
+def test_icmp_probe_is_answered_by_the_peer_kernel(cache: Path, pair: Pair, tmp_path: Path) -> None:
+    """No agent needed: ICMP echo is answered by the other namespace's kernel."""
+    out = tmp_path / "icmp.csv"
+    proc = client.start_probe(pair.client_ns, GUEST_IP, out, interval_ms=1.0, icmp=True)
+    run_for(proc, 1.0)
+    records = read_probe(out)
+    assert len(records) >= 900
+    assert not records.lost.any()
+    assert np.all(records.recv_ns > records.send_ns)
+
+
 @pytest.mark.parametrize("rate", [100, 500, 1000])
 def test_load_rate_and_cost(cache: Path, pair: Pair, agent: int, tmp_path: Path, rate: int) -> None:
     out = tmp_path / "requests.csv"

@@ -74,6 +74,7 @@ class HypervisorEvent:
     host: str
     name: str
     data: dict[str, Any]
+    emitted_s: float | None = None  # the hypervisor's own wall-clock stamp (precise intervals)
 
 
 class Domain(abc.ABC):

@@ -211,12 +211,16 @@ class QemuDomain(Domain):
     async def _collect_events(self) -> None:
         async for event in self._client.events:
             data = event.get("data", {})
+            stamp = event.get("timestamp")
             self._events.append(
                 HypervisorEvent(
                     t_ns=time.monotonic_ns(),
                     host=self.host_role,
                     name=str(event["event"]),
                     data=dict(data) if isinstance(data, dict) else {},
+                    emitted_s=stamp["seconds"] + stamp["microseconds"] / 1e6
+                    if isinstance(stamp, dict)
+                    else None,
                 )
             )
 

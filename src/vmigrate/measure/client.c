@@ -67,6 +67,7 @@ struct options {
     long timeout_ms;
     long max_conns;
     const char *path;
+    int icmp; /* probe with ICMP echo (answered by the guest's kernel) instead of UDP */
 };
 
 static struct options opt = {
@@ -143,7 +144,7 @@ static void usage(void) __attribute__((noreturn));
 static void usage(void)
 {
     fputs("usage: vmigrate-client probe --target IP --out FILE [--port 7] [--interval-us 1000]\n"
-          "                             [--duration-s N]\n"
+          "                             [--duration-s N] [--icmp]\n"
           "       vmigrate-client load --target IP --rate RPS --out FILE [--port 80]\n"
           "                            [--duration-s N] [--timeout-ms 2000] [--max-conns 256]\n"
           "                            [--path /]\n"
@@ -185,6 +186,7 @@ static void parse_options(int argc, char **argv)
         {"timeout-ms", required_argument, NULL, 'T'},
         {"max-conns", required_argument, NULL, 'c'},
         {"path", required_argument, NULL, 'P'},
+        {"icmp", no_argument, NULL, 'I'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -211,6 +213,7 @@ static void parse_options(int argc, char **argv)
                 die(2, "--path: expected an absolute path without spaces, got '%s'", optarg);
             opt.path = optarg;
             break;
+        case 'I': opt.icmp = 1; break;
         default: usage();
         }
     }
@@ -290,7 +293,7 @@ static int same_peer(const struct sockaddr_storage *a)
         return 0;
     if (a->ss_family == AF_INET) {
         const struct sockaddr_in *x = (const void *)a, *y = (const void *)&target_addr;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+        return (opt.icmp || x->sin_port == y->sin_port) && x->sin_addr.s_addr == y->sin_addr.s_addr;
     }
     const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)&target_addr;
     return x->sin6_port == y->sin6_port &&
@@ -323,10 +326,38 @@ static struct probe_rec *probes;
 static uint64_t probes_sent, probes_cap, probes_received;
 static uint32_t probe_nonce;
 
+/* ICMP mode: where the probe message starts in a raw IPv4 datagram that is an echo reply
+ * with our identifier (SIZE_MAX for anything else). */
+static size_t icmp_payload_offset(const unsigned char *pkt, size_t len)
+{
+    if (len < 20 || (pkt[0] >> 4) != 4)
+        return SIZE_MAX;
+    size_t ihl = (size_t)(pkt[0] & 0x0f) * 4;
+    if (len < ihl + 8 || pkt[ihl] != 0 /* echo reply */ || pkt[ihl + 1] != 0)
+        return SIZE_MAX;
+    uint16_t id;
+    memcpy(&id, pkt + ihl + 4, 2);
+    if (id != htons((uint16_t)probe_nonce))
+        return SIZE_MAX;
+    return ihl + 8;
+}
+
+static uint16_t inet_checksum(const unsigned char *buf, size_t len)
+{
+    uint32_t sum = 0;
+    for (size_t i = 0; i + 1 < len; i += 2)
+        sum += (uint32_t)(buf[i] << 8 | buf[i + 1]);
+    if (len & 1)
+        sum += (uint32_t)buf[len - 1] << 8;
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return htons((uint16_t)~sum);
+}
+
 /* Read every echo waiting on the socket; returns how many were matched. */
 static unsigned probe_drain(int fd)
 {
-    static unsigned char data[PROBE_BATCH][64];
+    static unsigned char data[PROBE_BATCH][128];
     static char control[PROBE_BATCH][CMSG_SPACE(sizeof(struct timespec)) + 64];
     static struct sockaddr_storage from[PROBE_BATCH];
     struct mmsghdr msgs[PROBE_BATCH];
@@ -353,10 +384,11 @@ static unsigned probe_drain(int fd)
         int64_t offset = (int64_t)real.tv_sec * NS_PER_S + real.tv_nsec - (m1 + (m2 - m1) / 2);
         for (int i = 0; i < n; i++) {
             struct probe_msg m;
-            if (msgs[i].msg_len != sizeof m ||
+            size_t at_payload = opt.icmp ? icmp_payload_offset(data[i], msgs[i].msg_len) : 0;
+            if (at_payload == SIZE_MAX || msgs[i].msg_len != at_payload + sizeof m ||
                 !same_peer((struct sockaddr_storage *)msgs[i].msg_hdr.msg_name))
                 continue;
-            memcpy(&m, data[i], sizeof m);
+            memcpy(&m, data[i] + at_payload, sizeof m);
             if (m.magic != PROBE_MAGIC || m.nonce != probe_nonce || m.seq >= probes_sent)
                 continue;
             struct probe_rec *r = &probes[m.seq];
@@ -384,9 +416,12 @@ static unsigned probe_drain(int fd)
 
 static int run_probe(void)
 {
-    int fd = socket(target_addr.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (opt.icmp && target_addr.ss_family != AF_INET)
+        die(2, "probe: --icmp supports IPv4 targets only");
+    int fd = opt.icmp ? socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP)
+                      : socket(target_addr.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
-        die(1, "socket: %s", strerror(errno));
+        die(1, "socket: %s%s", strerror(errno), opt.icmp ? " (--icmp needs root)" : "");
     int one = 1, rcvbuf = 1 << 20;
     if (setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one) < 0)
         warnmsg("probe: SO_TIMESTAMPNS: %s (receive times are read times)", strerror(errno));
@@ -426,7 +461,22 @@ static int run_probe(void)
         r->recv_ns = -1;
         r->send_ns = m.send_ns = mono_ns();
         probes_sent++;
-        if (sendto(fd, &m, sizeof m, MSG_DONTWAIT, (struct sockaddr *)&target_addr,
+        unsigned char packet[8 + sizeof m];
+        const void *datagram = &m;
+        size_t datagram_len = sizeof m;
+        if (opt.icmp) { /* echo request: type 8, code 0, checksum, id = nonce, seq */
+            uint16_t id = htons((uint16_t)probe_nonce), seq = htons((uint16_t)m.seq);
+            memset(packet, 0, 8);
+            packet[0] = 8;
+            memcpy(packet + 4, &id, 2);
+            memcpy(packet + 6, &seq, 2);
+            memcpy(packet + 8, &m, sizeof m);
+            uint16_t sum = inet_checksum(packet, sizeof packet);
+            memcpy(packet + 2, &sum, 2);
+            datagram = packet;
+            datagram_len = sizeof packet;
+        }
+        if (sendto(fd, datagram, datagram_len, MSG_DONTWAIT, (struct sockaddr *)&target_addr,
                    target_len) < 0) {
             /* Counted as sent and lost: the slot was used, no echo can come back. */
             if (send_errors++ == 0)

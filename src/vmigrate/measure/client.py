@@ -304,10 +304,12 @@ def start_probe(
     port: int = 7,
     on_start: Callable[[int], None] | None = None,
     duration_s: float = 0.0,
+    icmp: bool = False,
 ) -> ClientProcess:
-    """Start the UDP echo probe from `netns` (None: this namespace) to `target`:`port`.
+    """Start the echo probe from `netns` (None: this namespace) to `target`:`port` (UDP), or
+    with `icmp` to the target's kernel (ICMP echo; needs root).
 
-    One datagram every `interval_ms`; records the `probe` series into `out` when stopped
+    One probe every `interval_ms`; records the `probe` series into `out` when stopped
     (or after `duration_s`, 0 = until stopped). `on_start(pid)` runs right after spawning.
     """
     interval_us = round(interval_ms * 1000)
@@ -316,6 +318,8 @@ def start_probe(
     args = ["probe", "--target", target, "--port", str(port), "--interval-us", str(interval_us)]
     if duration_s > 0:
         args += ["--duration-s", f"{duration_s:g}"]
+    if icmp:
+        args.append("--icmp")
     return _start(netns, args, out, on_start)
 
 
