@@ -121,6 +121,20 @@ def _kvm() -> Finding:
     return Finding("KVM", accel == "kvm", detail, fix="none needed: TCG works", required=False)
 
 
+def _qemu_version() -> Finding:
+    """QEMU >= 9.0: older ones lose guest writes when migrating a TCG guest (padded around)."""
+    from vmigrate.hypervisor.qemu import FIXED_TCG_DIRTY_TRACKING, qemu_version
+
+    version = qemu_version()
+    ok = version[:2] >= FIXED_TCG_DIRTY_TRACKING
+    detail = ".".join(map(str, version))
+    if not ok:
+        detail += ": TCG dirty tracking bug, worked around by padding RAM (stalls the guest)"
+    return Finding(
+        "QEMU >= 9.0", ok, detail, fix="make setup (QEMU from bookworm-backports)", required=False
+    )
+
+
 def _guest_image() -> Finding:
     from vmigrate.guest.image import load_cached_image
 
@@ -139,6 +153,7 @@ def diagnose() -> list[Finding]:
         Finding("root", os.geteuid() == 0, f"euid {os.geteuid()}", fix="run as root (sudo)"),
         _tool("qemu-system-x86_64", "qemu-system-x86"),
         _tool("qemu-img", "qemu-utils"),
+        *([_qemu_version()] if shutil.which("qemu-system-x86_64") else []),
         _qemu_block_nfs(),
         _tool("ganesha.nfsd", "nfs-ganesha"),
         _ganesha_vfs(),

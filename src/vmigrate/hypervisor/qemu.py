@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -21,7 +23,7 @@ from qemu.qmp import ExecuteError, QMPClient, QMPError
 from vmigrate.errors import HypervisorError
 from vmigrate.hypervisor.base import Domain, HypervisorEvent, MigrationStats, VmConfig
 from vmigrate.pids import terminate
-from vmigrate.proc import in_netns
+from vmigrate.proc import in_netns, run
 
 QEMU_BINARY = "qemu-system-x86_64"
 CONNECT_TIMEOUT_S = 20.0
@@ -32,15 +34,28 @@ COMMAND_TIMEOUT_S = 30.0
 # path of cpu_physical_memory_sync_dirty_bitmap() clears dirty bits without re-arming the TCG
 # TLB's not-dirty trap, so later stores through cached TLB entries are never marked dirty and
 # the destination resumes with stale pages (guest oopses; upstream fix "physmem: Fix
-# migration dirty bitmap coherency with TCG memory access", QEMU 9.0, Feb 2024). The fast path
-# is taken only for RAM blocks whose size is a multiple of 64 pages, so under TCG the guest gets
-# 8 KiB more RAM than asked, which sends every sync through the correct per-page path.
+# migration dirty bitmap coherency with TCG memory access", QEMU 9.0, Feb 2024). `make setup`
+# installs a fixed QEMU; on an older one the fast path is avoided: it is taken only for RAM
+# blocks whose size is a multiple of 64 pages, so the guest gets 8 KiB more RAM than asked,
+# which sends every sync through the correct (but slow: it stalls the guest) per-page path.
 TCG_RAM_PAD_KIB = 8
+FIXED_TCG_DIRTY_TRACKING = (9, 0)
+
+
+@functools.cache
+def qemu_version() -> tuple[int, int, int]:
+    """The installed QEMU's version, from `qemu-system-x86_64 --version`."""
+    text = run([QEMU_BINARY, "--version"]).stdout
+    match = re.search(r"version (\d+)\.(\d+)\.(\d+)", text)
+    if match is None:
+        raise HypervisorError(f"cannot read the QEMU version from {text.splitlines()[:1]}")
+    major, minor, micro = (int(part) for part in match.groups())
+    return major, minor, micro
 
 
 def ram_size_arg(config: VmConfig) -> str:
-    """The -m value: the requested size, padded under TCG (see TCG_RAM_PAD_KIB)."""
-    if config.accel == "tcg":
+    """The -m value: the requested size, padded for TCG on a QEMU older than 9.0."""
+    if config.accel == "tcg" and qemu_version()[:2] < FIXED_TCG_DIRTY_TRACKING:
         return f"{config.memory_mib * 1024 + TCG_RAM_PAD_KIB}k"
     return f"{config.memory_mib}M"
 
