@@ -72,7 +72,9 @@ async def fidelity(bed: Testbed, out: Path) -> list[tuple[int, float, float | No
     resumes = [e.emitted_s for e in events if e.name == "RESUME" and e.emitted_s is not None]
     probe = read_probe(exp.recorder.path("probe"))
     for (pause_ms, start, end), stop_s, resume_s in zip(windows, stops, resumes, strict=True):
-        gap, _, _, _ = observed_downtime(probe.send_ns, probe.recv_ns, (start, end))
+        gap, _, _, _ = observed_downtime(
+            probe.send_ns.astype(float), probe.recv_ns.astype(float), (start, end)
+        )
         rows.append((pause_ms, (resume_s - stop_s) * 1000, gap, 1))
     return rows
 
@@ -120,17 +122,17 @@ def main() -> None:
     finally:
         bed.down()
     table = Table(title="fidelity: injected pause (QMP stop/cont) vs outage the probe measured")
-    for column in ("injected ms", "measured ms", "error ms", "allowed ±ms"):
+    for column in ("requested ms", "injected ms", "measured ms", "error ms", "allowed ±ms"):
         table.add_column(column, justify="right")
-    for injected, measured, interval in pauses:
+    for requested, injected, measured, interval in pauses:
         error = f"{measured - injected:+.1f}" if measured is not None else "—"
-        table.add_row(
-            str(injected), f"{measured:.1f}" if measured else "—", error, f"{interval + 2}"
-        )
+        shown = f"{measured:.1f}" if measured is not None else "—"
+        table.add_row(str(requested), f"{injected:.1f}", shown, error, f"{interval + 2}")
     console.print(table)
     table = Table(title=f"load generator and samplers, {LOAD_SECONDS:g} s per rate")
-    for column in ("requested rps", "achieved rps", "send lag p99 ms", "load CPU %",
-                   "probe CPU %", "sampler CPU %", "total CPU %"):  # fmt: skip
+    columns = ("requested rps", "achieved rps", "send lag p99 ms", "load CPU %",
+               "probe CPU %", "sampler CPU %", "total CPU %")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="right")
     for rate, f in loads.items():
         total = f.get("load_cpu_pct", 0) + f.get("probe_cpu_pct", 0) + f["sampler_cpu_pct"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,25 @@ def test_help_teaches() -> None:
     done = vmigrate("run", "--help", cwd=Path.cwd())
     assert done.returncode == 0
     assert "--set" in done.stdout and "result.json" in done.stdout
+
+
+def test_report_redoes_the_analysis_of_a_recorded_run(tmp_path: Path) -> None:
+    from synthetic_run import make_synthetic_run
+
+    run_dir = make_synthetic_run(tmp_path / "run")
+    result_path = run_dir / "result.json"
+    recorded = json.loads(result_path.read_text())
+    del recorded["service"]  # the analysis must bring it back from the series
+    result_path.write_text(json.dumps(recorded))
+    (run_dir / "report.html").unlink(missing_ok=True)
+    done = vmigrate("report", str(run_dir), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "downtime (client probe)" in done.stdout
+    assert json.loads(result_path.read_text())["service"]["observed_downtime_ms"] > 0
+    assert (run_dir / "report.html").stat().st_size > 100_000
+
+
+def test_report_of_a_directory_that_is_no_run_says_so(tmp_path: Path) -> None:
+    done = vmigrate("report", str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "has no result.json" in done.stderr
