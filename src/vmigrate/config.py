@@ -54,13 +54,51 @@ class StorageSpec(_Section):
     mode: Literal["shared-nfs"] = Field("shared-nfs", description="disk on the NFS storage host")
 
 
-class MigrationSpec(_Section):
-    """How the VM is moved."""
+Strategy = Literal["precopy", "postcopy", "hybrid", "auto-converge", "xbzrle", "multifd", "cold"]
+STRATEGIES: tuple[str, ...] = Strategy.__args__  # type: ignore[attr-defined]
+# Which strategy each strategy-specific key tunes: a non-default value for another is refused.
+STRATEGY_KEYS = {
+    "postcopy_after_iterations": ("hybrid",),
+    "cpu_throttle_initial_pct": ("auto-converge",),
+    "cpu_throttle_increment_pct": ("auto-converge",),
+    "xbzrle_cache_mib": ("xbzrle",),
+    "multifd_channels": ("multifd",),
+    "multifd_compression": ("multifd",),
+}
 
-    strategy: Literal["precopy", "cold"] = Field("precopy", description="migration strategy")
+
+class MigrationSpec(_Section):
+    """How the VM is moved, and the knobs of each strategy."""
+
+    strategy: Strategy = Field(
+        "precopy",
+        description="precopy; postcopy (switch right after the first pass); hybrid (pre-copy, "
+        "then post-copy after postcopy_after_iterations passes); auto-converge (throttle the "
+        "vCPUs); xbzrle (send deltas of re-dirtied pages); multifd (parallel channels, "
+        "optional compression); cold (pause, move, resume)",
+    )
     max_bandwidth_mib_s: float = Field(0, ge=0, description="cap; 0 = only the link limits")
     downtime_limit_ms: int = Field(300, ge=1, le=600000, description="allowed stop-and-copy")
     timeout_s: float = Field(120, gt=0, le=86400, description="cancel when not done by then")
+    postcopy_after_iterations: int = Field(3, ge=1, le=10000, description="hybrid: passes first")
+    cpu_throttle_initial_pct: int = Field(20, ge=1, le=99, description="auto-converge: first")
+    cpu_throttle_increment_pct: int = Field(10, ge=1, le=100, description="auto-converge: step")
+    xbzrle_cache_mib: int = Field(64, ge=1, le=65536, description="xbzrle: page cache size")
+    multifd_channels: int = Field(2, ge=1, le=255, description="multifd: parallel connections")
+    multifd_compression: Literal["none", "zlib", "zstd"] = Field(
+        "none", description="multifd: compress pages"
+    )
+
+    @model_validator(mode="after")
+    def _keys_match_the_strategy(self) -> MigrationSpec:
+        for key in sorted(self.model_fields_set & STRATEGY_KEYS.keys()):
+            default = type(self).model_fields[key].default
+            if self.strategy not in STRATEGY_KEYS[key] and getattr(self, key) != default:
+                raise ValueError(
+                    f"migration.{key} tunes strategy {' or '.join(STRATEGY_KEYS[key])}, not "
+                    f"{self.strategy}; remove it or set migration.strategy accordingly"
+                )
+        return self
 
 
 class PhasesSpec(_Section):

@@ -372,7 +372,7 @@ class Experiment:
         dest_ip = testbed.hosts["destination"].ip
         uri = f"tcp:{dest_ip}:{MIGRATION_PORT}"
         self.observer.stage("starting the destination (-incoming)")
-        destination = await self._launch("destination", config, uri)
+        destination = await self._launch("destination", config, "defer")
         self.observer.stage(f"migrating ({ctx.scenario.migration.strategy})")
         ctx.mark("migration_start")
         ctx.record = await migrate(

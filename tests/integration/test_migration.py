@@ -151,3 +151,55 @@ def test_web_under_load_gets_the_whole_bill(testbed: Testbed, tmp_path: Path) ->
     assert (tmp_path / "report.html").stat().st_size > 100_000
     for series in ("migration", "events", "processes", "threads", "links", "probe", "requests"):
         assert (tmp_path / "series" / f"{series}.csv").exists(), series
+
+
+@pytest.mark.parametrize(
+    "migration",
+    [
+        {"strategy": "auto-converge", "cpu_throttle_initial_pct": 30},
+        {"strategy": "xbzrle", "xbzrle_cache_mib": 32},
+        {"strategy": "multifd", "multifd_channels": 2, "multifd_compression": "zstd"},
+    ],
+    ids=lambda m: m["strategy"],
+)
+def test_each_precopy_variant_moves_a_dirtying_guest(
+    testbed: Testbed, tmp_path: Path, migration: dict[str, Any]
+) -> None:
+    result = run(
+        testbed,
+        tmp_path,
+        workload={"kind": "memory", "working_set_mib": 64, "dirty_rate_mib_s": 20},
+        migration=migration,
+    )
+    assert_moved(result, tmp_path)
+    assert result["verification"]["working_set_pages_checked"] == 64 * 1024 * 1024 // 4096
+    assert result["migration"]["actions"] == []
+    assert result["data"]["postcopy_bytes"] == 0
+
+
+@pytest.mark.parametrize(
+    "migration",
+    [{"strategy": "postcopy"}, {"strategy": "hybrid", "postcopy_after_iterations": 2}],
+    ids=lambda m: m["strategy"],
+)
+def test_postcopy_moves_a_guest_that_dirties_faster_than_the_link(
+    testbed: Testbed, tmp_path: Path, migration: dict[str, Any]
+) -> None:
+    # 50 MiB/s of dirtying over a 100 Mbit/s link (~12 MiB/s): pre-copy alone cannot converge.
+    result = run(
+        testbed,
+        tmp_path,
+        network={"bandwidth_mbit": 100},
+        workload={"kind": "memory", "working_set_mib": 128, "dirty_rate_mib_s": 50},
+        migration={**migration, "timeout_s": 90},
+    )
+    testbed.shape(1000)
+    assert_moved(result, tmp_path)
+    assert [a["action"] for a in result["migration"]["actions"]] == ["postcopy"]
+    events = [e["data"].get("status") for e in result["events"] if e["event"] == "MIGRATION"]
+    assert "postcopy-active" in events
+    assert result["data"]["postcopy_bytes"] > 0
+    switched_at = result["migration"]["actions"][0]["t_s"]
+    start = result["phases"]["windows_s"]["during"][0]
+    passes_before = [p for p in result["phases"]["iterations"] if start + p["t_s"] < switched_at]
+    assert len(passes_before) >= migration.get("postcopy_after_iterations", 1)

@@ -31,8 +31,16 @@ def namespaces() -> str:
     [
         ("[vm]\nmemroy_mib = 512\n", [], "vm.memroy_mib: unknown key 'memroy_mib'; allowed keys"),
         ("[vm]\nmemory_mib = -5\n", [], "vm.memory_mib: must be greater than 0 (got -5)"),
-        ('[migration]\nstrategy = "prcopy"\n', [], "choose one of: precopy, cold"),
-        ("", ["--set", "migration.strategy=postcopyy"], "choose one of: precopy, cold"),
+        (
+            '[migration]\nstrategy = "prcopy"\n',
+            [],
+            "choose one of: precopy, postcopy, hybrid, auto-converge, xbzrle, multifd, cold",
+        ),
+        (
+            "",
+            ["--set", "migration.strategy=postcopyy"],
+            "choose one of: precopy, postcopy, hybrid, auto-converge, xbzrle, multifd, cold",
+        ),
         ("", ["--set", "vm.memory_mib"], "expected section.key=value"),
     ],
 )

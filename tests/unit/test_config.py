@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmigrate.config import (
+    STRATEGIES,
     Scenario,
     apply_overrides,
     load_scenario,
@@ -53,7 +54,8 @@ def test_every_example_scenario_is_valid(path: Path) -> None:
         ({"vm": {"memory_mib": -5}}, "vm.memory_mib: must be greater than 0 (got -5)"),
         (
             {"migration": {"strategy": "prcopy"}},
-            "migration.strategy: 'prcopy' is not allowed; choose one of: precopy, cold",
+            "migration.strategy: 'prcopy' is not allowed; choose one of: precopy, postcopy, "
+            "hybrid, auto-converge, xbzrle, multifd, cold",
         ),
         ({"nework": {}}, "nework: unknown key 'nework'; allowed keys in the top level: name, vm"),
         (
@@ -120,7 +122,34 @@ def test_any_positive_memory_size_is_accepted(memory: int) -> None:
     assert validate_scenario({"vm": {"memory_mib": memory}}).vm.memory_mib == memory
 
 
-@given(st.text(min_size=1, max_size=12).filter(lambda s: s not in {"precopy", "cold"}))
+@given(st.text(min_size=1, max_size=12).filter(lambda s: s not in STRATEGIES))
 def test_any_other_strategy_is_refused_with_the_allowed_list(strategy: str) -> None:
-    with pytest.raises(ScenarioError, match="choose one of: precopy, cold"):
+    with pytest.raises(
+        ScenarioError,
+        match="choose one of: precopy, postcopy, hybrid, auto-converge, xbzrle, multifd, cold",
+    ):
         validate_scenario({"migration": {"strategy": strategy}})
+
+
+@pytest.mark.parametrize(
+    ("strategy", "key", "value"),
+    [
+        ("precopy", "multifd_compression", "zstd"),
+        ("multifd", "xbzrle_cache_mib", 128),
+        ("postcopy", "postcopy_after_iterations", 5),
+        ("xbzrle", "cpu_throttle_initial_pct", 50),
+    ],
+)
+def test_a_knob_of_another_strategy_is_refused_with_the_reason(
+    strategy: str, key: str, value: object
+) -> None:
+    with pytest.raises(ScenarioError) as info:
+        validate_scenario({"migration": {"strategy": strategy, key: value}})
+    assert f"migration.{key} tunes strategy" in str(info.value)
+    assert f"not {strategy}" in str(info.value)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_round_trips(strategy: str) -> None:
+    s = validate_scenario({"migration": {"strategy": strategy}})
+    assert validate_scenario(scenario_to_dict(s)) == s

@@ -26,6 +26,7 @@ class FakeDomain(Domain):
         self.parameters: dict[str, Any] = {}
         self.peer: FakeDomain | None = None
         self.migration_status = "none"
+        self.polls = 0
 
     async def run_state(self) -> str:
         return self.state
@@ -44,10 +45,17 @@ class FakeDomain(Domain):
     async def set_migration_parameters(self, parameters: dict[str, Any]) -> None:
         self.parameters.update(parameters)
 
+    async def accept_migration(self, uri: str) -> None:
+        self.calls.append(f"incoming {uri}")
+
+    async def start_postcopy(self) -> None:
+        self.calls.append("postcopy")
+
     async def start_migration(self, uri: str) -> None:
         self.calls.append(f"migrate {uri}")
 
     async def migration_stats(self) -> MigrationStats:
+        self.polls += 1
         if self.migration_status not in ("completed", "failed", "cancelled") and self.script:
             self.migration_status = self.script.pop(0)
             if self.migration_status == "completed":
@@ -60,6 +68,7 @@ class FakeDomain(Domain):
             total_time_ms=1234.0,
             downtime_ms=7.0,
             transferred_bytes=1000,
+            iterations=self.polls,
             remaining_bytes=0 if self.migration_status == "completed" else 500,
         )
 
@@ -141,4 +150,45 @@ def test_failed_cold_migration_resumes_the_source() -> None:
 
 def test_bandwidth_cap_is_passed_in_bytes() -> None:
     plan = plan_for(MigrationSpec(max_bandwidth_mib_s=10, downtime_limit_ms=50))
-    assert plan.parameters == {"downtime-limit": 50, "max-bandwidth": 10 * 1024 * 1024}
+    assert plan.source_parameters == {"downtime-limit": 50, "max-bandwidth": 10 * 1024 * 1024}
+    assert plan.destination_parameters == {}
+
+
+def test_the_destination_listens_only_once_configured() -> None:
+    source, destination = pair(["active", "completed"])
+    run(source, destination)
+    assert destination.calls[0] == "incoming tcp:x:1"
+    assert destination.capabilities == {"events": True}
+
+
+@pytest.mark.parametrize(("strategy", "after"), [("postcopy", 1), ("hybrid", 3)])
+def test_postcopy_switches_after_the_configured_passes(strategy: str, after: int) -> None:
+    source, destination = pair(["active"] * 6 + ["postcopy-active", "completed"])
+    record = run(source, destination, strategy=strategy)
+    assert record.outcome == "completed"
+    assert source.calls.count("postcopy") == 1
+    assert [a for _, a in record.actions] == ["postcopy"]
+    assert source.calls == ["migrate tcp:x:1", "postcopy"]
+    # The switch came on the first poll that saw more than `after` passes.
+    assert source.capabilities["postcopy-ram"] is True
+    assert destination.capabilities["postcopy-ram"] is True
+    assert record.samples[after].stats.iterations == after + 1
+
+
+@pytest.mark.parametrize(
+    ("strategy", "caps", "source_params", "both_params"),
+    [
+        ("auto-converge", {"auto-converge"}, {"cpu-throttle-initial": 20}, {}),
+        ("xbzrle", {"xbzrle"}, {"xbzrle-cache-size": 64 * 1024 * 1024}, {}),
+        ("multifd", {"multifd"}, {}, {"multifd-channels": 2, "multifd-compression": "none"}),
+        ("precopy", set(), {}, {}),
+    ],
+)
+def test_each_strategy_sets_its_capabilities_and_parameters(
+    strategy: str, caps: set[str], source_params: dict[str, Any], both_params: dict[str, Any]
+) -> None:
+    plan = plan_for(MigrationSpec(strategy=strategy))  # type: ignore[arg-type]
+    assert {c for c, on in plan.capabilities.items() if on} == {"events", *caps}
+    assert source_params.items() <= plan.source_parameters.items()
+    assert both_params.items() <= plan.source_parameters.items()
+    assert plan.destination_parameters == both_params

@@ -103,6 +103,14 @@ class Domain(abc.ABC):
         """Tune the migration (bandwidth, downtime limit, ...)."""
 
     @abc.abstractmethod
+    async def accept_migration(self, uri: str) -> None:
+        """Destination: start listening on `uri` (after capabilities and parameters are set)."""
+
+    @abc.abstractmethod
+    async def start_postcopy(self) -> None:
+        """Source: switch a running pre-copy migration to post-copy (the VM moves now)."""
+
+    @abc.abstractmethod
     async def start_migration(self, uri: str) -> None:
         """Begin sending this VM to `uri`; returns once the hypervisor accepted the request."""
 

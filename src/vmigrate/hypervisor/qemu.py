@@ -275,6 +275,12 @@ class QemuDomain(Domain):
     async def set_migration_parameters(self, parameters: dict[str, Any]) -> None:
         await self.execute("migrate-set-parameters", parameters)
 
+    async def accept_migration(self, uri: str) -> None:
+        await self.execute("migrate-incoming", {"uri": uri})
+
+    async def start_postcopy(self) -> None:
+        await self.execute("migrate-start-postcopy")
+
     async def start_migration(self, uri: str) -> None:
         await self.execute("migrate", {"uri": uri})
 

@@ -49,6 +49,7 @@ class MigrationRecord:
     resumed_ns: int | None = None
     final: MigrationStats | None = None
     source_state_after: str | None = None
+    actions: list[tuple[int, str]] = field(default_factory=list)  # (t_ns, what the orchestrator did)
     samples: list[ProgressSample] = field(default_factory=list)
     events: list[HypervisorEvent] = field(default_factory=list)
 
@@ -96,9 +97,12 @@ async def migrate(
     record = MigrationRecord(strategy=plan.strategy)
     active = False
     try:
-        await source.set_migration_capabilities(plan.source_capabilities)
-        await destination.set_migration_capabilities(plan.destination_capabilities)
-        await source.set_migration_parameters(plan.parameters)
+        await source.set_migration_capabilities(plan.capabilities)
+        await destination.set_migration_capabilities(plan.capabilities)
+        await source.set_migration_parameters(plan.source_parameters)
+        if plan.destination_parameters:
+            await destination.set_migration_parameters(plan.destination_parameters)
+        await destination.accept_migration(uri)
         if plan.pause_first:
             await source.pause()
             record.paused_ns = time.monotonic_ns()
@@ -121,6 +125,14 @@ async def migrate(
                 record.outcome = stats.status
                 record.error = stats.error or f"migration {stats.status}"
                 break
+            if (
+                plan.postcopy_after_passes is not None
+                and stats.status == "active"
+                and stats.iterations > plan.postcopy_after_passes
+                and not any(action == "postcopy" for _, action in record.actions)
+            ):
+                await source.start_postcopy()
+                record.actions.append((time.monotonic_ns(), "postcopy"))
             if elapsed > spec.timeout_s:
                 record.outcome = "timeout"
                 record.error = f"not finished after {spec.timeout_s:g} s (migration.timeout_s)"

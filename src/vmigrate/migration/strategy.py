@@ -1,4 +1,5 @@
-"""Strategies: which hypervisor capabilities and parameters a scenario's migration section means."""
+"""Strategies: which hypervisor capabilities and parameters a scenario's migration section means,
+on each end, and whether (and when) the orchestrator pauses the VM or switches to post-copy."""
 
 from __future__ import annotations
 
@@ -14,29 +15,43 @@ UNLIMITED_BYTES_S = 100 * 1024 * MIB
 
 @dataclass(frozen=True)
 class MigrationPlan:
-    """What to set on each end before migrating, and whether the VM is paused first (cold)."""
+    """What to set on each end before migrating, and what the orchestrator does on its own."""
 
     strategy: str
-    source_capabilities: dict[str, bool]
-    destination_capabilities: dict[str, bool]
-    parameters: dict[str, Any]
-    pause_first: bool
+    capabilities: dict[str, bool]  # set on both ends (QEMU wants them to agree)
+    source_parameters: dict[str, Any]
+    destination_parameters: dict[str, Any]
+    pause_first: bool = False  # cold: stop the VM, then move it
+    postcopy_after_passes: int | None = None  # switch to post-copy once this many passes ended
 
 
 def plan_for(spec: MigrationSpec) -> MigrationPlan:
     """Translate a migration section into hypervisor settings."""
-    caps = {"events": True}
-    bandwidth = (
-        int(spec.max_bandwidth_mib_s * MIB) if spec.max_bandwidth_mib_s else UNLIMITED_BYTES_S
-    )
-    params: dict[str, Any] = {
-        "downtime-limit": spec.downtime_limit_ms,
-        "max-bandwidth": bandwidth,
-    }
+    caps: dict[str, bool] = {"events": True}
+    bandwidth = int(spec.max_bandwidth_mib_s * MIB) if spec.max_bandwidth_mib_s else UNLIMITED_BYTES_S
+    source: dict[str, Any] = {"downtime-limit": spec.downtime_limit_ms, "max-bandwidth": bandwidth}
+    both: dict[str, Any] = {}
+    postcopy_after: int | None = None
+    match spec.strategy:
+        case "postcopy" | "hybrid":
+            caps["postcopy-ram"] = True
+            postcopy_after = 1 if spec.strategy == "postcopy" else spec.postcopy_after_iterations
+        case "auto-converge":
+            caps["auto-converge"] = True
+            source["cpu-throttle-initial"] = spec.cpu_throttle_initial_pct
+            source["cpu-throttle-increment"] = spec.cpu_throttle_increment_pct
+        case "xbzrle":
+            caps["xbzrle"] = True
+            source["xbzrle-cache-size"] = spec.xbzrle_cache_mib * MIB
+        case "multifd":
+            caps["multifd"] = True
+            both["multifd-channels"] = spec.multifd_channels
+            both["multifd-compression"] = spec.multifd_compression
     return MigrationPlan(
         strategy=spec.strategy,
-        source_capabilities=caps,
-        destination_capabilities=caps,
-        parameters=params,
+        capabilities=caps,
+        source_parameters={**source, **both},
+        destination_parameters=both,
         pause_first=spec.strategy == "cold",
+        postcopy_after_passes=postcopy_after,
     )

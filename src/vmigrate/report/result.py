@@ -21,7 +21,9 @@ def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, digits)
 
 
-def migration_figures(record: MigrationRecord | None, guest_ram_bytes: int) -> dict[str, Any]:
+def migration_figures(
+    record: MigrationRecord | None, guest_ram_bytes: int, t0_ns: int = 0
+) -> dict[str, Any]:
     """The migration section: times, downtime, bytes, iterations, throughput."""
     if record is None or record.final is None:
         return {
@@ -35,6 +37,7 @@ def migration_figures(record: MigrationRecord | None, guest_ram_bytes: int) -> d
             "throughput_mbit_s": None,
             "guest_ram_bytes": guest_ram_bytes,
             "progress_samples": 0,
+            "actions": [],
         }
     final = record.final
     total_s = record.total_time_s
@@ -51,6 +54,10 @@ def migration_figures(record: MigrationRecord | None, guest_ram_bytes: int) -> d
         "throughput_mbit_s": _round(throughput),
         "guest_ram_bytes": guest_ram_bytes,
         "progress_samples": len(record.samples),
+        "actions": [
+            {"t_s": _round((t_ns - t0_ns) / 1e9, 6), "action": action}
+            for t_ns, action in record.actions
+        ],
     }
 
 
@@ -88,7 +95,7 @@ def build_result(
         "environment": environment,
         "outcome": outcome,
         "error": error if error else (record.error if record is not None else None),
-        "migration": migration_figures(record, scenario.vm.memory_mib * 1024 * 1024),
+        "migration": migration_figures(record, scenario.vm.memory_mib * 1024 * 1024, t0_ns),
         "timeline_s": {name: _round((t - t0_ns) / 1e9, 6) for name, t in marks_ns.items()},
         "events": events,
         "verification": verification,
