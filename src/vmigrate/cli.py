@@ -242,6 +242,64 @@ def demo(out: OutOption = None, testbed: TestbedName = "vmig") -> None:
     _run_scenario(path if path.exists() else None, out, [], testbed)
 
 
+@app.command("sweep")
+def sweep_command(
+    sweep_file: Annotated[Path, typer.Argument(help="sweep TOML file (see examples/)")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="sweep directory (default sweeps/NAME); reused to resume"),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-s",
+            help="override a key of the base scenario, e.g. --set "
+            "phases.after_s=2 (matrix values still win)",
+        ),
+    ] = None,
+    testbed: TestbedName = "vmig",
+) -> None:
+    """Run a base scenario over a matrix of values, repeatedly, on one testbed; compare the cells.
+
+    Every cell's scenario is validated before the first run. Each run gets a fresh VM and a row
+    in DIR/sweep.db; re-running the same command resumes, skipping runs that have a result.
+    Writes DIR/summary.json (per-cell mean, median, stdev, 95 % CI) and DIR/comparison.html.
+    Exit 0 when every run has a result (whatever its outcome), 1 when some run crashed (it is
+    retried next time), 2 on bad input.
+    """
+    from vmigrate.sweep import (
+        ExperimentRunner,
+        RichSweepProgress,
+        SweepSummary,
+        execute_sweep,
+        load_sweep,
+        summary_table,
+    )
+    from vmigrate.testbed.testbed import Testbed
+
+    def body() -> SweepSummary:
+        sweep = load_sweep(sweep_file, overrides or [])
+        bed = Testbed(testbed)
+        out_dir = out or Path("sweeps") / sweep.name
+        console.print(f"[bold]vmigrate sweep[/bold] {sweep.name} → {out_dir}")
+        progress = RichSweepProgress(console)
+        with ExperimentRunner(bed, progress) as runner:
+            return execute_sweep(sweep, out_dir, runner, progress)
+
+    summary = guarded(body)
+    console.print(summary_table(summary.document))
+    console.print(
+        f"ran {summary.ran}, skipped {summary.skipped} (done before) · database: "
+        f"{summary.db_path}  summary: {summary.summary_path}  "
+        f"comparison: {summary.comparison_path}",
+        soft_wrap=True,
+    )
+    if summary.crashed:
+        err_console.print(f"[red]vmigrate: {summary.crashed} run(s) crashed[/red]; run it again")
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point for `python -m vmigrate`."""
     app(prog_name="vmigrate")

@@ -88,9 +88,21 @@ class MigrationSpec(_Section):
     multifd_compression: Literal["none", "zlib", "zstd"] = Field(
         "none", description="multifd: compress pages"
     )
+    on_stall: Literal["none", "fail", "postcopy", "raise-downtime"] = Field(
+        "none",
+        description="when remaining bytes stop shrinking for stall_iterations passes (or at "
+        "timeout_s): none (go on until timeout_s), fail (cancel now), postcopy (switch to "
+        "post-copy), raise-downtime (allow the stop-and-copy QEMU expects)",
+    )
+    stall_iterations: int = Field(3, ge=1, le=1000, description="passes without progress")
 
     @model_validator(mode="after")
     def _keys_match_the_strategy(self) -> MigrationSpec:
+        if self.strategy == "cold" and self.on_stall not in ("none", "fail"):
+            raise ValueError(
+                f"migration.on_stall = {self.on_stall!r} needs a live migration; a cold one "
+                "(strategy cold) cannot stall: use none or fail"
+            )
         for key in sorted(self.model_fields_set & STRATEGY_KEYS.keys()):
             default = type(self).model_fields[key].default
             if self.strategy not in STRATEGY_KEYS[key] and getattr(self, key) != default:

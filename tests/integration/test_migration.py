@@ -203,3 +203,19 @@ def test_postcopy_moves_a_guest_that_dirties_faster_than_the_link(
     start = result["phases"]["windows_s"]["during"][0]
     passes_before = [p for p in result["phases"]["iterations"] if start + p["t_s"] < switched_at]
     assert len(passes_before) >= migration.get("postcopy_after_iterations", 1)
+
+
+def test_a_stall_is_rescued_by_postcopy(testbed: Testbed, tmp_path: Path) -> None:
+    result = run(
+        testbed,
+        tmp_path,
+        network={"bandwidth_mbit": 100},
+        workload={"kind": "memory", "working_set_mib": 128, "dirty_rate_mib_s": 50},
+        migration={"on_stall": "postcopy", "stall_iterations": 2, "timeout_s": 90},
+    )
+    testbed.shape(1000)
+    assert_moved(result, tmp_path)
+    mig = result["migration"]
+    assert mig["stall_detected"] is True
+    assert [a["action"] for a in mig["actions"]] == ["stall detected (no progress)", "postcopy"]
+    assert result["data"]["postcopy_bytes"] > 0

@@ -793,6 +793,7 @@ def make_synthetic_run(path: Path, *, failed_check: bool = False) -> Path:
             "throughput_mbit_s": round(transferred * 8 / total_s / 1e6, 3),
             "guest_ram_bytes": RAM_MIB * MIB,
             "progress_samples": len(migration_rows),
+            "stall_detected": False,
             "actions": [],
         },
         "timeline_s": {

@@ -11,6 +11,7 @@ import pytest
 from vmigrate.config import MigrationSpec
 from vmigrate.hypervisor.base import Domain, HypervisorEvent, MigrationStats
 from vmigrate.migration.orchestrator import migrate
+from vmigrate.migration.stall import StallDetector
 from vmigrate.migration.strategy import UNLIMITED_BYTES_S, plan_for
 
 
@@ -192,3 +193,74 @@ def test_each_strategy_sets_its_capabilities_and_parameters(
     assert source_params.items() <= plan.source_parameters.items()
     assert both_params.items() <= plan.source_parameters.items()
     assert plan.destination_parameters == both_params
+
+
+def stats_at(iteration: int, remaining: int) -> MigrationStats:
+    return MigrationStats(status="active", iterations=iteration, remaining_bytes=remaining)
+
+
+def test_a_migration_that_stops_shrinking_is_a_stall() -> None:
+    detector = StallDetector(patience=3)
+    flat = [(1, 500), (2, 100), (2, 90), (3, 100), (4, 99), (5, 101)]
+    assert [detector.observe(stats_at(i, r)) for i, r in flat] == [False] * 5 + [True]
+
+
+def test_a_shrinking_migration_never_stalls() -> None:
+    detector = StallDetector(patience=2)
+    assert not any(detector.observe(stats_at(i, 1000 // i)) for i in range(1, 20))
+
+
+class StallingDomain(FakeDomain):
+    """Active forever: every poll is a new pass that leaves as much to send as before."""
+
+    async def migration_stats(self) -> MigrationStats:
+        self.polls += 1
+        status = self.migration_status if self.migration_status == "cancelled" else "active"
+        if "postcopy" in self.calls:  # post-copy always finishes
+            status, self.state = "completed", "postmigrate"
+            assert self.peer is not None
+            self.peer.state = "running"
+        return MigrationStats(
+            status=status, iterations=self.polls, remaining_bytes=1000, expected_downtime_ms=900
+        )
+
+
+def stalling_pair() -> tuple[FakeDomain, FakeDomain]:
+    source = StallingDomain("source", "running")
+    destination = FakeDomain("destination", "inmigrate")
+    source.peer = destination
+    return source, destination
+
+
+def test_on_stall_fail_cancels_and_keeps_the_vm_on_the_source() -> None:
+    source, destination = stalling_pair()
+    record = run(source, destination, on_stall="fail", stall_iterations=2)
+    assert record.stall_detected is True
+    assert record.outcome == "failed"
+    assert "stalled" in record.error
+    assert "cancel" in source.calls
+    assert source.state == "running"
+
+
+def test_on_stall_postcopy_switches() -> None:
+    source, destination = stalling_pair()
+    record = run(source, destination, on_stall="postcopy", stall_iterations=2, timeout_s=0.05)
+    assert source.capabilities["postcopy-ram"] is True
+    assert [a for _, a in record.actions] == ["stall detected (no progress)", "postcopy"]
+    assert record.outcome == "completed"
+    assert destination.state == "running"
+
+
+def test_on_stall_raise_downtime_allows_the_expected_stop_and_copy() -> None:
+    source, destination = stalling_pair()
+    record = run(source, destination, on_stall="raise-downtime", timeout_s=0.2)
+    assert source.parameters["downtime-limit"] == 1080  # 1.2 x the 900 ms QEMU expects
+    assert record.actions[1][1] == "raise-downtime 1080 ms"
+    assert record.outcome == "timeout"  # the fake never converges: a second timeout ends it
+
+
+def test_without_a_stall_policy_a_stall_is_only_recorded() -> None:
+    source, destination = stalling_pair()
+    record = run(source, destination, timeout_s=0.05, stall_iterations=2)
+    assert record.stall_detected is True
+    assert record.outcome == "timeout"

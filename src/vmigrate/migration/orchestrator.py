@@ -15,6 +15,7 @@ from typing import Protocol
 from vmigrate.config import MigrationSpec
 from vmigrate.errors import HypervisorError, MigrationError
 from vmigrate.hypervisor.base import Domain, HypervisorEvent, MigrationStats
+from vmigrate.migration.stall import StallDetector
 from vmigrate.migration.strategy import plan_for
 
 CANCEL_WAIT_S = 15.0
@@ -49,7 +50,10 @@ class MigrationRecord:
     resumed_ns: int | None = None
     final: MigrationStats | None = None
     source_state_after: str | None = None
-    actions: list[tuple[int, str]] = field(default_factory=list)  # (t_ns, what the orchestrator did)
+    stall_detected: bool = False
+    actions: list[tuple[int, str]] = field(
+        default_factory=list
+    )  # (t_ns, what the orchestrator did)
     samples: list[ProgressSample] = field(default_factory=list)
     events: list[HypervisorEvent] = field(default_factory=list)
 
@@ -95,6 +99,8 @@ async def migrate(
     """Move the VM from `source` to `destination` (started with -incoming on `uri`)."""
     plan = plan_for(spec)
     record = MigrationRecord(strategy=plan.strategy)
+    stall = StallDetector(spec.stall_iterations)
+    deadline_s = spec.timeout_s
     active = False
     try:
         await source.set_migration_capabilities(plan.capabilities)
@@ -133,9 +139,29 @@ async def migrate(
             ):
                 await source.start_postcopy()
                 record.actions.append((time.monotonic_ns(), "postcopy"))
-            if elapsed > spec.timeout_s:
+            timed_out = elapsed > deadline_s
+            switching = any(action == "postcopy" for _, action in record.actions)
+            if not (record.stall_detected or switching) and (stall.observe(stats) or timed_out):
+                record.stall_detected = True
+                why = "timeout" if timed_out and not stall.stalled else "no progress"
+                record.actions.append((now, f"stall detected ({why})"))
+                if spec.on_stall == "fail":
+                    record.outcome = "failed"
+                    record.error = (
+                        f"stalled: remaining bytes did not shrink for {spec.stall_iterations} "
+                        "passes (migration.on_stall = fail)"
+                        if why == "no progress"
+                        else f"stalled: not finished after {spec.timeout_s:g} s"
+                    )
+                    await _cancel(source)
+                    active = False
+                    break
+                if await _act_on_stall(source, spec, stats, record) and timed_out:
+                    deadline_s += spec.timeout_s  # the remedy gets its own time
+                    timed_out = False
+            if timed_out and not switching:  # post-copy cannot be cancelled: it must finish
                 record.outcome = "timeout"
-                record.error = f"not finished after {spec.timeout_s:g} s (migration.timeout_s)"
+                record.error = f"not finished after {deadline_s:g} s (migration.timeout_s)"
                 await _cancel(source)
                 active = False
                 break
@@ -159,6 +185,24 @@ async def migrate(
         record.events = source.drain_events() + destination.drain_events()
         record.events.sort(key=lambda e: e.t_ns)
     return record
+
+
+async def _act_on_stall(
+    source: Domain, spec: MigrationSpec, stats: MigrationStats, record: MigrationRecord
+) -> bool:
+    """Apply migration.on_stall to a stalled migration; True when a remedy was applied."""
+    now = time.monotonic_ns()
+    if spec.on_stall == "postcopy" and stats.status == "active":
+        await source.start_postcopy()
+        record.actions.append((now, "postcopy"))
+        return True
+    if spec.on_stall == "raise-downtime":
+        expected = stats.expected_downtime_ms or 0.0
+        limit = max(2 * spec.downtime_limit_ms, int(expected * 1.2))
+        await source.set_migration_parameters({"downtime-limit": limit})
+        record.actions.append((now, f"raise-downtime {limit} ms"))
+        return True
+    return False
 
 
 async def _cancel(source: Domain) -> None:

@@ -28,7 +28,9 @@ class MigrationPlan:
 def plan_for(spec: MigrationSpec) -> MigrationPlan:
     """Translate a migration section into hypervisor settings."""
     caps: dict[str, bool] = {"events": True}
-    bandwidth = int(spec.max_bandwidth_mib_s * MIB) if spec.max_bandwidth_mib_s else UNLIMITED_BYTES_S
+    bandwidth = (
+        int(spec.max_bandwidth_mib_s * MIB) if spec.max_bandwidth_mib_s else UNLIMITED_BYTES_S
+    )
     source: dict[str, Any] = {"downtime-limit": spec.downtime_limit_ms, "max-bandwidth": bandwidth}
     both: dict[str, Any] = {}
     postcopy_after: int | None = None
@@ -47,6 +49,8 @@ def plan_for(spec: MigrationSpec) -> MigrationPlan:
             caps["multifd"] = True
             both["multifd-channels"] = spec.multifd_channels
             both["multifd-compression"] = spec.multifd_compression
+    if spec.on_stall == "postcopy":
+        caps["postcopy-ram"] = True  # must be on before the migration starts
     return MigrationPlan(
         strategy=spec.strategy,
         capabilities=caps,

@@ -37,6 +37,7 @@ def migration_figures(
             "throughput_mbit_s": None,
             "guest_ram_bytes": guest_ram_bytes,
             "progress_samples": 0,
+            "stall_detected": False,
             "actions": [],
         }
     final = record.final
@@ -54,6 +55,7 @@ def migration_figures(
         "throughput_mbit_s": _round(throughput),
         "guest_ram_bytes": guest_ram_bytes,
         "progress_samples": len(record.samples),
+        "stall_detected": record.stall_detected,
         "actions": [
             {"t_s": _round((t_ns - t0_ns) / 1e9, 6), "action": action}
             for t_ns, action in record.actions
