@@ -68,6 +68,8 @@ class GuestFacts:
     checksum: str | None = None
     pages_checked: int = 0
     pages_mismatched: int | None = None
+    disk_blocks_checked: int = 0
+    disk_blocks_mismatched: int | None = None
     error: str | None = None
 
 
@@ -144,6 +146,9 @@ async def ask_guest(testbed: Testbed, with_checksum: bool) -> GuestFacts:
             )
             facts.pages_checked, facts.pages_mismatched = await asyncio.to_thread(
                 call_in_netns, client_ns, agent_client.verify, testbed.guest_ip
+            )
+            facts.disk_blocks_checked, facts.disk_blocks_mismatched = await asyncio.to_thread(
+                call_in_netns, client_ns, agent_client.disk_verify, testbed.guest_ip
             )
     except VmigrateError as exc:
         facts.error = str(exc)
@@ -243,6 +248,10 @@ class Experiment:
                 "memory_writes_intact": ctx.after.pages_mismatched == 0,
                 "working_set_pages_checked": ctx.after.pages_checked,
                 "working_set_pages_mismatched": ctx.after.pages_mismatched,
+                "disk_checksum_ok": ctx.after.disk_blocks_checked > 0
+                and ctx.after.disk_blocks_mismatched == 0,
+                "disk_blocks_checked": ctx.after.disk_blocks_checked,
+                "disk_blocks_mismatched": ctx.after.disk_blocks_mismatched,
                 "boot_id_before": ctx.before.boot_id,
                 "boot_id_after": ctx.after.boot_id,
                 "memory_checksum_before": ctx.before.checksum,

@@ -34,6 +34,8 @@ def assert_moved(result: dict[str, Any], out: Path) -> None:
     assert ver["boot_id_before"] == ver["boot_id_after"]
     assert ver["memory_checksum_ok"] is True
     assert ver["memory_writes_intact"] is True, ver
+    assert ver["disk_checksum_ok"] is True, ver
+    assert ver["disk_blocks_checked"] == 1024
     mig = result["migration"]
     assert mig["total_time_s"] > 0
     assert mig["downtime_reported_ms"] >= 0

@@ -32,6 +32,9 @@ VERIFIED = {
     "memory_writes_intact": True,
     "working_set_pages_checked": 0,
     "working_set_pages_mismatched": 0,
+    "disk_checksum_ok": True,
+    "disk_blocks_checked": 1024,
+    "disk_blocks_mismatched": 0,
 }
 
 

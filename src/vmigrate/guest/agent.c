@@ -8,10 +8,14 @@
  *   UDP echo   --echo-port (7)       every datagram goes back to its sender unchanged (the
  *                                    downtime probe sends one per millisecond).
  *   control    --control-port (7000) line protocol, one reply line per command:
- *                                    ping | checksum | verify | status; else -> error.
+ *                                    ping | checksum | verify | diskverify | status.
  *   integrity  --integrity-mib (32)  region filled once with xorshift64 output seeded per
  *                                    boot, never written again: its FNV-1a 64 must survive a
  *                                    live migration (and changes if the guest rebooted).
+ *   disk       if /dev/vda exists: a 4 MiB region written with a known pattern at start, then
+ *              one 4 KiB block every 50 ms (O_DIRECT|O_DSYNC), each block's generation kept
+ *              in memory; `diskverify` reads every block back from the device and counts the
+ *              blocks that differ (a write the migration of the disk lost).
  *   workload   --workload idle|web|memory, --working-set-mib, --dirty-rate-mib-s: the memory
  *                                    workload dirties pages at a fixed rate (tick 10 ms).
  *                                    Each write also goes to a ledger on other pages; `verify`
@@ -22,6 +26,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -293,6 +298,96 @@ static void *memory_workload(void *arg)
     return NULL;
 }
 
+/* ------------------------------------------------------------------ disk */
+
+#define DISK_DEVICE "/dev/vda"
+#define DISK_BLOCK 4096UL
+#define DISK_BLOCKS 1024UL     /* a 4 MiB region at the start of the disk */
+#define DISK_TICK_NS 50000000L /* one block rewritten every 50 ms */
+
+static pthread_mutex_t disk_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint32_t disk_generation[DISK_BLOCKS]; /* 0: never written */
+static int disk_fd = -1;
+static uint64_t disk_blocks_written; /* atomic */
+
+/* The content of block `index` at generation `gen`: a header, then a fill derived from both. */
+static void disk_pattern(unsigned char *buf, size_t index, uint32_t gen)
+{
+    uint64_t x = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)index << 32) ^ gen;
+    for (size_t off = 0; off < DISK_BLOCK; off += 8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        memcpy(buf + off, &x, 8);
+    }
+    memcpy(buf, &index, sizeof index);
+    memcpy(buf + 8, &gen, sizeof gen);
+}
+
+static int disk_write(unsigned char *buf, size_t index, uint32_t gen)
+{
+    disk_pattern(buf, index, gen);
+    if (pwrite(disk_fd, buf, DISK_BLOCK, (off_t)(index * DISK_BLOCK)) != (ssize_t)DISK_BLOCK)
+        return -1;
+    disk_generation[index] = gen;
+    __atomic_add_fetch(&disk_blocks_written, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+static void *disk_workload(void *arg)
+{
+    (void)arg;
+    unsigned char *buf = aligned_alloc(DISK_BLOCK, DISK_BLOCK);
+    if (!buf)
+        return NULL;
+    pthread_mutex_lock(&disk_lock);
+    for (size_t i = 0; i < DISK_BLOCKS; i++) {
+        if (disk_write(buf, i, 1) < 0) {
+            warnmsg("disk: write %s: %s", DISK_DEVICE, strerror(errno));
+            pthread_mutex_unlock(&disk_lock);
+            return NULL;
+        }
+    }
+    pthread_mutex_unlock(&disk_lock);
+    size_t next = 0;
+    for (;;) {
+        struct timespec tick = {0, DISK_TICK_NS};
+        nanosleep(&tick, NULL);
+        pthread_mutex_lock(&disk_lock);
+        if (disk_write(buf, next, disk_generation[next] + 1) < 0)
+            warnmsg("disk: write: %s", strerror(errno));
+        pthread_mutex_unlock(&disk_lock);
+        next = (next + 1) % DISK_BLOCKS;
+    }
+    return NULL;
+}
+
+/* Blocks whose content on the device is not what was last written there. */
+static size_t disk_verify(size_t *checked)
+{
+    static unsigned char *want, *got;
+    size_t bad = 0;
+    *checked = 0;
+    if (disk_fd < 0)
+        return 0;
+    if (!want)
+        want = aligned_alloc(DISK_BLOCK, DISK_BLOCK);
+    if (!got)
+        got = aligned_alloc(DISK_BLOCK, DISK_BLOCK);
+    pthread_mutex_lock(&disk_lock);
+    for (size_t i = 0; i < DISK_BLOCKS; i++) {
+        if (disk_generation[i] == 0)
+            continue;
+        disk_pattern(want, i, disk_generation[i]);
+        if (pread(disk_fd, got, DISK_BLOCK, (off_t)(i * DISK_BLOCK)) != (ssize_t)DISK_BLOCK ||
+            memcmp(want, got, DISK_BLOCK) != 0)
+            bad++;
+        (*checked)++;
+    }
+    pthread_mutex_unlock(&disk_lock);
+    return bad;
+}
+
 /* -------------------------------------------------------------- sockets */
 
 static int listen_socket(int type, int port, int flags)
@@ -359,6 +454,10 @@ static void control_reply(const char *cmd, char *out, size_t outlen)
     } else if (strcmp(cmd, "checksum") == 0) {
         snprintf(out, outlen, "checksum fnv1a64=%016llx bytes=%zu\n",
                  (unsigned long long)integrity_checksum(), integrity_bytes);
+    } else if (strcmp(cmd, "diskverify") == 0) {
+        size_t checked = 0;
+        size_t bad = disk_verify(&checked);
+        snprintf(out, outlen, "diskverify blocks=%zu mismatches=%zu\n", checked, bad);
     } else if (strcmp(cmd, "verify") == 0) {
         size_t checked = 0;
         size_t bad = ws_verify(&checked);
@@ -753,6 +852,9 @@ int main(int argc, char **argv)
     start_thread(control_server, &control_fd, "control");
     if (strcmp(opt.workload, "memory") == 0)
         start_thread(memory_workload, NULL, "memory workload");
+    disk_fd = open(DISK_DEVICE, O_RDWR | O_DIRECT | O_DSYNC | O_CLOEXEC);
+    if (disk_fd >= 0)
+        start_thread(disk_workload, NULL, "disk workload");
 
     printf("VMIGRATE-AGENT-READY boot_id=%s\n", boot_id);
     fflush(stdout);

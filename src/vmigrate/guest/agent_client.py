@@ -23,6 +23,7 @@ AGENT_EXITED_MARKER = "VMIGRATE-AGENT-EXITED"
 
 _UUID = r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}"
 _READY_RE = re.compile(rf"{READY_MARKER} boot_id=({_UUID})")
+_DISK_VERIFY_RE = re.compile(r"diskverify blocks=(\d+) mismatches=(\d+)")
 _VERIFY_RE = re.compile(r"verify pages=(\d+) mismatches=(\d+)")
 _CHECKSUM_RE = re.compile(r"checksum fnv1a64=([0-9a-f]{16}) bytes=(\d+)")
 _MAX_LINE = 65536
@@ -98,6 +99,15 @@ def verify(ip: str, port: int = CONTROL_PORT, timeout_s: float = 30) -> tuple[in
     match = _VERIFY_RE.fullmatch(reply)
     if not match:
         raise GuestError(f"agent {ip}:{port} answered {reply!r} to verify")
+    return int(match.group(1)), int(match.group(2))
+
+
+def disk_verify(ip: str, port: int = CONTROL_PORT, timeout_s: float = 60) -> tuple[int, int]:
+    """(blocks checked, blocks whose content on the guest's disk is not what it last wrote)."""
+    reply = control(ip, "diskverify", port, timeout_s)
+    match = _DISK_VERIFY_RE.fullmatch(reply)
+    if not match:
+        raise GuestError(f"agent {ip}:{port} answered {reply!r} to diskverify")
     return int(match.group(1)), int(match.group(2))
 
 

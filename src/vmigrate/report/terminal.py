@@ -117,6 +117,7 @@ def summary_table(result: dict[str, Any]) -> Table:
         ("service answers after (same guest)", _fmt(ver["service_ok_after"])),
         ("memory checksum unchanged", _fmt(ver["memory_checksum_ok"])),
         ("no guest write lost", _fmt(ver["memory_writes_intact"])),
+        ("disk content intact", _fmt(ver.get("disk_checksum_ok"))),
     ]
     for item in result.get("checks", []):
         rows.append((f"check: {item['name'].replace('_', ' ')}", _fmt(item["ok"])))
