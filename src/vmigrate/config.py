@@ -51,7 +51,12 @@ class NetworkSpec(_Section):
 class StorageSpec(_Section):
     """Where the guest's disk lives."""
 
-    mode: Literal["shared-nfs"] = Field("shared-nfs", description="disk on the NFS storage host")
+    mode: Literal["shared-nfs", "local"] = Field(
+        "shared-nfs",
+        description="shared-nfs: one disk on the storage host's NFS export; local: each host "
+        "keeps its own disk and the migration copies it (mirror into an NBD export, kept in "
+        "sync while the RAM moves, as libvirt's --copy-storage-all does)",
+    )
 
 
 Strategy = Literal["precopy", "postcopy", "hybrid", "auto-converge", "xbzrle", "multifd", "cold"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import time
@@ -40,6 +41,7 @@ from vmigrate.testbed.testbed import Testbed
 
 BOOT_TIMEOUT_S = 120.0
 MIGRATION_PORT = 4444
+NBD_PORT = 10809
 DISK_SIZE = "256M"
 
 
@@ -183,7 +185,7 @@ class Experiment:
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         testbed = ctx.testbed
         owns_testbed = False
-        disk: Path | None = None
+        disks: dict[str, Path] = {}
         try:
             self.observer.stage("guest image")
             ctx.image = await asyncio.to_thread(build_image, False, self.observer.stage)
@@ -196,8 +198,8 @@ class Experiment:
                 testbed.up, ctx.scenario.network.bandwidth_mbit, self.observer.stage
             )
             self._start_sampler()
-            disk = self._create_disk()
-            yield self._vm_config(ctx.image, disk)
+            disks = self._create_disks()
+            yield self._vm_config(ctx.image, disks["source"])
         finally:
             await self.stop_clients()
             if self.sampler is not None:
@@ -205,7 +207,7 @@ class Experiment:
             for domain in reversed(self.domains):
                 with contextlib.suppress(Exception):
                     await domain.shutdown()
-            if disk is not None:
+            for disk in disks.values():
                 disk.unlink(missing_ok=True)
             if owns_testbed:
                 self.observer.stage("tearing the testbed down")
@@ -312,14 +314,24 @@ class Experiment:
                 await asyncio.to_thread(client.stop)
             self.ctx.testbed.state.forget_process(client.pid)
 
-    def _create_disk(self) -> Path:
-        """A fresh qcow2 for this run in the NFS export (recorded, so `down` removes it too)."""
+    def _create_disks(self) -> dict[str, Path]:
+        """Fresh qcow2 disks for this run (recorded, so `testbed down` removes them too): one in
+        the NFS export for shared storage; one per hypervisor host for local storage (the
+        destination's stays empty until the migration copies the source's into it)."""
         testbed = self.ctx.testbed
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        disk = testbed.export_dir / f"{self.ctx.scenario.name}-{stamp}-{os.getpid()}.qcow2"
-        testbed.state.add_path(disk)
-        run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), DISK_SIZE])
-        return disk
+        name = f"{self.ctx.scenario.name}-{stamp}-{os.getpid()}.qcow2"
+        if self.ctx.scenario.storage.mode == "shared-nfs":
+            places = {"source": testbed.export_dir}
+        else:
+            places = {role: testbed.local_disk_dir(role) for role in ("source", "destination")}
+        disks = {}
+        for role, directory in places.items():
+            directory.mkdir(parents=True, exist_ok=True)
+            disks[role] = directory / name
+            testbed.state.add_path(disks[role])
+            run(["qemu-img", "create", "-q", "-f", "qcow2", str(disks[role]), DISK_SIZE])
+        return disks
 
     def _vm_config(self, image: GuestImage, disk: Path) -> VmConfig:
         scenario, testbed = self.ctx.scenario, self.ctx.testbed
@@ -332,7 +344,7 @@ class Experiment:
             kernel=image.kernel,
             initrd=image.initrd,
             kernel_cmdline=guest_cmdline(scenario, testbed.guest_ip),
-            disk_url=testbed.nfs_url(disk),
+            disk_url=testbed.nfs_url(disk) if scenario.storage.mode == "shared-nfs" else str(disk),
             mac=testbed.guest_mac,
         )
 
@@ -381,6 +393,12 @@ class Experiment:
         dest_ip = testbed.hosts["destination"].ip
         uri = f"tcp:{dest_ip}:{MIGRATION_PORT}"
         self.observer.stage("starting the destination (-incoming)")
+        local = ctx.scenario.storage.mode == "local"
+        if local:  # the destination opens its own (empty) disk, which the migration fills
+            config = dataclasses.replace(
+                config,
+                disk_url=str(testbed.local_disk_dir("destination") / Path(config.disk_url).name),
+            )
         destination = await self._launch("destination", config, "defer")
         self.observer.stage(f"migrating ({ctx.scenario.migration.strategy})")
         ctx.mark("migration_start")
@@ -391,6 +409,7 @@ class Experiment:
             uri,
             self.observer,
             poll_interval_s=ctx.scenario.measure.progress_interval_ms / 1000,
+            disk_copy_to=(dest_ip, NBD_PORT) if local else None,
         )
         ctx.mark("migration_end")
         record_migration(self.recorder, ctx.record)

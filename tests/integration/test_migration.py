@@ -221,3 +221,15 @@ def test_a_stall_is_rescued_by_postcopy(testbed: Testbed, tmp_path: Path) -> Non
     assert mig["stall_detected"] is True
     assert [a["action"] for a in mig["actions"]] == ["stall detected (no progress)", "postcopy"]
     assert result["data"]["postcopy_bytes"] > 0
+
+
+def test_local_storage_is_copied_and_intact(testbed: Testbed, tmp_path: Path) -> None:
+    result = run(testbed, tmp_path, storage={"mode": "local"}, workload={"kind": "web"})
+    assert_moved(result, tmp_path)
+    mig = result["migration"]
+    assert [a["action"] for a in mig["actions"]] == ["disk mirror started", "disk mirror ready"]
+    assert mig["disk_copy_bytes"] >= 256 * 1024 * 1024
+    # The 4 MiB the guest wrote travelled with the RAM: the source's uplink carried both.
+    source_tx = result["resources"]["hosts"]["source"]["net_tx_bytes"]["during"]
+    assert source_tx >= mig["transferred_bytes"] + 4 * 1024 * 1024
+    assert not list((testbed.export_dir).glob("*.qcow2")), "local storage must not use NFS"

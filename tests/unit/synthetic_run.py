@@ -794,6 +794,7 @@ def make_synthetic_run(path: Path, *, failed_check: bool = False) -> Path:
             "guest_ram_bytes": RAM_MIB * MIB,
             "progress_samples": len(migration_rows),
             "stall_detected": False,
+            "disk_copy_bytes": 0,
             "actions": [],
         },
         "timeline_s": {

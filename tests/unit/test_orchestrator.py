@@ -55,6 +55,23 @@ class FakeDomain(Domain):
     async def start_migration(self, uri: str) -> None:
         self.calls.append(f"migrate {uri}")
 
+    async def export_disk(self, address: str, port: int) -> None:
+        self.calls.append(f"export {address}:{port}")
+
+    async def unexport_disk(self) -> None:
+        self.calls.append("unexport")
+
+    async def start_disk_mirror(self, address: str, port: int) -> None:
+        self.calls.append(f"mirror {address}:{port}")
+        self.mirror_polls = 0
+
+    async def disk_mirror_progress(self) -> tuple[bool, int, int]:
+        self.mirror_polls += 1
+        return self.mirror_polls >= 3, min(self.mirror_polls, 3) * 100, 300
+
+    async def finish_disk_mirror(self, abort: bool = False) -> None:
+        self.calls.append("abort mirror" if abort else "finish mirror")
+
     async def migration_stats(self) -> MigrationStats:
         self.polls += 1
         if self.migration_status not in ("completed", "failed", "cancelled") and self.script:
@@ -264,3 +281,31 @@ def test_without_a_stall_policy_a_stall_is_only_recorded() -> None:
     record = run(source, destination, timeout_s=0.05, stall_iterations=2)
     assert record.stall_detected is True
     assert record.outcome == "timeout"
+
+
+def test_local_storage_is_mirrored_in_sync_before_the_ram_moves() -> None:
+    source, destination = pair(["active", "completed"])
+    record = asyncio.run(
+        migrate(
+            source, destination, MigrationSpec(), "tcp:x:1", poll_interval_s=0.001,
+            disk_copy_to=("10.0.0.2", 10809),
+        )
+    )  # fmt: skip
+    assert record.outcome == "completed"
+    assert source.calls == ["mirror 10.0.0.2:10809", "migrate tcp:x:1", "finish mirror"]
+    assert destination.calls == ["incoming tcp:x:1", "export 10.0.0.2:10809", "unexport"]
+    assert [a for _, a in record.actions] == ["disk mirror started", "disk mirror ready"]
+    assert record.disk_copy_bytes == 300
+
+
+def test_a_failed_migration_aborts_the_disk_mirror() -> None:
+    source, destination = pair(["active", "failed"])
+    record = asyncio.run(
+        migrate(
+            source, destination, MigrationSpec(), "tcp:x:1", poll_interval_s=0.001,
+            disk_copy_to=("10.0.0.2", 10809),
+        )
+    )  # fmt: skip
+    assert record.outcome == "failed"
+    assert "abort mirror" in source.calls
+    assert source.state == "running"

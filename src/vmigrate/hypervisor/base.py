@@ -123,6 +123,26 @@ class Domain(abc.ABC):
         """Abort an ongoing migration; the VM keeps running here."""
 
     @abc.abstractmethod
+    async def export_disk(self, address: str, port: int) -> None:
+        """Destination (non-shared storage): serve the VM's (empty) disk, writable, over NBD."""
+
+    @abc.abstractmethod
+    async def unexport_disk(self) -> None:
+        """Destination: stop serving the disk once the migration is over; idempotent."""
+
+    @abc.abstractmethod
+    async def start_disk_mirror(self, address: str, port: int) -> None:
+        """Source: copy the VM's disk into the destination's export, then keep it in sync."""
+
+    @abc.abstractmethod
+    async def disk_mirror_progress(self) -> tuple[bool, int, int]:
+        """Source: (ready = copied and now in sync, bytes copied, bytes to copy)."""
+
+    @abc.abstractmethod
+    async def finish_disk_mirror(self, abort: bool = False) -> None:
+        """Source: end the mirror (after the switch-over, or abort it); idempotent."""
+
+    @abc.abstractmethod
     def drain_events(self) -> list[HypervisorEvent]:
         """Events received since the last call."""
 

@@ -26,6 +26,10 @@ from vmigrate.pids import terminate
 from vmigrate.proc import in_netns, run
 
 QEMU_BINARY = "qemu-system-x86_64"
+DISK_ID = "disk0"
+EXPORT_ID = "vmigrate-disk"
+MIRROR_TARGET = "vmigrate-mirror-target"
+MIRROR_JOB = "vmigrate-mirror"
 CONNECT_TIMEOUT_S = 20.0
 COMMAND_TIMEOUT_S = 30.0
 
@@ -79,8 +83,8 @@ def qemu_argv(
         "-serial", f"file:{serial_log}",
         "-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no",
         "-device", f"virtio-net-pci,netdev=net0,mac={config.mac},romfile=",
-        "-drive", f"file={config.disk_url},format=qcow2,cache=none,if=none,id=disk0",
-        "-device", "virtio-blk-pci,drive=disk0",
+        "-drive", f"file={config.disk_url},format=qcow2,cache=none,if=none,id={DISK_ID}",
+        "-device", f"virtio-blk-pci,drive={DISK_ID}",
         "-qmp", f"unix:{qmp_socket},server=on,wait=off",
     ]  # fmt: skip
     if incoming:
@@ -290,6 +294,68 @@ class QemuDomain(Domain):
 
     async def cancel_migration(self) -> None:
         await self.execute("migrate_cancel")
+
+    async def _disk_node(self) -> str:
+        """The node name of the VM disk's top node (the format node of -drive id=disk0)."""
+        for device in await self.execute("query-block"):
+            if device.get("device") == DISK_ID and "inserted" in device:
+                return str(device["inserted"]["node-name"])
+        raise HypervisorError(f"QEMU on {self.host_role} has no disk {DISK_ID!r}")
+
+    async def export_disk(self, address: str, port: int) -> None:
+        await self.execute(
+            "nbd-server-start",
+            {"addr": {"type": "inet", "data": {"host": address, "port": str(port)}}},
+        )
+        await self.execute(
+            "block-export-add",
+            {"type": "nbd", "id": EXPORT_ID, "node-name": await self._disk_node(),
+             "name": DISK_ID, "writable": True},
+        )  # fmt: skip
+
+    async def unexport_disk(self) -> None:
+        with contextlib.suppress(HypervisorError):
+            await self.execute("block-export-del", {"id": EXPORT_ID})
+        with contextlib.suppress(HypervisorError):
+            await self.execute("nbd-server-stop")
+
+    async def start_disk_mirror(self, address: str, port: int) -> None:
+        await self.execute(
+            "blockdev-add",
+            {"driver": "nbd", "node-name": MIRROR_TARGET, "export": DISK_ID,
+             "server": {"type": "inet", "host": address, "port": str(port)}},
+        )  # fmt: skip
+        # write-blocking: once in sync, every guest write reaches the target before it
+        # completes, so the copy is complete the moment the VM stops (as libvirt does).
+        await self.execute(
+            "blockdev-mirror",
+            {"job-id": MIRROR_JOB, "device": DISK_ID, "target": MIRROR_TARGET,
+             "sync": "full", "copy-mode": "write-blocking"},
+        )  # fmt: skip
+
+    async def disk_mirror_progress(self) -> tuple[bool, int, int]:
+        for job in await self.execute("query-block-jobs"):
+            if job.get("device") == MIRROR_JOB:
+                return bool(job.get("ready")), int(job["offset"]), int(job["len"])
+        raise HypervisorError(f"QEMU on {self.host_role} has no disk mirror job")
+
+    async def finish_disk_mirror(self, abort: bool = False) -> None:
+        jobs = [j for j in await self.execute("query-block-jobs") if j.get("device") == MIRROR_JOB]
+        if jobs:
+            # Cancelling a ready mirror completes it without pivoting: the target has it all.
+            await self.execute("block-job-cancel", {"device": MIRROR_JOB, "force": abort})
+            deadline = time.monotonic() + COMMAND_TIMEOUT_S
+            while time.monotonic() < deadline:
+                jobs = [
+                    j
+                    for j in await self.execute("query-block-jobs")
+                    if j.get("device") == MIRROR_JOB
+                ]
+                if not jobs:
+                    break
+                await asyncio.sleep(0.05)
+        with contextlib.suppress(HypervisorError):
+            await self.execute("blockdev-del", {"node-name": MIRROR_TARGET})
 
     def drain_events(self) -> list[HypervisorEvent]:
         events, self._events = self._events, []

@@ -51,6 +51,7 @@ class MigrationRecord:
     final: MigrationStats | None = None
     source_state_after: str | None = None
     stall_detected: bool = False
+    disk_copy_bytes: int = 0
     actions: list[tuple[int, str]] = field(
         default_factory=list
     )  # (t_ns, what the orchestrator did)
@@ -95,10 +96,16 @@ async def migrate(
     uri: str,
     observer: MigrationObserver | None = None,
     poll_interval_s: float = 0.1,
+    disk_copy_to: tuple[str, int] | None = None,
 ) -> MigrationRecord:
-    """Move the VM from `source` to `destination` (started with -incoming on `uri`)."""
+    """Move the VM from `source` to `destination` (started with `-incoming defer`) via `uri`.
+
+    With `disk_copy_to` (address, port) — storage that is not shared — the disk is first
+    mirrored into an NBD export on the destination and kept in sync while the RAM moves.
+    """
     plan = plan_for(spec)
     record = MigrationRecord(strategy=plan.strategy)
+    mirroring = False
     stall = StallDetector(spec.stall_iterations)
     deadline_s = spec.timeout_s
     active = False
@@ -109,6 +116,9 @@ async def migrate(
         if plan.destination_parameters:
             await destination.set_migration_parameters(plan.destination_parameters)
         await destination.accept_migration(uri)
+        if disk_copy_to is not None:
+            mirroring = True
+            await _copy_disk(source, destination, disk_copy_to, record, spec.timeout_s)
         if plan.pause_first:
             await source.pause()
             record.paused_ns = time.monotonic_ns()
@@ -167,6 +177,10 @@ async def migrate(
                 break
             await asyncio.sleep(poll_interval_s)
         record.final = await source.migration_stats()
+        if mirroring:
+            await source.finish_disk_mirror(abort=record.completed_ns is None)
+            await destination.unexport_disk()
+            mirroring = False
         if record.completed_ns is not None:
             await _finish_on_destination(source, destination, record)
         else:
@@ -177,6 +191,8 @@ async def migrate(
         with contextlib.suppress(Exception):
             if active:
                 await _cancel(source)
+            if mirroring:
+                await source.finish_disk_mirror(abort=True)
             await _roll_back(source, destination, record)
         if not isinstance(exc, Exception):
             raise
@@ -185,6 +201,32 @@ async def migrate(
         record.events = source.drain_events() + destination.drain_events()
         record.events.sort(key=lambda e: e.t_ns)
     return record
+
+
+async def _copy_disk(
+    source: Domain,
+    destination: Domain,
+    target: tuple[str, int],
+    record: MigrationRecord,
+    timeout_s: float,
+) -> None:
+    """Mirror the disk into the destination's NBD export until it is in sync (or time out)."""
+    await destination.export_disk(*target)
+    await source.start_disk_mirror(*target)
+    record.actions.append((time.monotonic_ns(), "disk mirror started"))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ready, copied, total = await source.disk_mirror_progress()
+        record.disk_copy_bytes = copied
+        if ready:
+            record.actions.append((time.monotonic_ns(), "disk mirror ready"))
+            return
+        if time.monotonic() > deadline:
+            raise MigrationError(
+                f"the disk copy did not get in sync within {timeout_s:g} s "
+                f"({copied} of {total} bytes copied)"
+            )
+        await asyncio.sleep(0.1)
 
 
 async def _act_on_stall(

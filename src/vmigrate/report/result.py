@@ -38,6 +38,7 @@ def migration_figures(
             "guest_ram_bytes": guest_ram_bytes,
             "progress_samples": 0,
             "stall_detected": False,
+            "disk_copy_bytes": 0,
             "actions": [],
         }
     final = record.final
@@ -56,6 +57,7 @@ def migration_figures(
         "guest_ram_bytes": guest_ram_bytes,
         "progress_samples": len(record.samples),
         "stall_detected": record.stall_detected,
+        "disk_copy_bytes": record.disk_copy_bytes,
         "actions": [
             {"t_s": _round((t_ns - t0_ns) / 1e9, 6), "action": action}
             for t_ns, action in record.actions

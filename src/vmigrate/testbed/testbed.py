@@ -54,6 +54,10 @@ class Testbed:
         """The directory the storage host exports over NFS (the VMs' disks live here)."""
         return self.dir / "export"
 
+    def local_disk_dir(self, role: str) -> Path:
+        """Where hypervisor host `role` keeps its own disks (storage.mode = local)."""
+        return self.dir / "hosts" / role / "disks"
+
     @property
     def storage(self) -> Host:
         return self.hosts["storage"]
