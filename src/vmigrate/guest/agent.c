@@ -276,13 +276,14 @@ static void *memory_workload(void *arg)
             deadline.tv_nsec -= 1000000000L;
         }
         clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &deadline, NULL);
-        /* After a long stall (vCPU paused for migration) resume the rate, do not burst. */
+        /* Dirtying needs CPU time: ticks missed while the vCPU could not run (paused for the
+         * migration, or throttled by auto-converge) are skipped, never made up in a burst. */
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
         int64_t late_ns = (int64_t)(now.tv_sec - deadline.tv_sec) * 1000000000LL +
                           (now.tv_nsec - deadline.tv_nsec);
-        if (late_ns > 10 * TICK_NS)
-            deadline = now;
+        if (late_ns > 2 * TICK_NS) /* the vCPU was held back (paused, throttled): the */
+            deadline = now;           /* work of the missed ticks is not made up for   */
         owed += bytes_per_tick;
         size_t pages = (size_t)(owed / (double)PAGE_SIZE_BYTES);
         owed -= (double)pages * (double)PAGE_SIZE_BYTES;

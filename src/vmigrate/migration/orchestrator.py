@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -177,6 +178,11 @@ async def migrate(
                 break
             await asyncio.sleep(poll_interval_s)
         record.final = await source.migration_stats()
+        if record.final.transferred_bytes == 0 and record.samples:
+            # A cancelled migration reports no counters: keep the last ones it had.
+            record.final = dataclasses.replace(
+                record.samples[-1].stats, status=record.final.status, error=record.final.error
+            )
         if mirroring:
             await source.finish_disk_mirror(abort=record.completed_ns is None)
             await destination.unexport_disk()
