@@ -278,10 +278,12 @@ def _axis(origin: str, dotted: str, values: Any) -> Axis:
                 )
             one: dict[str, Any] = {}
             for key, item in value.items():
-                _check_key(origin, f"{dotted}.{key}")
+                # A dotted key sets another section's key in the same cell ("storage.mode").
+                full = key if "." in key else f"{dotted}.{key}"
+                _check_key(origin, full)
                 if not _is_scalar(item):
                     raise ScenarioError(f"{where}: {key} = {item!r} must be a plain value")
-                one[f"{dotted}.{key}"] = item
+                one[full] = item
             settings.append(one)
         else:
             _check_key(origin, dotted)

@@ -48,6 +48,7 @@ class _Chart:
     axis: str
     scale: float
     series: tuple[_Series, ...]
+    log_ok: bool = True  # the figure is never negative: offer a log axis
 
 
 CHARTS = (
@@ -88,6 +89,7 @@ CHARTS = (
             _Series(f"resources.hosts.{host}.cpu_seconds.extra", host, HOST_COLOURS[host])
             for host in ("source", "destination", "storage")
         ),
+        log_ok=False,  # extra CPU can be negative (a paused guest uses less than its baseline)
     ),
     _Chart(
         "transferred",
@@ -108,6 +110,20 @@ table.stats td { white-space: nowrap; }
 table.stats td .extra { white-space: nowrap; }
 td.bad, span.bad { color: var(--fail); font-weight: 600; }
 .cellid { color: var(--muted); font-size: 11.5px; }
+h2 .scale { float: right; font-size: 12px; font-weight: normal; color: var(--muted); }
+h2 .scale button { font: inherit; margin-left: 4px; padding: 1px 8px; border-radius: 6px;
+  border: 1px solid var(--line); background: #fff; color: var(--fg); cursor: pointer; }
+h2 .scale button.on { background: var(--fg); color: #fff; border-color: var(--fg); }
+"""
+
+# switches a chart's y axis between linear and log, and marks the pressed button
+AXIS_JS = """
+function vmigrateAxis(button, id, type) {
+  Plotly.relayout(id, {"yaxis.type": type});
+  for (const b of button.parentNode.querySelectorAll("button")) {
+    b.classList.toggle("on", b === button);
+  }
+}
 """
 
 
@@ -144,7 +160,8 @@ def _outcomes_text(cell: Mapping[str, Any], skip_completed: bool = True) -> str:
 
 
 def _tick(label: str) -> str:
-    return _esc(label).replace(" · ", "<br>")
+    """A cell's label as an axis tick: one line per matrix entry, a table's extras below."""
+    return _esc(label).replace(" · ", "<br>").replace(" (", "<br>(")
 
 
 def _chart(chart: _Chart, cells: Sequence[Mapping[str, Any]]) -> go.Figure:
@@ -232,10 +249,12 @@ def _chart(chart: _Chart, cells: Sequence[Mapping[str, Any]]) -> go.Figure:
             why = _outcomes_text(cell) or "no runs yet"
             fig.add_annotation(
                 x=tick,
-                y=0,
+                yref="y domain",  # not data: an annotation in data units would stretch the axis
+                y=0.02,
                 yanchor="bottom",
+                textangle=-90,
                 showarrow=False,
-                text=f"no completed run<br>{_esc(why)}",
+                text=f"no completed run: {_esc(why)}",
                 font={"size": 11, "color": "#d1242f"},
             )
     fig.update_layout(
@@ -251,7 +270,13 @@ def _chart(chart: _Chart, cells: Sequence[Mapping[str, Any]]) -> go.Figure:
         paper_bgcolor="#ffffff",
         hovermode="closest",
     )
-    fig.update_yaxes(title_text=chart.axis, gridcolor="#eaeef2", zeroline=True, rangemode="tozero")
+    fig.update_yaxes(
+        title_text=chart.axis,
+        gridcolor="#eaeef2",
+        zeroline=True,
+        zerolinecolor="#8c959f",
+        rangemode="tozero" if chart.log_ok else "normal",
+    )
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=ticks)
     return fig
 
@@ -276,8 +301,15 @@ def _chart_section(chart: _Chart, cells: Sequence[Mapping[str, Any]]) -> str:
         },
         validate=True,
     )
+    scale = (  # one cell can dwarf the others (a cold migration's downtime): offer a log axis
+        f'<span class="scale">y axis <button type="button" onclick="vmigrateAxis(this, '
+        f'\'chart-{chart.ident}\', \'linear\')" class="on">linear</button><button type="button" '
+        f"onclick=\"vmigrateAxis(this, 'chart-{chart.ident}', 'log')\">log</button></span>"
+        if chart.log_ok
+        else ""
+    )
     return (
-        f'<section id="{chart.ident}"><h2>{_esc(chart.title)}</h2>'
+        f'<section id="{chart.ident}"><h2>{_esc(chart.title)}{scale}</h2>'
         f'<div class="legend-note">{_esc(chart.note)}; bars: mean of the completed runs, '
         "whiskers: 95 % confidence interval, dots: single runs</div>"
         f"{fragment}</section>"
@@ -436,7 +468,7 @@ def render_comparison_html(summary: Mapping[str, Any]) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>vmigrate · sweep {_esc(summary.get('name', ''))}</title>"
         f"<style>{CSS}{EXTRA_CSS}</style>"
-        f"<script>{plotly_js}</script>"
+        f"<script>{plotly_js}</script><script>{AXIS_JS}</script>"
         f"</head><body><main>{body}"
         "<footer>vmigrate sweep comparison · figures from summary.json (statistics of sweep.db)"
         "</footer></main></body></html>\n"
