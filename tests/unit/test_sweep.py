@@ -776,11 +776,14 @@ def test_the_example_sweeps_are_valid(name: str) -> None:
     if name == "strategies.toml":
         assert [c.scenario.migration.strategy for c in sweep.cells] == [
             "precopy", "postcopy", "hybrid", "auto-converge", "xbzrle", "multifd", "cold",
+            "postcopy",
         ]  # fmt: skip
         assert sweep.cells[5].scenario.migration.multifd_compression == "zstd"
+        assert [c.scenario.storage.mode for c in sweep.cells].count("local") == 1
+        assert sweep.cells[7].scenario.storage.mode == "local"
         assert sweep.repetitions == 3
         base = sweep.cells[0].scenario
-        assert base.network.bandwidth_mbit == 100 and base.migration.timeout_s == 60
+        assert base.network.bandwidth_mbit == 100 and base.migration.timeout_s == 120
         assert base.workload.dirty_rate_mib_s * 8 > base.network.bandwidth_mbit
     else:
         assert len(sweep.runs()) == 4
