@@ -201,6 +201,19 @@ def test_a_section_takes_tables_of_keys_that_go_together(tmp_path: Path) -> None
     assert sweep.name == "sweep"  # from the file name
 
 
+def test_a_table_may_set_another_sections_key_with_its_dotted_name(tmp_path: Path) -> None:
+    text = """
+        [matrix]
+        migration = [{ strategy = "precopy" }, { strategy = "postcopy", "storage.mode" = "local" }]
+        """
+    sweep = load_sweep(write(tmp_path, text))
+    assert [c.scenario.storage.mode for c in sweep.cells] == ["shared-nfs", "local"]
+    assert sweep.cells[1].cell_id == "migration.strategy=postcopy,storage.mode=local"
+    bad = text.replace('"storage.mode"', '"storage.mood"')
+    with pytest.raises(ScenarioError, match="unknown key 'mood'"):
+        load_sweep(write(tmp_path, bad, "bad.toml"))
+
+
 def test_dotted_keys_written_bare_mean_the_same(tmp_path: Path) -> None:
     quoted = load_sweep(write(tmp_path, '[matrix]\n"vm.vcpus" = [1, 2]\n', "a.toml"))
     bare = load_sweep(write(tmp_path, "[matrix]\nvm.vcpus = [1, 2]\n", "b.toml"))
