@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from host_agent import free_port, running_agent
 
 from vmigrate.errors import ImageBuildError, VmigrateError
-from vmigrate.guest import image
 from vmigrate.measure import client
 from vmigrate.measure.client import (
     ClientToolError,
@@ -30,14 +30,6 @@ from vmigrate.measure.client import (
 )
 
 pytestmark = pytest.mark.timeout(120)
-AGENT_SOURCE = Path(image.__file__).with_name("agent.c")
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -55,39 +47,8 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
     """agent.c compiled for the host (as for the guest image) on loopback, free ports."""
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc not installed")
-    binary = tmp_path_factory.mktemp("agent") / "agent"
-    subprocess.run(
-        ["gcc", *image.AGENT_CFLAGS, "-o", str(binary), str(AGENT_SOURCE)],
-        check=True,
-        capture_output=True,
-    )
-    ports = {
-        "http": free_port(socket.SOCK_STREAM),
-        "control": free_port(socket.SOCK_STREAM),
-        "echo": free_port(socket.SOCK_DGRAM),
-    }
-    proc = subprocess.Popen(
-        [
-            str(binary),
-            f"--http-port={ports['http']}",
-            f"--control-port={ports['control']}",
-            f"--echo-port={ports['echo']}",
-            "--integrity-mib=0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        line = proc.stdout.readline()
-        assert line.startswith("VMIGRATE-AGENT-READY"), line + proc.stderr.read()
+    with running_agent(tmp_path_factory.mktemp("agent"), "--integrity-mib=0") as ports:
         yield ports
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 # --------------------------------------------------------------------------- build

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from host_agent import AGENT_SOURCE, running_agent
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -40,7 +41,6 @@ from vmigrate.guest.image import (
 )
 
 AGENT_SOURCE = Path(image.__file__).with_name("agent.c")
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -539,13 +539,6 @@ def test_control_errors_name_the_target() -> None:
 # --------------------------------------------------------------------------- the agent itself
 
 
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def reference_checksum(integrity_mib: int, boot_id: str) -> str:
     """What agent.c computes: xorshift64 fill seeded from the boot id, then FNV-1a 64."""
     mask = (1 << 64) - 1
@@ -569,42 +562,9 @@ def reference_checksum(integrity_mib: int, boot_id: str) -> str:
 @pytest.fixture(scope="module")
 def host_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
     """agent.c compiled with -Werror on the host and run on loopback with free ports."""
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc not installed")
-    out = tmp_path_factory.mktemp("agent") / "agent"
-    subprocess.run(
-        ["gcc", *image.AGENT_CFLAGS, "-Werror", "-o", str(out), str(AGENT_SOURCE)],
-        check=True,
-        capture_output=True,
-    )
-    ports = {
-        "http": free_port(socket.SOCK_STREAM),
-        "control": free_port(socket.SOCK_STREAM),
-        "echo": free_port(socket.SOCK_DGRAM),
-    }
-    proc = subprocess.Popen(
-        [
-            str(out),
-            f"--http-port={ports['http']}",
-            f"--control-port={ports['control']}",
-            f"--echo-port={ports['echo']}",
-            "--workload=memory",
-            "--working-set-mib=4",
-            "--dirty-rate-mib-s=2",
-            "--integrity-mib=1",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        line = proc.stdout.readline()
-        assert line.startswith("VMIGRATE-AGENT-READY boot_id="), line + proc.stderr.read()
+    options = ("--workload=memory", "--working-set-mib=4", "--dirty-rate-mib-s=2")
+    with running_agent(tmp_path_factory.mktemp("agent"), *options, "--integrity-mib=1") as ports:
         yield ports
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def http_exchange(port: int, raw: bytes) -> bytes:
