@@ -40,7 +40,6 @@ from vmigrate.guest.image import (
     resolve_modules,
 )
 
-AGENT_SOURCE = Path(image.__file__).with_name("agent.c")
 # --------------------------------------------------------------------------- helpers
 
 
