@@ -93,11 +93,12 @@ class MigrationSpec(_Section):
     multifd_compression: Literal["none", "zlib", "zstd"] = Field(
         "none", description="multifd: compress pages"
     )
-    on_stall: Literal["none", "fail", "postcopy", "raise-downtime"] = Field(
+    on_stall: Literal["none", "fail", "postcopy", "auto-converge", "raise-downtime"] = Field(
         "none",
         description="when remaining bytes stop shrinking for stall_iterations passes (or at "
         "timeout_s): none (go on until timeout_s), fail (cancel now), postcopy (switch to "
-        "post-copy), raise-downtime (allow the stop-and-copy QEMU expects)",
+        "post-copy), auto-converge (cancel, then start again with the vCPU throttle on), "
+        "raise-downtime (allow the stop-and-copy QEMU expects)",
     )
     stall_iterations: int = Field(3, ge=1, le=1000, description="passes without progress")
 
@@ -108,9 +109,22 @@ class MigrationSpec(_Section):
                 f"migration.on_stall = {self.on_stall!r} needs a live migration; a cold one "
                 "(strategy cold) cannot stall: use none or fail"
             )
+        if self.strategy in ("auto-converge", "postcopy") and self.on_stall == "auto-converge":
+            raise ValueError(
+                f"migration.on_stall = 'auto-converge' restarts a stalled migration with the vCPU "
+                f"throttle on; strategy {self.strategy} "
+                + (
+                    "has it on already"
+                    if self.strategy == "auto-converge"
+                    else "moves to post-copy after the first pass, which cannot stall"
+                )
+                + ": choose another on_stall"
+            )
+        # on_stall = auto-converge uses the throttle knobs too.
+        tuned = self.strategy, *(["auto-converge"] if self.on_stall == "auto-converge" else [])
         for key in sorted(self.model_fields_set & STRATEGY_KEYS.keys()):
             default = type(self).model_fields[key].default
-            if self.strategy not in STRATEGY_KEYS[key] and getattr(self, key) != default:
+            if not set(tuned) & set(STRATEGY_KEYS[key]) and getattr(self, key) != default:
                 raise ValueError(
                     f"migration.{key} tunes strategy {' or '.join(STRATEGY_KEYS[key])}, not "
                     f"{self.strategy}; remove it or set migration.strategy accordingly"

@@ -111,6 +111,11 @@ def guest_cmdline(scenario: Scenario, guest_ip: str) -> str:
     )
 
 
+def create_disk(path: Path) -> None:
+    """An empty qcow2 disk of the guest's size (replacing whatever was there)."""
+    run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), DISK_SIZE])
+
+
 async def wait_for_agent(domain: QemuDomain, timeout_s: float = BOOT_TIMEOUT_S) -> None:
     """Wait until the guest agent announces itself on the serial console (or fails)."""
     deadline = time.monotonic() + timeout_s
@@ -330,7 +335,7 @@ class Experiment:
             directory.mkdir(parents=True, exist_ok=True)
             disks[role] = directory / name
             testbed.state.add_path(disks[role])
-            run(["qemu-img", "create", "-q", "-f", "qcow2", str(disks[role]), DISK_SIZE])
+            create_disk(disks[role])
         return disks
 
     def _vm_config(self, image: GuestImage, disk: Path) -> VmConfig:
@@ -400,6 +405,16 @@ class Experiment:
                 disk_url=str(testbed.local_disk_dir("destination") / Path(config.disk_url).name),
             )
         destination = await self._launch("destination", config, "defer")
+
+        async def restart_destination() -> Domain:
+            """A fresh destination (and, for local storage, a fresh empty disk for it)."""
+            nonlocal destination
+            self.observer.stage("stalled: starting again with auto-converge")
+            if local:
+                create_disk(Path(config.disk_url))
+            destination = await self._launch("destination", config, "defer")
+            return destination
+
         self.observer.stage(f"migrating ({ctx.scenario.migration.strategy})")
         ctx.mark("migration_start")
         ctx.record = await migrate(
@@ -410,6 +425,7 @@ class Experiment:
             self.observer,
             poll_interval_s=ctx.scenario.measure.progress_interval_ms / 1000,
             disk_copy_to=(dest_ip, NBD_PORT) if local else None,
+            restart_destination=restart_destination,
         )
         ctx.mark("migration_end")
         record_migration(self.recorder, ctx.record)

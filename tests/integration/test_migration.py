@@ -223,6 +223,45 @@ def test_a_stall_is_rescued_by_postcopy(testbed: Testbed, tmp_path: Path) -> Non
     assert result["data"]["postcopy_bytes"] > 0
 
 
+def test_a_stall_is_rescued_by_restarting_with_auto_converge(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    result = run(
+        testbed,
+        tmp_path,
+        network={"bandwidth_mbit": 200},
+        workload={"kind": "memory", "working_set_mib": 64, "dirty_rate_mib_s": 50},
+        migration={
+            "on_stall": "auto-converge",
+            "stall_iterations": 2,
+            "cpu_throttle_initial_pct": 60,
+            "cpu_throttle_increment_pct": 20,
+            "timeout_s": 90,
+        },
+    )
+    testbed.shape(1000)
+    assert_moved(result, tmp_path)
+    mig = result["migration"]
+    assert mig["stall_detected"] is True
+    assert mig["attempts"] == 2
+    assert [a["action"] for a in mig["actions"]] == [
+        "stall detected (no progress)",
+        "restart with auto-converge",
+    ]
+    # The throttle did the rescuing, and the abandoned attempt's bytes are on the bill.
+    progress = (tmp_path / "series" / "migration.csv").read_text().splitlines()
+    header = progress[0].split(",")
+    rows = [dict(zip(header, line.split(","), strict=True)) for line in progress[1:]]
+    assert {r["attempt"] for r in rows} == {"1", "2"}
+    assert max(int(r["cpu_throttle_pct"] or 0) for r in rows if r["attempt"] == "2") >= 60
+    assert all(int(r["cpu_throttle_pct"] or 0) == 0 for r in rows if r["attempt"] == "1")
+    first = max(int(r["transferred_bytes"]) for r in rows if r["attempt"] == "1")
+    assert mig["transferred_bytes"] > first >= 64 * 1024 * 1024
+    assert result["data"]["transferred_bytes"] == mig["transferred_bytes"]
+    checks = {c["name"]: c["ok"] for c in result["checks"]}
+    assert checks["source_uplink_carried_the_migration"] is True
+
+
 def test_local_storage_is_copied_and_intact(testbed: Testbed, tmp_path: Path) -> None:
     result = run(testbed, tmp_path, storage={"mode": "local"}, workload={"kind": "web"})
     assert_moved(result, tmp_path)

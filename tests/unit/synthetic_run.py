@@ -795,6 +795,7 @@ def make_synthetic_run(path: Path, *, failed_check: bool = False) -> Path:
             "progress_samples": len(migration_rows),
             "stall_detected": False,
             "disk_copy_bytes": 0,
+            "attempts": 1,
             "actions": [],
         },
         "timeline_s": {

@@ -197,6 +197,19 @@ def test_data_and_amplification() -> None:
     assert data["dirty_rate_mib_s"] == {"mean": 10.0, "peak": 20.0}
 
 
+def test_a_restarted_migration_counts_every_attempt() -> None:
+    # Attempt 1 sent 300 MiB and was cancelled; attempt 2's counters started over at 0.
+    progress = {
+        "transferred_bytes": np.array([1e8, 3e8, np.nan, 0.0, 2e8, 4e8]) * 1.048576,
+        "iterations": np.array([1.0, 4.0, np.nan, 1.0, 2.0, 3.0]),
+        "attempt": np.array([1.0, 1.0, 1.0, 2.0, 2.0, 2.0]),
+    }
+    data = data_section(progress, 700 * 1024 * 1024)
+    assert data["transferred_bytes"] == 700 * 1024 * 1024
+    assert data["iterations"] == 7
+    assert data["amplification_ratio"] == 1.0
+
+
 def result_for_checks(
     tx: float, observed: float, reported: float, total_s: float
 ) -> dict[str, object]:

@@ -159,3 +159,18 @@ def test_a_knob_of_another_strategy_is_refused_with_the_reason(
 def test_every_strategy_round_trips(strategy: str) -> None:
     s = validate_scenario({"migration": {"strategy": strategy}})
     assert validate_scenario(scenario_to_dict(s)) == s
+
+
+def test_on_stall_auto_converge_takes_the_throttle_knobs() -> None:
+    scenario = validate_scenario(
+        {"migration": {"on_stall": "auto-converge", "cpu_throttle_initial_pct": 50}}
+    )
+    assert scenario.migration.cpu_throttle_initial_pct == 50
+
+
+@pytest.mark.parametrize(
+    ("strategy", "why"), [("auto-converge", "on already"), ("postcopy", "cannot stall")]
+)
+def test_on_stall_auto_converge_is_refused_where_it_means_nothing(strategy: str, why: str) -> None:
+    with pytest.raises(ScenarioError, match=why):
+        validate_scenario({"migration": {"strategy": strategy, "on_stall": "auto-converge"}})

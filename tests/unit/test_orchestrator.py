@@ -4,11 +4,13 @@ running on exactly one host."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
 
 from vmigrate.config import MigrationSpec
+from vmigrate.errors import MigrationError
 from vmigrate.hypervisor.base import Domain, HypervisorEvent, MigrationStats
 from vmigrate.migration.orchestrator import migrate
 from vmigrate.migration.stall import StallDetector
@@ -274,6 +276,70 @@ def test_on_stall_raise_downtime_allows_the_expected_stop_and_copy() -> None:
     assert source.parameters["downtime-limit"] == 1080  # 1.2 x the 900 ms QEMU expects
     assert record.actions[1][1] == "raise-downtime 1080 ms"
     assert record.outcome == "timeout"  # the fake never converges: a second timeout ends it
+
+
+class ThrottledDomain(StallingDomain):
+    """Stalls until it migrates with auto-converge on; then the throttle lets it finish. Every
+    attempt's counters start over, as QEMU's do."""
+
+    async def start_migration(self, uri: str) -> None:
+        await super().start_migration(uri)
+        self.polls = 0
+        self.migration_status = "active"
+
+    async def migration_stats(self) -> MigrationStats:
+        if not self.capabilities.get("auto-converge"):
+            stats = await super().migration_stats()
+            return dataclasses.replace(stats, transferred_bytes=5000 * self.polls)
+        self.polls += 1
+        if self.polls >= 3:
+            self.migration_status, self.state = "completed", "postmigrate"
+            assert self.peer is not None
+            self.peer.state = "running"
+        return MigrationStats(
+            status=self.migration_status, iterations=self.polls, transferred_bytes=700,
+            remaining_bytes=0, cpu_throttle_pct=30,
+        )  # fmt: skip
+
+
+def test_on_stall_auto_converge_restarts_with_the_throttle_on_a_fresh_destination() -> None:
+    source = ThrottledDomain("source", "running")
+    first = FakeDomain("destination", "inmigrate")
+    source.peer = first
+    fresh: list[FakeDomain] = []
+
+    async def restart() -> FakeDomain:
+        assert first.state == "gone", "the spent destination is stopped before a new one"
+        fresh.append(FakeDomain("destination", "inmigrate"))
+        source.peer = fresh[-1]
+        return fresh[-1]
+
+    spec = MigrationSpec(on_stall="auto-converge", stall_iterations=2, cpu_throttle_initial_pct=40)
+    record = asyncio.run(
+        migrate(source, first, spec, "tcp:x:1", poll_interval_s=0.001, restart_destination=restart)
+    )
+    assert record.outcome == "completed"
+    assert [a for _, a in record.actions] == [
+        "stall detected (no progress)",
+        "restart with auto-converge",
+    ]
+    assert source.calls == ["migrate tcp:x:1", "cancel", "migrate tcp:x:1"]
+    assert len(fresh) == 1 and fresh[0].state == "running"
+    assert fresh[0].calls == ["incoming tcp:x:1"] and fresh[0].capabilities["auto-converge"]
+    assert source.parameters["cpu-throttle-initial"] == 40
+    assert record.attempts == 2
+    assert {s.attempt for s in record.samples} == {1, 2}
+    # The first attempt's bytes count: it sent 5000 per poll until the stall (poll 4).
+    assert record.earlier_attempts_bytes == 5000 * 4
+    assert record.transferred_bytes == 5000 * 4 + 700
+    assert record.total_time_s is not None and record.completed_ns is not None
+    assert record.total_time_s == (record.completed_ns - record.started_ns) / 1e9
+
+
+def test_on_stall_auto_converge_without_a_way_to_restart_is_refused() -> None:
+    source, destination = stalling_pair()
+    with pytest.raises(MigrationError, match="restart the destination"):
+        run(source, destination, on_stall="auto-converge")
 
 
 def test_without_a_stall_policy_a_stall_is_only_recorded() -> None:

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from rich.console import Console
 
 from vmigrate.analysis import analyze
 from vmigrate.config import Scenario
 from vmigrate.hypervisor.base import HypervisorEvent, MigrationStats
 from vmigrate.migration.orchestrator import MigrationRecord, ProgressSample
 from vmigrate.report.result import build_result, write_result
+from vmigrate.report.terminal import summary_table
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs/result.schema.json").read_text())
 ENV = {
@@ -121,3 +123,32 @@ def test_the_schema_rejects_a_figure_without_its_unit(tmp_path: Path) -> None:
     result["migration"]["downtime"] = 12
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(result, SCHEMA)
+
+
+def test_a_restarted_migration_bills_both_attempts_and_says_so(tmp_path: Path) -> None:
+    t0 = time.monotonic_ns()
+    record = completed_record(t0)
+    record.attempts = 2
+    record.earlier_attempts_bytes = 700_000_000
+    record.completed_ns = t0 + 9_000_000_000  # the second attempt ended 9 s after the first began
+    record.actions = [(t0 + 5_000_000_000, "restart with auto-converge")]
+    result = build_result(
+        scenario=Scenario(),
+        record=record,
+        started_at="x",
+        t0_ns=t0,
+        marks_ns={},
+        environment=ENV,
+        verification=VERIFIED,
+        error=None,
+    )
+    jsonschema.validate(analyze(tmp_path, result), SCHEMA)
+    mig = result["migration"]
+    assert mig["attempts"] == 2
+    assert mig["transferred_bytes"] == 950_000_000
+    assert mig["total_time_s"] == 9.0  # not the 2 s QEMU counted for the last attempt alone
+    console = Console(record=True, width=120)
+    console.print(summary_table(result))
+    text = console.export_text()
+    assert "attempts (restarted after a stall)" in text
+    assert "at 5.0 s" in text and "restart with auto-converge" in text

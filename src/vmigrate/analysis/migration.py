@@ -45,29 +45,37 @@ def phases_section(events: list[dict[str, Any]], windows: Windows) -> dict[str, 
 
 
 def data_section(progress: dict[str, Array], guest_ram_bytes: int) -> dict[str, Any]:
-    """Bytes and pages moved, dirty rate and amplification, from the progress polls."""
+    """Bytes and pages moved, dirty rate and amplification, from the progress polls; a
+    migration restarted by on_stall = auto-converge counts what every attempt moved."""
+    column_attempt = progress.get("attempt")
 
-    def last(column: str) -> int:
-        values = progress.get(column, np.array([]))
-        values = values[~np.isnan(values)]
-        return int(values[-1]) if len(values) else 0
+    def final(column: str) -> int:
+        values = progress.get(column)
+        if values is None:
+            return 0
+        attempts = column_attempt if column_attempt is not None else np.ones(len(values))
+        total = 0
+        for attempt in np.unique(attempts[~np.isnan(attempts)]):
+            mine = values[(attempts == attempt) & ~np.isnan(values)]
+            total += int(mine[-1]) if len(mine) else 0
+        return total
 
     dirty = progress.get("dirty_rate_mib_s", np.array([]))
     dirty = dirty[~np.isnan(dirty)]
-    transferred = last("transferred_bytes")
+    transferred = final("transferred_bytes")
     return {
         "transferred_bytes": transferred,
-        "zero_pages": last("zero_pages"),
-        "normal_pages": last("normal_pages"),
-        "normal_bytes": last("normal_bytes"),
-        "precopy_bytes": last("precopy_bytes"),
-        "downtime_bytes": last("downtime_bytes"),
-        "postcopy_bytes": last("postcopy_bytes"),
+        "zero_pages": final("zero_pages"),
+        "normal_pages": final("normal_pages"),
+        "normal_bytes": final("normal_bytes"),
+        "precopy_bytes": final("precopy_bytes"),
+        "downtime_bytes": final("downtime_bytes"),
+        "postcopy_bytes": final("postcopy_bytes"),
         "dirty_rate_mib_s": {
             "mean": finite_or_none(float(np.mean(dirty))) if len(dirty) else None,
             "peak": finite_or_none(float(np.max(dirty))) if len(dirty) else None,
         },
-        "iterations": last("iterations"),
+        "iterations": final("iterations"),
         "amplification_ratio": finite_or_none(transferred / guest_ram_bytes, 4)
         if guest_ram_bytes
         else None,

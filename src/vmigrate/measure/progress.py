@@ -13,7 +13,7 @@ MIGRATION_COLUMNS = [
     "t_ns", "status", "transferred_bytes", "remaining_bytes", "total_bytes", "zero_pages",
     "normal_pages", "normal_bytes", "precopy_bytes", "downtime_bytes", "postcopy_bytes",
     "dirty_rate_mib_s", "throughput_mbit_s", "iterations", "expected_downtime_ms",
-    "cpu_throttle_pct",
+    "cpu_throttle_pct", "attempt",
 ]  # fmt: skip
 EVENT_COLUMNS = ["t_ns", "host", "event", "detail"]
 
@@ -41,6 +41,7 @@ def record_migration(recorder: Recorder, record: MigrationRecord) -> None:
                 s.iterations,
                 "" if s.expected_downtime_ms is None else s.expected_downtime_ms,
                 s.cpu_throttle_pct,
+                sample.attempt,
             )
         )
     events = recorder.series("events", EVENT_COLUMNS)

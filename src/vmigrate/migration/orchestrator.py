@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,7 +18,7 @@ from vmigrate.config import MigrationSpec
 from vmigrate.errors import HypervisorError, MigrationError
 from vmigrate.hypervisor.base import Domain, HypervisorEvent, MigrationStats
 from vmigrate.migration.stall import StallDetector
-from vmigrate.migration.strategy import plan_for
+from vmigrate.migration.strategy import MigrationPlan, plan_for, with_auto_converge
 
 CANCEL_WAIT_S = 15.0
 RESUME_WAIT_S = 15.0
@@ -31,10 +32,12 @@ class MigrationObserver(Protocol):
 
 @dataclass(frozen=True)
 class ProgressSample:
-    """One poll of the migration counters, on the monotonic clock."""
+    """One poll of the migration counters, on the monotonic clock; `attempt` counts from 1 (a
+    migration restarted by on_stall = auto-converge has its counters start over)."""
 
     t_ns: int
     stats: MigrationStats
+    attempt: int = 1
 
 
 @dataclass
@@ -53,6 +56,8 @@ class MigrationRecord:
     source_state_after: str | None = None
     stall_detected: bool = False
     disk_copy_bytes: int = 0
+    attempts: int = 1
+    earlier_attempts_bytes: int = 0  # what cancelled attempts sent before the last one began
     actions: list[tuple[int, str]] = field(
         default_factory=list
     )  # (t_ns, what the orchestrator did)
@@ -61,11 +66,14 @@ class MigrationRecord:
 
     @property
     def total_time_s(self) -> float | None:
-        """Hypervisor-reported total time; for cold, from the pause to the resume."""
+        """Hypervisor-reported total time; for cold, from the pause to the resume; for a
+        restarted migration, from the first attempt's start to the completion."""
         if self.outcome != "completed":
             return None
         if self.paused_ns is not None and self.resumed_ns is not None:
             return (self.resumed_ns - self.paused_ns) / 1e9
+        if self.attempts > 1 and self.completed_ns is not None:
+            return (self.completed_ns - self.started_ns) / 1e9
         if self.final is not None and self.final.total_time_ms is not None:
             return self.final.total_time_ms / 1000
         return None
@@ -79,6 +87,12 @@ class MigrationRecord:
             return (self.resumed_ns - self.paused_ns) / 1e6
         return self.final.downtime_ms if self.final is not None else None
 
+    @property
+    def transferred_bytes(self) -> int:
+        """Every byte the migration sent, over all its attempts."""
+        last = self.final.transferred_bytes if self.final is not None else 0
+        return self.earlier_attempts_bytes + last
+
 
 async def _wait_state(domain: Domain, wanted: set[str], timeout_s: float) -> str:
     """Poll until the domain is in one of `wanted` states (or gone); return the last state."""
@@ -90,6 +104,9 @@ async def _wait_state(domain: Domain, wanted: set[str], timeout_s: float) -> str
     return state
 
 
+RestartDestination = Callable[[], Awaitable[Domain]]
+
+
 async def migrate(
     source: Domain,
     destination: Domain,
@@ -98,12 +115,19 @@ async def migrate(
     observer: MigrationObserver | None = None,
     poll_interval_s: float = 0.1,
     disk_copy_to: tuple[str, int] | None = None,
+    restart_destination: RestartDestination | None = None,
 ) -> MigrationRecord:
     """Move the VM from `source` to `destination` (started with `-incoming defer`) via `uri`.
 
     With `disk_copy_to` (address, port) — storage that is not shared — the disk is first
     mirrored into an NBD export on the destination and kept in sync while the RAM moves.
+    `restart_destination` starts a fresh destination: on_stall = auto-converge needs one, since
+    QEMU takes capabilities only between migrations and an abandoned incoming QEMU is spent.
     """
+    if spec.on_stall == "auto-converge" and restart_destination is None:
+        raise MigrationError(
+            "migration.on_stall = auto-converge needs a way to restart the destination"
+        )
     plan = plan_for(spec)
     record = MigrationRecord(strategy=plan.strategy)
     mirroring = False
@@ -111,28 +135,18 @@ async def migrate(
     deadline_s = spec.timeout_s
     active = False
     try:
-        await source.set_migration_capabilities(plan.capabilities)
-        await destination.set_migration_capabilities(plan.capabilities)
-        await source.set_migration_parameters(plan.source_parameters)
-        if plan.destination_parameters:
-            await destination.set_migration_parameters(plan.destination_parameters)
-        await destination.accept_migration(uri)
-        if disk_copy_to is not None:
-            mirroring = True
-            await _copy_disk(source, destination, disk_copy_to, record, spec.timeout_s)
-        if plan.pause_first:
-            await source.pause()
-            record.paused_ns = time.monotonic_ns()
+        mirroring = disk_copy_to is not None
+        await _start(source, destination, plan, uri, disk_copy_to, record, spec.timeout_s)
         record.started_ns = time.monotonic_ns()
-        await source.start_migration(uri)
         active = True
+        attempt_started_ns = record.started_ns
         while True:
             stats = await source.migration_stats()
             now = time.monotonic_ns()
-            record.samples.append(ProgressSample(now, stats))
-            elapsed = (now - record.started_ns) / 1e9
+            record.samples.append(ProgressSample(now, stats, record.attempts))
+            elapsed = (now - attempt_started_ns) / 1e9
             if observer is not None:
-                observer.migration_progress(elapsed, stats)
+                observer.migration_progress((now - record.started_ns) / 1e9, stats)
             if stats.status == "completed":
                 record.completed_ns = now
                 active = False
@@ -167,6 +181,26 @@ async def migrate(
                     await _cancel(source)
                     active = False
                     break
+                if spec.on_stall == "auto-converge":
+                    assert restart_destination is not None
+                    active = False
+                    await _cancel(source)
+                    if mirroring:
+                        await source.finish_disk_mirror(abort=True)
+                    record.events += destination.drain_events()
+                    await _roll_back(source, destination, record)
+                    record.earlier_attempts_bytes += stats.transferred_bytes
+                    destination = await restart_destination()
+                    plan = with_auto_converge(plan, spec)
+                    record.attempts += 1
+                    record.actions.append((time.monotonic_ns(), "restart with auto-converge"))
+                    await _start(
+                        source, destination, plan, uri, disk_copy_to, record, spec.timeout_s
+                    )
+                    active = True
+                    attempt_started_ns = time.monotonic_ns()
+                    deadline_s = spec.timeout_s  # the remedy gets its own time
+                    continue
                 if await _act_on_stall(source, spec, stats, record) and timed_out:
                     deadline_s += spec.timeout_s  # the remedy gets its own time
                     timed_out = False
@@ -204,9 +238,34 @@ async def migrate(
             raise
     finally:
         record.ended_ns = time.monotonic_ns()
-        record.events = source.drain_events() + destination.drain_events()
+        record.events += source.drain_events() + destination.drain_events()
         record.events.sort(key=lambda e: e.t_ns)
     return record
+
+
+async def _start(
+    source: Domain,
+    destination: Domain,
+    plan: MigrationPlan,
+    uri: str,
+    disk_copy_to: tuple[str, int] | None,
+    record: MigrationRecord,
+    timeout_s: float,
+) -> None:
+    """Configure both ends, let the destination listen, copy the disk if it is not shared,
+    pause the VM for a cold migration, and start sending."""
+    await source.set_migration_capabilities(plan.capabilities)
+    await destination.set_migration_capabilities(plan.capabilities)
+    await source.set_migration_parameters(plan.source_parameters)
+    if plan.destination_parameters:
+        await destination.set_migration_parameters(plan.destination_parameters)
+    await destination.accept_migration(uri)
+    if disk_copy_to is not None:
+        await _copy_disk(source, destination, disk_copy_to, record, timeout_s)
+    if plan.pause_first:
+        await source.pause()
+        record.paused_ns = time.monotonic_ns()
+    await source.start_migration(uri)
 
 
 async def _copy_disk(

@@ -3,7 +3,7 @@ on each end, and whether (and when) the orchestrator pauses the VM or switches t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vmigrate.config import MigrationSpec
@@ -40,8 +40,7 @@ def plan_for(spec: MigrationSpec) -> MigrationPlan:
             postcopy_after = 1 if spec.strategy == "postcopy" else spec.postcopy_after_iterations
         case "auto-converge":
             caps["auto-converge"] = True
-            source["cpu-throttle-initial"] = spec.cpu_throttle_initial_pct
-            source["cpu-throttle-increment"] = spec.cpu_throttle_increment_pct
+            source.update(_throttle(spec))
         case "xbzrle":
             caps["xbzrle"] = True
             source["xbzrle-cache-size"] = spec.xbzrle_cache_mib * MIB
@@ -59,3 +58,19 @@ def plan_for(spec: MigrationSpec) -> MigrationPlan:
         pause_first=spec.strategy == "cold",
         postcopy_after_passes=postcopy_after,
     )
+
+
+def with_auto_converge(plan: MigrationPlan, spec: MigrationSpec) -> MigrationPlan:
+    """The same plan with the vCPU throttle armed (on_stall = auto-converge restarts with it)."""
+    return replace(
+        plan,
+        capabilities={**plan.capabilities, "auto-converge": True},
+        source_parameters={**plan.source_parameters, **_throttle(spec)},
+    )
+
+
+def _throttle(spec: MigrationSpec) -> dict[str, Any]:
+    return {
+        "cpu-throttle-initial": spec.cpu_throttle_initial_pct,
+        "cpu-throttle-increment": spec.cpu_throttle_increment_pct,
+    }

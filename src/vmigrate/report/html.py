@@ -52,6 +52,7 @@ MOMENTS = (  # phases.* key, label, colour, dash
     ("resume_on_destination_s", "resumed on destination", "#8250df", "dash"),
     ("completion_s", "completed", "#1a7f37", "dot"),
 )
+ACTION_LINE = ("#bf8700", "dashdot")  # what the orchestrator did (stall, post-copy, restart)
 TIMES, MINUS = "\u00d7", "\u2212"  # multiplication and minus signs
 OUTCOME_CLASS = {"completed": "ok", "failed": "fail", "timeout": "fail", "cancelled": "warn"}
 
@@ -401,6 +402,15 @@ def _migration(result: dict[str, Any]) -> str:
         ("average throughput", fmt("throughput_mbit_s", mig.get("throughput_mbit_s"))),
         ("guest RAM", fmt("guest_ram_bytes", mig.get("guest_ram_bytes"))),
         ("progress samples", fmt("progress_samples", mig.get("progress_samples"))),
+        ("attempts", fmt("attempts", mig.get("attempts"))),
+    ]
+    rows += [
+        (
+            f"orchestrator at {_plain(float(a['t_s']), 2)} s",
+            _esc(a.get("action")) + ' <span class="muted">(since the run started)</span>',
+        )
+        for a in mig.get("actions", [])
+        if isinstance(a, dict) and _num(a.get("t_s")) is not None
     ]
     moments = [
         (f"{label} at", fmt("x_s", phases.get(key)) + ' <span class="muted">after the start</span>')
@@ -1356,6 +1366,10 @@ class _Timeline:
             (float(phases[key]) + start, label, colour, dash)
             for key, label, colour, dash in MOMENTS
             if start is not None and _num(phases.get(key)) is not None
+        ] + [
+            (float(a["t_s"]), str(a.get("action")), *ACTION_LINE)
+            for a in _d(self.result.get("migration")).get("actions", [])
+            if isinstance(a, dict) and _num(a.get("t_s")) is not None
         ]
         for row, (_, _, y_title) in enumerate(ROWS, start=1):
             xref, yref = self.refs(row)
@@ -1623,13 +1637,22 @@ def _timeline_section(fragment: str, result: dict[str, Any]) -> str:
         )
         for key, label, colour, _ in MOMENTS
     )
+    actions = "".join(
+        f'<span class="swatch" style="background:{ACTION_LINE[0]};height:3px;border:0"></span>'
+        f'{_esc(a.get("action"))} <span class="muted">{_plain(float(a["t_s"]), 2)} s</span>'
+        for a in _d(result.get("migration")).get("actions", [])
+        if isinstance(a, dict) and _num(a.get("t_s")) is not None
+    )
+    actions_note = (
+        f'<div class="legend-note">orchestrator actions:{actions}</div>' if actions else ""
+    )
     return (
         '<section id="timeline"><h2>Time line <span class="muted small">drag to zoom, '
         "double-click to reset; every panel shares the time axis (seconds since the run "
         "started)</span></h2>"
         f'<div class="legend-note">windows:{swatches}</div>'
         f'<div class="legend-note">moments, after the migration started:{moments}</div>'
-        f"{fragment}</section>"
+        f"{actions_note}{fragment}</section>"
     )
 
 

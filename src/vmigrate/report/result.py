@@ -39,6 +39,7 @@ def migration_figures(
             "progress_samples": 0,
             "stall_detected": False,
             "disk_copy_bytes": 0,
+            "attempts": record.attempts if record else 0,
             "actions": [],
         }
     final = record.final
@@ -50,7 +51,7 @@ def migration_figures(
         "total_time_s": _round(total_s),
         "setup_time_s": _round(final.setup_time_ms / 1000 if final.setup_time_ms else None),
         "downtime_reported_ms": _round(record.downtime_reported_ms),
-        "transferred_bytes": final.transferred_bytes,
+        "transferred_bytes": record.transferred_bytes,
         "remaining_bytes": final.remaining_bytes,
         "iterations": final.iterations,
         "throughput_mbit_s": _round(throughput),
@@ -58,6 +59,7 @@ def migration_figures(
         "progress_samples": len(record.samples),
         "stall_detected": record.stall_detected,
         "disk_copy_bytes": record.disk_copy_bytes,
+        "attempts": record.attempts,
         "actions": [
             {"t_s": _round((t_ns - t0_ns) / 1e9, 6), "action": action}
             for t_ns, action in record.actions

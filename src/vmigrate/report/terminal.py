@@ -89,6 +89,10 @@ def summary_table(result: dict[str, Any]) -> Table:
         ("iterations", _fmt(mig["iterations"])),
         ("average throughput", _fmt(mig["throughput_mbit_s"], " Mbit/s", 1)),
     ]
+    if mig.get("attempts", 1) > 1:
+        rows.append(("attempts (restarted after a stall)", _fmt(mig["attempts"])))
+    for action in mig.get("actions", []):
+        rows.append((f"at {action['t_s']:.1f} s", action["action"]))
     latency = service.get("latency_ms", {})
     for window in ("baseline", "during", "after"):
         stats = latency.get(window)
