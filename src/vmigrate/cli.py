@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -170,9 +172,18 @@ def _default_out(name: str) -> Path:
     return Path("runs") / f"{name}-{stamp}"
 
 
-def _run_scenario(path: Path | None, out: Path | None, overrides: list[str], testbed: str) -> None:
+def _run_scenario(
+    path: Path | None,
+    out: Path | None,
+    overrides: list[str],
+    testbed: str,
+    skip_preflight: bool = False,
+    unsafe: bool = False,
+) -> None:
     from vmigrate.config import load_scenario, validate_scenario
     from vmigrate.experiment import run_experiment
+    from vmigrate.hypervisor.cpu import load_catalog
+    from vmigrate.migration.preflight import check_names
     from vmigrate.report.terminal import TerminalObserver, summary_table
     from vmigrate.testbed.testbed import Testbed
 
@@ -182,12 +193,14 @@ def _run_scenario(path: Path | None, out: Path | None, overrides: list[str], tes
             if path is not None
             else validate_scenario({"name": "demo"}, "built-in demo")
         )
+        check_names(scenario, load_catalog("tcg"))  # model names are the same under KVM
         bed = Testbed(testbed)
         out_dir = out or _default_out(scenario.name)
         console.print(f"[bold]vmigrate[/bold] {scenario.name} → {out_dir}")
         observer = TerminalObserver(console)
         try:
-            return run_experiment(scenario, out_dir, bed, observer), out_dir
+            result = run_experiment(scenario, out_dir, bed, observer, skip_preflight, unsafe)
+            return result, out_dir
         finally:
             observer.close()
 
@@ -201,6 +214,14 @@ def _run_scenario(path: Path | None, out: Path | None, overrides: list[str], tes
 OutOption = Annotated[
     Path | None, typer.Option("--out", "-o", help="run directory (default runs/NAME-TIME)")
 ]
+UnsafeOption = Annotated[
+    bool,
+    typer.Option(
+        "--unsafe",
+        help="migrate a shared disk even with a cache mode that is unsafe to migrate "
+        "(writeback, writethrough, unsafe); pre-flight then warns instead of failing",
+    ),
+]
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="override a scenario key, e.g. --set migration.strategy=cold"),
@@ -213,13 +234,75 @@ def run_command(
     out: OutOption = None,
     overrides: SetOption = None,
     testbed: TestbedName = "vmig",
+    skip_preflight: Annotated[
+        bool,
+        typer.Option(
+            "--skip-preflight",
+            help="go ahead even if pre-flight checks fail (recorded in result.json)",
+        ),
+    ] = False,
+    unsafe: UnsafeOption = False,
 ) -> None:
-    """Run one scenario: boot, load, migrate, measure; write result.json and logs.
+    """Run one scenario: pre-flight, boot, load, migrate, measure; write result.json and logs.
 
     The testbed is brought up if needed and torn down afterwards if this run made it.
+    Pre-flight checks run first (see `vmigrate preflight`); a failing one stops the run
+    before the guest boots, unless --skip-preflight.
     Exit 0 when the migration completed, 1 when it did not, 2 on bad input.
     """
-    _run_scenario(scenario, out, overrides or [], testbed)
+    _run_scenario(scenario, out, overrides or [], testbed, skip_preflight, unsafe)
+
+
+@app.command("preflight")
+def preflight_command(
+    scenario: Annotated[Path, typer.Argument(help="scenario TOML file (see examples/)")],
+    overrides: SetOption = None,
+    testbed: TestbedName = "vmig",
+    unsafe: UnsafeOption = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Check a scenario before anything moves: CPU compatibility (and the baseline model),
+    disk cache safety, storage reachability, memory, ports, QEMU versions and machine type,
+    and a pre-copy estimate from the guest's measured dirty rate and the link's rate.
+
+    Each check says pass, warn or fail, what is wrong and how to fix it. The guest boots on
+    the source for the estimate; nothing migrates. Exit 0 when nothing failed, 1 when a check
+    failed, 2 on bad input.
+    """
+    from vmigrate.config import load_scenario
+    from vmigrate.experiment import SilentObserver, run_preflight
+    from vmigrate.hypervisor.cpu import load_catalog
+    from vmigrate.migration.preflight import check_names
+    from vmigrate.report.terminal import TerminalObserver, check_line
+    from vmigrate.testbed.testbed import Testbed
+
+    def body() -> Any:
+        loaded = load_scenario(scenario, overrides or [])
+        check_names(loaded, load_catalog("tcg"))
+        out_dir = Path(tempfile.mkdtemp(prefix=f"vmigrate-preflight-{loaded.name}-"))
+        observer = SilentObserver() if as_json else TerminalObserver(console)
+        try:
+            return run_preflight(loaded, out_dir, Testbed(testbed), observer, unsafe)
+        finally:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+    report = guarded(body)
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        failed = len(report.failures)
+        warned = sum(c.status == "warn" for c in report.checks)
+        console.print(
+            f"[bold]pre-flight[/bold]: guest CPU {report.cpu_model}, machine {report.machine}; "
+            f"{len(report.checks)} checks, "
+            + (f"[red]{failed} failed[/red]" if failed else "[green]none failed[/green]")
+            + (f", [yellow]{warned} warned[/yellow]" if warned else ""),
+            highlight=False,
+        )
+        for check in report.failures:
+            console.print(check_line(check), highlight=False, soft_wrap=True)
+    if report.failures:
+        raise typer.Exit(1)
 
 
 @app.command()

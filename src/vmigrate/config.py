@@ -28,9 +28,26 @@ class VmSpec(_Section):
 
     memory_mib: int = Field(512, gt=0, le=65536, description="guest RAM in MiB")
     vcpus: int = Field(1, ge=1, le=64, description="virtual CPUs")
-    cpu_model: str = Field("qemu64", min_length=1, description="QEMU CPU model name")
+    cpu_model: str = Field(
+        "qemu64",
+        min_length=1,
+        description="QEMU CPU model, optionally with feature switches (Westmere,aes=on); "
+        "baseline: the most capable model every host offers",
+    )
     accel: Literal["auto", "kvm", "tcg"] = Field(
         "auto", description="auto uses KVM only if a bounded probe boots with it, else TCG"
+    )
+    machine: str = Field(
+        "q35",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="QEMU machine type; an alias (q35, pc) is pinned to the versioned type it "
+        "stands for (pc-q35-10.0) so both ends build the same virtual hardware",
+    )
+    disk_cache: Literal["none", "directsync", "writethrough", "writeback", "unsafe"] = Field(
+        "none",
+        description="the disk's cache mode; on shared storage only none and directsync are "
+        "safe to migrate (the destination could read stale data otherwise)",
     )
 
 
@@ -46,6 +63,19 @@ class NetworkSpec(_Section):
     """The links between the testbed's hosts."""
 
     bandwidth_mbit: float = Field(1000, gt=0, le=100000, description="uplink rate (tbf)")
+
+
+class HostsSpec(_Section):
+    """The hypervisor hosts: the CPU each offers (a ceiling stands in for an older host)."""
+
+    source_cpu: str = Field(
+        "",
+        description="CPU ceiling of the source host: a QEMU CPU model (Skylake-Client-v4); "
+        "empty: all the accelerator offers (TCG: what it implements; KVM: the host CPU)",
+    )
+    destination_cpu: str = Field(
+        "", description="CPU ceiling of the destination host (Westmere); empty: no ceiling"
+    )
 
 
 class StorageSpec(_Section):
@@ -169,6 +199,7 @@ class Scenario(_Section):
     name: str = Field("scenario", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     vm: VmSpec = VmSpec()
     workload: WorkloadSpec = WorkloadSpec()
+    hosts: HostsSpec = HostsSpec()
     network: NetworkSpec = NetworkSpec()
     storage: StorageSpec = StorageSpec()
     migration: MigrationSpec = MigrationSpec()

@@ -22,17 +22,26 @@ from typing import Any, Protocol
 from vmigrate import __version__
 from vmigrate.analysis import analyze
 from vmigrate.config import Scenario
-from vmigrate.errors import EnvironmentProblem, GuestError, UsageError, VmigrateError
+from vmigrate.errors import (
+    EnvironmentProblem,
+    GuestError,
+    HypervisorError,
+    UsageError,
+    VmigrateError,
+)
 from vmigrate.guest import agent_client
 from vmigrate.guest.image import GuestImage, build_image, kernel_cmdline
 from vmigrate.hypervisor.accel import resolve_accel
 from vmigrate.hypervisor.base import Domain, VmConfig
+from vmigrate.hypervisor.cpu import load_catalog
 from vmigrate.hypervisor.qemu import QemuDomain
 from vmigrate.measure.client import ClientProcess, start_load, start_probe
 from vmigrate.measure.progress import record_migration
 from vmigrate.measure.recorder import Recorder
 from vmigrate.measure.resources import ResourceSampler, WatchedHost
+from vmigrate.migration import preflight as checks
 from vmigrate.migration.orchestrator import MigrationObserver, MigrationRecord, migrate
+from vmigrate.migration.preflight import Check, Preflight
 from vmigrate.proc import run
 from vmigrate.report.html import render_report
 from vmigrate.report.result import build_result, write_result
@@ -50,11 +59,20 @@ class ExperimentObserver(MigrationObserver, Protocol):
 
     def stage(self, text: str) -> None: ...
 
+    def check(self, check: Check) -> None: ...
+
+
+class PreflightFailed(VmigrateError):
+    """A pre-flight check failed: the run does not start what would fail."""
+
 
 class SilentObserver:
     """An observer that shows nothing (tests, scripts)."""
 
     def stage(self, text: str) -> None:
+        pass
+
+    def check(self, check: Check) -> None:
         pass
 
     def migration_progress(self, elapsed_s: float, stats: Any) -> None:
@@ -93,6 +111,7 @@ class RunContext:
     after: GuestFacts = field(default_factory=GuestFacts)
     running_on: str = "none"
     record: MigrationRecord | None = None
+    preflight: Preflight | None = None
     error: str | None = None
 
     def mark(self, name: str) -> None:
@@ -171,9 +190,13 @@ class Experiment:
         out_dir: Path,
         testbed: Testbed,
         observer: ExperimentObserver,
+        skip_preflight: bool = False,
+        unsafe: bool = False,
     ) -> None:
         self.ctx = RunContext(scenario=scenario, out_dir=out_dir, testbed=testbed)
         self.observer = observer
+        self.skip_preflight = skip_preflight
+        self.unsafe = unsafe
         self.domains: list[Domain] = []
         self.recorder = Recorder(out_dir)
         self.sampler: ResourceSampler | None = None
@@ -198,12 +221,32 @@ class Experiment:
                 resolve_accel, ctx.scenario.vm.accel, ctx.image.kernel
             )
             self.observer.stage(f"accelerator: {ctx.accel} ({ctx.accel_reason})")
+            catalog = await asyncio.to_thread(load_catalog, ctx.accel)
+            scenario = ctx.scenario
+            ctx.preflight = await asyncio.to_thread(checks.settle, scenario, catalog, self.unsafe)
+            ctx.preflight.skipped = self.skip_preflight
             owns_testbed = not testbed.is_healthy()
             await asyncio.to_thread(
-                testbed.up, ctx.scenario.network.bandwidth_mbit, self.observer.stage
+                testbed.up, scenario.network.bandwidth_mbit, self.observer.stage
             )
             self._start_sampler()
             disks = self._create_disks()
+            if not self.skip_preflight:
+                self.observer.stage("pre-flight checks")
+                ctx.preflight.checks += [
+                    checks.cpu_check(scenario, catalog, ctx.preflight.cpu_model),
+                    checks.cache_check(scenario, self.unsafe),
+                    *await asyncio.to_thread(
+                        checks.compatibility_checks, testbed, ctx.accel, scenario
+                    ),
+                    await asyncio.to_thread(
+                        checks.storage_check, scenario, testbed, disks["source"]
+                    ),
+                    checks.memory_check(scenario),
+                    await asyncio.to_thread(checks.ports_check, testbed, self._ports()),
+                ]
+                for check in ctx.preflight.checks:
+                    self.observer.check(check)
             yield self._vm_config(ctx.image, disks["source"])
         finally:
             await self.stop_clients()
@@ -224,6 +267,7 @@ class Experiment:
         testbed = ctx.testbed
         try:
             async with self.session() as config:
+                self._stop_on_failed_checks()
                 await self._migrate_once(config)
         except VmigrateError as exc:
             if isinstance(exc, UsageError):
@@ -244,6 +288,7 @@ class Experiment:
                 "guest_kernel": ctx.image.kernel_version if ctx.image else "",
                 "guest_image_digest": ctx.image.digest if ctx.image else "",
             },
+            preflight=ctx.preflight.as_dict() if ctx.preflight else None,
             verification={
                 "running_on": ctx.running_on,
                 "source_state_after": ctx.record.source_state_after if ctx.record else None,
@@ -270,6 +315,55 @@ class Experiment:
         write_result(ctx.out_dir, result)
         render_report(ctx.out_dir)
         return result
+
+    async def preflight(self) -> Preflight:
+        """Only the checks (`vmigrate preflight`): boot the guest on the source to measure how
+        fast it dirties memory for the estimate, then stop; nothing migrates."""
+        async with self.session() as config:
+            assert self.ctx.preflight is not None
+            report = self.ctx.preflight
+            try:
+                source = await self.boot_source(config)
+            except (GuestError, HypervisorError) as exc:
+                report.checks.append(
+                    checks.Check(
+                        "estimate",
+                        "fail",
+                        f"the guest does not start on the source, so nothing can be "
+                        f"estimated: {exc}",
+                        "fix the failures above first",
+                    )
+                )
+                self.observer.check(report.checks[-1])
+                return report
+            await self._estimate(source)
+            return report
+
+    def _stop_on_failed_checks(self) -> None:
+        """A run does not start what pre-flight says will fail."""
+        report = self.ctx.preflight
+        if report is not None and report.failures:
+            raise PreflightFailed(
+                "pre-flight failed: "
+                + "; ".join(f"{c.name}: {c.message} — {c.fix}" for c in report.failures)
+                + " (--skip-preflight goes ahead regardless)"
+            )
+
+    async def _estimate(self, source: Domain) -> None:
+        """The pre-copy estimate, from the running guest's dirty rate and the link."""
+        if self.skip_preflight or self.ctx.preflight is None:
+            return
+        self.observer.stage("pre-flight: measuring the dirty rate and the link")
+        check = await checks.estimate_check(self.ctx.scenario, source, self.ctx.testbed)
+        self.ctx.preflight.checks.append(check)
+        self.observer.check(check)
+
+    def _ports(self) -> dict[str, int]:
+        """The ports the destination listens on during the migration."""
+        ports = {"migration": MIGRATION_PORT}
+        if self.ctx.scenario.storage.mode == "local":
+            ports["nbd"] = NBD_PORT
+        return ports
 
     def _start_sampler(self) -> None:
         """Sample CPU, memory, disk and network of the source, destination and storage hosts."""
@@ -340,11 +434,14 @@ class Experiment:
 
     def _vm_config(self, image: GuestImage, disk: Path) -> VmConfig:
         scenario, testbed = self.ctx.scenario, self.ctx.testbed
+        assert self.ctx.preflight is not None
         return VmConfig(
             name=scenario.name,
             memory_mib=scenario.vm.memory_mib,
             vcpus=scenario.vm.vcpus,
-            cpu_model=scenario.vm.cpu_model,
+            cpu_model=self.ctx.preflight.cpu_model,
+            machine=self.ctx.preflight.machine,
+            disk_cache=scenario.vm.disk_cache,
             accel=self.ctx.accel,
             kernel=image.kernel,
             initrd=image.initrd,
@@ -367,6 +464,7 @@ class Experiment:
             incoming=incoming,
             on_start=lambda pid: testbed.state.add_process(pid, f"qemu-{role}"),
             on_exit=testbed.state.forget_process,
+            cpu_ceiling=str(getattr(self.ctx.scenario.hosts, f"{role}_cpu")),
         )
         self.domains.append(domain)
         return domain
@@ -392,6 +490,7 @@ class Experiment:
         await self.start_clients()
         self.observer.stage(f"warming up for {phases.warmup_s:g} s")
         await asyncio.sleep(phases.warmup_s)
+        await self._estimate(source)
         ctx.mark("baseline_start")
         self.observer.stage(f"baseline window: {phases.baseline_s:g} s")
         await asyncio.sleep(phases.baseline_s)
@@ -404,7 +503,11 @@ class Experiment:
                 config,
                 disk_url=str(testbed.local_disk_dir("destination") / Path(config.disk_url).name),
             )
-        destination = await self._launch("destination", config, "defer")
+        try:
+            destination = await self._launch("destination", config, "defer")
+        except HypervisorError as exc:  # the destination host refuses the VM: it stays put
+            await self._refused(source, exc)
+            return
 
         async def restart_destination() -> Domain:
             """A fresh destination (and, for local storage, a fresh empty disk for it)."""
@@ -434,11 +537,35 @@ class Experiment:
             await source.shutdown()
         if ctx.record.error:
             self.observer.stage(f"migration {ctx.record.outcome}: {ctx.record.error}")
+        await self._after_window()
+
+    async def _refused(self, source: Domain, exc: HypervisorError) -> None:
+        """The destination would not start the VM: record a failed migration, keep measuring
+        the VM that still serves on the source."""
+        ctx = self.ctx
+        now = time.monotonic_ns()
+        ctx.mark("migration_start")
+        ctx.record = MigrationRecord(
+            strategy=ctx.scenario.migration.strategy,
+            outcome="failed",
+            error=f"the destination did not start: {exc}",
+            started_ns=now,
+            ended_ns=now,
+            attempts=0,
+        )
+        ctx.mark("migration_end")
+        ctx.running_on = "source" if await source.run_state() == "running" else "none"
+        self.observer.stage(f"migration failed: {ctx.record.error}")
+        await self._after_window()
+
+    async def _after_window(self) -> None:
+        """The after window, then the clients' records and the guest's own word."""
+        phases = self.ctx.scenario.phases
         self.observer.stage(f"after window: {phases.after_s:g} s")
         await asyncio.sleep(phases.after_s)
-        ctx.mark("after_end")
+        self.ctx.mark("after_end")
         await self.stop_clients()
-        ctx.after = await ask_guest(testbed, with_checksum=True)
+        self.ctx.after = await ask_guest(self.ctx.testbed, with_checksum=True)
 
     @staticmethod
     async def _where_is_it(source: Domain, destination: Domain) -> str:
@@ -451,7 +578,20 @@ class Experiment:
 
 
 def run_experiment(
-    scenario: Scenario, out_dir: Path, testbed: Testbed, observer: ExperimentObserver
+    scenario: Scenario,
+    out_dir: Path,
+    testbed: Testbed,
+    observer: ExperimentObserver,
+    skip_preflight: bool = False,
+    unsafe: bool = False,
 ) -> dict[str, Any]:
     """Run one scenario to its result document (also written to out_dir/result.json)."""
-    return asyncio.run(Experiment(scenario, out_dir, testbed, observer).run())
+    experiment = Experiment(scenario, out_dir, testbed, observer, skip_preflight, unsafe)
+    return asyncio.run(experiment.run())
+
+
+def run_preflight(
+    scenario: Scenario, out_dir: Path, testbed: Testbed, observer: ExperimentObserver, unsafe: bool
+) -> Preflight:
+    """Only the pre-flight checks of a scenario (the guest boots on the source, nothing moves)."""
+    return asyncio.run(Experiment(scenario, out_dir, testbed, observer, unsafe=unsafe).preflight())

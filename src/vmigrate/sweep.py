@@ -64,6 +64,7 @@ from vmigrate.report.comparison import render_comparison
 if TYPE_CHECKING:
     from vmigrate.experiment import ExperimentObserver
     from vmigrate.hypervisor.base import MigrationStats
+    from vmigrate.migration.preflight import Check
     from vmigrate.testbed.testbed import Testbed
 
 SWEEP_DB = "sweep.db"
@@ -773,6 +774,12 @@ class RichSweepProgress:
             self.console.print(f"[cyan]•[/cyan] {text}", highlight=False)
         else:
             self._update(detail=f"{self._current}: {text}")
+
+    def check(self, check: Check) -> None:
+        from vmigrate.report.terminal import check_line
+
+        if check.status == "fail":  # the run will say so; show why as it happens
+            self.console.print(check_line(check), highlight=False, soft_wrap=True)
 
     def migration_progress(self, elapsed_s: float, stats: MigrationStats) -> None:
         self._update(

@@ -42,6 +42,11 @@ def namespaces() -> str:
             "choose one of: precopy, postcopy, hybrid, auto-converge, xbzrle, multifd, cold",
         ),
         ("", ["--set", "vm.memory_mib"], "expected section.key=value"),
+        ("", ["--set", "vm.cpu_model=Skylake"], "vm.cpu_model = 'Skylake' is not a CPU model"),
+        ("", ["--set", "vm.cpu_model=Westmere,avz=on"], "'avz' is not a CPU feature QEMU knows"),
+        ("", ["--set", "hosts.destination_cpu=Westmer"], "(close: Westmere, Westmere-IBRS"),
+        ("", ["--set", "vm.machine=q36"], "vm.machine = 'q36' is not a machine type"),
+        ("", ["--set", "vm.disk_cache=back"], "choose one of: none, directsync, writethrough"),
     ],
 )
 def test_bad_scenario_is_one_line_exit_2_and_creates_nothing(

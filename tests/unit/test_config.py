@@ -31,6 +31,8 @@ def test_defaults_match_the_documented_ones() -> None:
         0,
         64,
     )
+    assert (s.vm.machine, s.vm.disk_cache) == ("q35", "none")
+    assert (s.hosts.source_cpu, s.hosts.destination_cpu) == ("", "")
     assert s.network.bandwidth_mbit == 1000
     assert s.storage.mode == "shared-nfs"
     m = s.migration

@@ -92,6 +92,9 @@ class FakeDomain(Domain):
             remaining_bytes=0 if self.migration_status == "completed" else 500,
         )
 
+    async def measure_dirty_rate(self, seconds: int) -> float:
+        return 0.0
+
     async def cancel_migration(self) -> None:
         self.calls.append("cancel")
         self.migration_status = "cancelled"

@@ -27,6 +27,7 @@ class VmConfig:
     disk_url: str
     mac: str
     machine: str = "q35"
+    disk_cache: str = "none"
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,10 @@ class Domain(abc.ABC):
     @abc.abstractmethod
     async def migration_stats(self) -> MigrationStats:
         """The current migration counters."""
+
+    @abc.abstractmethod
+    async def measure_dirty_rate(self, seconds: int) -> float:
+        """How fast the guest dirties its memory, in MiB/s, measured over `seconds`."""
 
     @abc.abstractmethod
     async def cancel_migration(self) -> None:

@@ -22,10 +22,11 @@ from qemu.qmp import ExecuteError, QMPClient, QMPError
 
 from vmigrate.errors import HypervisorError
 from vmigrate.hypervisor.base import Domain, HypervisorEvent, MigrationStats, VmConfig
+from vmigrate.hypervisor.cpu import load_catalog, missing
+from vmigrate.hypervisor.introspect import QEMU_BINARY
 from vmigrate.pids import terminate
 from vmigrate.proc import in_netns, run
 
-QEMU_BINARY = "qemu-system-x86_64"
 DISK_ID = "disk0"
 EXPORT_ID = "vmigrate-disk"
 MIRROR_TARGET = "vmigrate-mirror-target"
@@ -83,7 +84,8 @@ def qemu_argv(
         "-serial", f"file:{serial_log}",
         "-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no",
         "-device", f"virtio-net-pci,netdev=net0,mac={config.mac},romfile=",
-        "-drive", f"file={config.disk_url},format=qcow2,cache=none,if=none,id={DISK_ID}",
+        "-drive",
+        f"file={config.disk_url},format=qcow2,cache={config.disk_cache},if=none,id={DISK_ID}",
         "-device", f"virtio-blk-pci,drive={DISK_ID}",
         "-qmp", f"unix:{qmp_socket},server=on,wait=off",
     ]  # fmt: skip
@@ -164,13 +166,29 @@ class QemuDomain(Domain):
         incoming: str | None,
         on_start: Callable[[int], None],
         on_exit: Callable[[int], None],
+        cpu_ceiling: str = "",
     ) -> QemuDomain:
         """Start QEMU on a host and connect to its QMP socket; `on_start` gets the PID at once.
 
         Logs and the serial console go to `log_dir`; the QMP socket to `socket_dir` (kept short:
-        a unix socket path has at most 107 bytes).
+        a unix socket path has at most 107 bytes). A host with a `cpu_ceiling` (a CPU model)
+        refuses a VM whose CPU asks for more, as KVM on such a host does.
         """
         log_dir.mkdir(parents=True, exist_ok=True)
+        if cpu_ceiling:
+            catalog = load_catalog(config.accel)
+            lacking = missing(
+                catalog.requested(config.cpu_model),
+                catalog.offered(cpu_ceiling, f"hosts.{host_role}_cpu"),
+            )
+            if lacking:
+                refusal = (
+                    f"the {host_role} host (CPU {cpu_ceiling}) refuses the VM: host doesn't "
+                    f"support requested features: {', '.join(lacking)}"
+                )
+                with open(log_dir / f"qemu-{host_role}.log", "a") as log:
+                    log.write(f"refused to start -cpu {config.cpu_model}: {refusal}\n")
+                raise HypervisorError(refusal)
         socket_dir.mkdir(parents=True, exist_ok=True)
         sock = socket_dir / f"qmp-{host_role}.sock"
         sock.unlink(missing_ok=True)
@@ -294,6 +312,17 @@ class QemuDomain(Domain):
 
     async def cancel_migration(self) -> None:
         await self.execute("migrate_cancel")
+
+    async def measure_dirty_rate(self, seconds: int) -> float:
+        """QEMU's calc-dirty-rate (page sampling: hashes of sampled pages, no dirty logging)."""
+        await self.execute("calc-dirty-rate", {"calc-time": seconds})
+        deadline = time.monotonic() + seconds + COMMAND_TIMEOUT_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            reply = await self.execute("query-dirty-rate")
+            if reply.get("status") == "measured":
+                return float(reply.get("dirty-rate", 0.0))
+        raise HypervisorError(f"QEMU on {self.host_role} did not finish measuring the dirty rate")
 
     async def _disk_node(self) -> str:
         """The node name of the VM disk's top node (the format node of -drive id=disk0)."""

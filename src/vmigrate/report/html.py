@@ -600,6 +600,46 @@ def _data(result: dict[str, Any]) -> str:
     return f'<section id="data"><h2>Data moved</h2>{body}</section>'
 
 
+PREFLIGHT_CLASS = {"pass": "check-ok", "warn": "warn", "fail": "check-fail"}
+
+
+def _preflight(result: dict[str, Any]) -> str:
+    """The pre-flight checks: status, what each found, and the fix for what did not pass."""
+    pre = result.get("preflight")
+    if not isinstance(pre, dict):
+        return ""
+    if pre.get("skipped"):
+        head = '<span class="muted small">skipped (--skip-preflight)</span>'
+    else:
+        head = (
+            f'<span class="muted small">guest CPU {_esc(pre.get("cpu_model"))} · machine '
+            f"{_esc(pre.get('machine'))}</span>"
+        )
+    rows = []
+    for check in pre.get("checks", []):
+        if not isinstance(check, dict):
+            continue
+        status = str(check.get("status"))
+        cls = PREFLIGHT_CLASS.get(status, "check-na")
+        fix = (
+            f'<div class="small"><b>fix:</b> {_esc(check.get("fix"))}</div>'
+            if check.get("fix")
+            else ""
+        )
+        rows.append(
+            f'<tr class="{cls}"><td><span class="badge {cls}">{_esc(status)}</span></td>'
+            f"<td><code>{_esc(check.get('name', '?'))}</code></td>"
+            f"<td>{_esc(check.get('message', ''))}{fix}</td></tr>"
+        )
+    table = (
+        '<table class="grid checks"><thead><tr><th></th><th>check</th><th>finding</th></tr>'
+        f"</thead><tbody>{''.join(rows)}</tbody></table>"
+        if rows
+        else ""
+    )
+    return f'<section id="preflight"><h2>Pre-flight {head}</h2>{table}</section>'
+
+
 def _verification(result: dict[str, Any]) -> str:
     """Where the VM runs and whether it is intact; a mismatch or a change in red."""
     ver = _d(result.get("verification"))
@@ -1665,6 +1705,7 @@ def render_html(run_dir: Path, result: dict[str, Any]) -> str:
         + banner
         + _cards(result)
         + checks
+        + _preflight(result)
         + _timeline_section(timeline_html(run_dir, result), result)
         + '<div class="sections3">'
         + _migration(result)

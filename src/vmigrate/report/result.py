@@ -77,6 +77,7 @@ def build_result(
     environment: dict[str, Any],
     verification: dict[str, Any],
     error: str | None,
+    preflight: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the result document from what the run recorded."""
     outcome = record.outcome if record is not None else "failed"
@@ -101,6 +102,7 @@ def build_result(
         "environment": environment,
         "outcome": outcome,
         "error": error if error else (record.error if record is not None else None),
+        "preflight": preflight,
         "migration": migration_figures(record, scenario.vm.memory_mib * 1024 * 1024, t0_ns),
         "timeline_s": {name: _round((t - t0_ns) / 1e9, 6) for name, t in marks_ns.items()},
         "events": events,

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from vmigrate.hypervisor.base import MigrationStats
+from vmigrate.migration.preflight import Check
 
 MIB = 1024 * 1024
 
@@ -24,6 +26,10 @@ class TerminalObserver:
     def stage(self, text: str) -> None:
         self._stop_bar()
         self.console.print(f"[cyan]•[/cyan] {text}")
+
+    def check(self, check: Check) -> None:
+        self._stop_bar()
+        self.console.print(check_line(check), highlight=False, soft_wrap=True)
 
     def migration_progress(self, elapsed_s: float, stats: MigrationStats) -> None:
         if self._progress is None:
@@ -55,6 +61,16 @@ class TerminalObserver:
 
     def close(self) -> None:
         self._stop_bar()
+
+
+CHECK_MARK = {"pass": "[green]✓ pass[/green]", "warn": "[yellow]! warn[/yellow]",
+              "fail": "[red]✗ fail[/red]"}  # fmt: skip
+
+
+def check_line(check: Check) -> str:
+    """One pre-flight check as a line (rich markup): status, name, finding, and the fix."""
+    fix = f"\n    [bold]fix:[/bold] {escape(check.fix)}" if check.fix else ""
+    return f"  {CHECK_MARK[check.status]} [bold]{check.name}[/bold]: {escape(check.message)}{fix}"
 
 
 def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:

@@ -1,0 +1,129 @@
+"""Pre-flight logic on a small hand-made CPU catalog and known numbers: which features are
+missing where, which baseline is chosen, when a shared disk is unsafe, what pre-copy predicts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from vmigrate.config import validate_scenario
+from vmigrate.errors import UsageError
+from vmigrate.hypervisor.cpu import CpuCatalog, CpuModel, baseline, missing
+from vmigrate.migration.estimate import precopy_estimate
+from vmigrate.migration.preflight import cache_check, cpu_check
+
+OLD = frozenset({"fpu", "sse", "sse2"})
+NEW = OLD | {"avx", "avx2"}
+TCG = NEW | {"3dnow"}  # what the accelerator implements: everything but "pcid"
+
+
+def model(name: str, features: frozenset[str], alias_of: str | None = None) -> CpuModel:
+    return CpuModel(name, alias_of, migration_safe=True, deprecated=False, features=features)
+
+
+CATALOG = CpuCatalog(
+    accel="tcg",
+    models={
+        m.name: m
+        for m in [
+            model("Old-v1", OLD),
+            model("Old", OLD, alias_of="Old-v1"),
+            model("New-v1", NEW),
+            model("New-v2", NEW | {"pcid"}),  # same under TCG, but asks for what TCG drops
+            model("Tiny", frozenset({"fpu"})),
+            model("max", TCG),
+        ]
+    },
+    accel_features=TCG,
+    known_features=TCG | {"pcid"},
+)
+
+
+def scenario(cpu: str, source: str = "New-v1", destination: str = "Old") -> object:
+    return validate_scenario(
+        {"vm": {"cpu_model": cpu}, "hosts": {"source_cpu": source, "destination_cpu": destination}}
+    )
+
+
+def test_a_guest_newer_than_the_destination_fails_naming_every_missing_feature() -> None:
+    check = cpu_check(scenario("New-v1"), CATALOG, "New-v1")  # type: ignore[arg-type]
+    assert check.status == "fail"
+    assert "host CPU does not provide required features" in check.message
+    assert "destination (CPU Old): avx, avx2" in check.message
+    assert "source" not in check.message.split(":", 1)[1]  # the source offers all of it
+    assert 'vm.cpu_model = "baseline" (here: Old-v1' in check.fix
+    assert check.figures["missing"] == {"source": [], "destination": ["avx", "avx2"]}
+
+
+def test_a_guest_every_host_offers_passes_and_names_what_tcg_drops() -> None:
+    check = cpu_check(scenario("New-v2", destination="New-v1"), CATALOG, "New-v2")  # type: ignore[arg-type]
+    assert check.status == "pass", check.message
+    assert "TCG does not implement pcid" in check.message
+
+
+def test_baseline_is_the_most_capable_model_every_host_offers() -> None:
+    chosen = baseline(CATALOG, [CATALOG.offered("New-v1", "x"), CATALOG.offered("Old", "x")])
+    assert (chosen.model, chosen.extra_features) == ("Old-v1", ())  # not the alias, not Tiny
+    # Two new hosts: New-v1 and New-v2 are alike under TCG; the one TCG runs as asked wins.
+    assert baseline(CATALOG, [CATALOG.offered("New-v1", "x")] * 2).model == "New-v1"
+    # Hosts offering more than any model: the model plus the rest as feature switches.
+    chosen = baseline(CATALOG, [CATALOG.offered("", "x")] * 2)
+    assert chosen.cpu_model == "New-v1,3dnow=on"
+
+
+def test_feature_switches_count_and_unknown_names_are_bad_input() -> None:
+    assert CATALOG.requested("Old,avx=on,-sse") == (OLD | {"avx"}) - {"sse"}
+    assert CATALOG.requested("Old,+avx2") == OLD | {"avx2"}
+    assert missing(CATALOG.requested("Old,+avx"), OLD) == ["avx"]
+    with pytest.raises(UsageError, match="'Olde' is not a CPU model QEMU knows"):
+        CATALOG.requested("Olde")
+    with pytest.raises(UsageError, match="'avz' is not a CPU feature"):
+        CATALOG.requested("Old,avz=on")
+
+
+@pytest.mark.parametrize(
+    ("storage", "cache", "unsafe", "status"),
+    [
+        ("shared-nfs", "none", False, "pass"),
+        ("shared-nfs", "directsync", False, "pass"),
+        ("shared-nfs", "writeback", False, "fail"),
+        ("shared-nfs", "writeback", True, "warn"),
+        ("shared-nfs", "unsafe", False, "fail"),
+        ("local", "writeback", False, "pass"),
+    ],
+)
+def test_a_cached_shared_disk_is_unsafe_to_migrate(
+    storage: str, cache: str, unsafe: bool, status: str
+) -> None:
+    s = validate_scenario({"vm": {"disk_cache": cache}, "storage": {"mode": storage}})
+    check = cache_check(s, unsafe)
+    assert check.status == status
+    if status != "pass":
+        assert "migration is unsafe" in check.message
+        assert 'vm.disk_cache = "none"' in check.fix
+
+
+MIB = 1024 * 1024
+
+
+def test_precopy_model_matches_the_closed_form() -> None:
+    # M = 512 MiB, D/B = 1/4, B = 100 MiB/s, limit 300 ms → budget 30 MiB.
+    # Passes: 512, 128, 32, 8 → the 4th volume (8 MiB) fits: 3 passes, then an 80 ms pause.
+    est = precopy_estimate(512 * MIB, 25 * MIB, 100 * MIB, 300)
+    assert est.converges and est.passes == 3
+    assert est.downtime_ms == pytest.approx(80.0)
+    assert est.total_time_s == pytest.approx((512 + 128 + 32 + 8) / 100)
+
+
+@pytest.mark.parametrize("dirty", [100, 150])
+def test_precopy_does_not_converge_when_the_guest_dirties_as_fast_as_the_link(dirty: int) -> None:
+    est = precopy_estimate(512 * MIB, dirty * MIB, 100 * MIB, 300)
+    assert not est.converges
+    assert est.total_time_s is None and est.downtime_ms is None
+
+
+def test_an_idle_guest_stops_after_the_first_pass() -> None:
+    est = precopy_estimate(512 * MIB, 0, 100 * MIB, 300)
+    assert est.passes == 1 and est.downtime_ms == 0.0
+    assert math.isclose(est.total_time_s or 0, 5.12)
