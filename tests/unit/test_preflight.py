@@ -19,7 +19,10 @@ TCG = NEW | {"3dnow"}  # what the accelerator implements: everything but "pcid"
 
 
 def model(name: str, features: frozenset[str], alias_of: str | None = None) -> CpuModel:
-    return CpuModel(name, alias_of, migration_safe=True, deprecated=False, features=features)
+    return CpuModel(
+        name, alias_of, migration_safe=True, deprecated=False, features=features,
+        unavailable=features - TCG,  # as query-cpu-definitions says under TCG
+    )  # fmt: skip
 
 
 CATALOG = CpuCatalog(

@@ -6,8 +6,9 @@ query-cpu-definitions, each expanded to its CPUID features with query-cpu-model-
 (static: canonical feature names, no aliases), and the accelerator's own limit — the expansion
 of `max` under TCG (the features TCG implements) or `host` under KVM (the real host CPU).
 
-A host may declare a CPU ceiling (a model name): it then offers that model's features, as far
-as the accelerator implements them. That is how the testbed stands in for an older host.
+A host may declare a CPU ceiling (a model name): it then offers that model's features but for
+the ones query-cpu-definitions lists as unavailable under this accelerator (under TCG: what TCG
+does not implement). That is how the testbed stands in for an older host.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class CpuModel:
     migration_safe: bool
     deprecated: bool
     features: frozenset[str]
+    unavailable: frozenset[str] = frozenset()  # what the accelerator cannot give of it
 
 
 @dataclass(frozen=True)
@@ -70,19 +72,21 @@ class CpuCatalog:
                 )
             (features.add if on else features.discard)(feature)
         if self.accel == "tcg":
-            features &= self.accel_features
+            features -= self.model(name, what).unavailable
+            features &= self.accel_features  # for switched-on features
         return frozenset(features)
 
     def dropped(self, cpu_model: str) -> list[str]:
         """What a model asks for that this accelerator cannot give (under TCG: dropped)."""
         name = cpu_model.split(",")[0]
-        return sorted(self.model(name, "vm.cpu_model").features - self.accel_features)
+        return sorted(self.model(name, "vm.cpu_model").unavailable)
 
     def offered(self, ceiling: str, what: str) -> frozenset[str]:
         """What a host offers: the accelerator's features, limited by its declared ceiling."""
         if not ceiling:
             return self.accel_features
-        return self.model(ceiling, what).features & self.accel_features
+        model = self.model(ceiling, what)
+        return model.features - model.unavailable
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,7 @@ def load_catalog(accel: str) -> CpuCatalog:
             migration_safe=bool(d.get("migration-safe", False)),
             deprecated=bool(d.get("deprecated", False)),
             features=enabled(p),
+            unavailable=frozenset(str(f) for f in d.get("unavailable-features", [])),
         )
         for name, d, p in zip(names, listing, props, strict=False)
     }
