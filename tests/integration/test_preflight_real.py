@@ -25,6 +25,7 @@ HETEROGENEOUS = {
     "vm": {"accel": "tcg", "cpu_model": "Skylake-Client-v4"},
     "hosts": {"source_cpu": "Skylake-Client-v4", "destination_cpu": "Westmere"},
 }
+MIB = 1024 * 1024
 NEWER_THAN_WESTMERE = {"avx", "avx2", "bmi1", "bmi2", "fma", "movbe", "xsave"}
 
 
@@ -72,6 +73,9 @@ def test_preflight_fails_listing_the_missing_features(testbed: Testbed, tmp_path
     assert 800 < estimate["link_mbit_s"] < 1100
     assert estimate["converges"] is True
     assert estimate["predicted_total_time_s"] > 0
+    # The first pass sends what the booted guest touched: some, but far from all of its RAM.
+    assert 16 * MIB < estimate["touched_memory_bytes"] < estimate["guest_ram_bytes"]
+    assert estimate["memory_bytes"] == estimate["touched_memory_bytes"]
 
 
 def test_forced_onto_an_older_host_the_vm_stays_on_the_source(

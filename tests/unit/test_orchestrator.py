@@ -92,6 +92,9 @@ class FakeDomain(Domain):
             remaining_bytes=0 if self.migration_status == "completed" else 500,
         )
 
+    async def touched_memory_bytes(self) -> int | None:
+        return None
+
     async def measure_dirty_rate(self, seconds: int) -> float:
         return 0.0
 

@@ -120,6 +120,11 @@ class Domain(abc.ABC):
         """The current migration counters."""
 
     @abc.abstractmethod
+    async def touched_memory_bytes(self) -> int | None:
+        """How much of its RAM the guest has touched (None when unknown): what pre-copy's
+        first pass really has to send."""
+
+    @abc.abstractmethod
     async def measure_dirty_rate(self, seconds: int) -> float:
         """How fast the guest dirties its memory, in MiB/s, measured over `seconds`."""
 

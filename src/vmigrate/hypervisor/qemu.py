@@ -27,6 +27,8 @@ from vmigrate.hypervisor.introspect import QEMU_BINARY
 from vmigrate.pids import terminate
 from vmigrate.proc import in_netns, run
 
+MIB = 1024 * 1024
+SMAPS_HEAD = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+(.*)$")
 DISK_ID = "disk0"
 EXPORT_ID = "vmigrate-disk"
 MIRROR_TARGET = "vmigrate-mirror-target"
@@ -127,6 +129,29 @@ def _stats_from_query(reply: dict[str, Any]) -> MigrationStats:
     )
 
 
+RAM_ALIGNMENT_SLACK = 2 * MIB  # the guest-RAM mapping may be a little larger than asked
+
+
+def guest_ram_resident_bytes(pid: int, ram_bytes: int) -> int | None:
+    """The Rss of the anonymous mapping that holds a guest's RAM (the one of its size), or None
+    when there is no such mapping."""
+    size = None
+    try:
+        lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        head = SMAPS_HEAD.match(line)
+        if head:
+            start, end, path = int(head[1], 16), int(head[2], 16), head[3].strip()
+            size = end - start if not path else None
+        elif line.startswith("Rss:") and size is not None:
+            if ram_bytes <= size <= ram_bytes + RAM_ALIGNMENT_SLACK:
+                return int(line.split()[1]) * 1024
+            size = None
+    return None
+
+
 class QemuDomain(Domain):
     """A QEMU process on one host. Create with `await QemuDomain.launch(...)`."""
 
@@ -137,9 +162,11 @@ class QemuDomain(Domain):
         log_dir: Path,
         qmp_socket: Path,
         on_exit: Callable[[int], None],
+        memory_mib: int = 0,
     ) -> None:
         self.host_role = host_role
         self.process = process
+        self.memory_mib = memory_mib
         self.qmp_socket = qmp_socket
         self.serial_log = log_dir / f"serial-{host_role}.log"
         self.qemu_log = log_dir / f"qemu-{host_role}.log"
@@ -207,7 +234,7 @@ class QemuDomain(Domain):
                 start_new_session=True,
             )
         on_start(process.pid)
-        domain = cls(host_role, process, log_dir, sock, on_exit)
+        domain = cls(host_role, process, log_dir, sock, on_exit, config.memory_mib)
         try:
             await domain._connect()
         except BaseException:
@@ -312,6 +339,12 @@ class QemuDomain(Domain):
 
     async def cancel_migration(self) -> None:
         await self.execute("migrate_cancel")
+
+    async def touched_memory_bytes(self) -> int | None:
+        """Resident bytes of the guest-RAM mapping in QEMU's address space (/proc/PID/smaps):
+        pages the guest never touched are not resident, and pre-copy sends them as zero pages
+        at next to no cost."""
+        return guest_ram_resident_bytes(self.pid, self.memory_mib * MIB)
 
     async def measure_dirty_rate(self, seconds: int) -> float:
         """QEMU's calc-dirty-rate (page sampling: hashes of sampled pages, no dirty logging)."""

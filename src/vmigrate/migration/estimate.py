@@ -2,8 +2,8 @@
 
 Pass 0 sends all of memory, M bytes, at bandwidth B; meanwhile the guest dirties D bytes/s, so
 pass i has V_i = M·(D/B)^i to send. Once V_i ≤ B·downtime_limit the VM stops and V_i goes in
-the pause. With D ≥ B the passes never shrink: pre-copy does not converge. M is the guest's
-RAM, an upper bound: zero pages cost next to nothing on the wire.
+the pause. With D ≥ B the passes never shrink: pre-copy does not converge. M is the memory
+the guest has touched: untouched pages go as zero pages, at next to no cost on the wire.
 """
 
 from __future__ import annotations
