@@ -77,6 +77,10 @@ class HostsSpec(_Section):
         "", description="CPU ceiling of the destination host (Westmere); empty: no ceiling"
     )
 
+    def cpu(self, role: str) -> str:
+        """The CPU ceiling of hypervisor host `role` ("source" or "destination")."""
+        return self.source_cpu if role == "source" else self.destination_cpu
+
 
 class StorageSpec(_Section):
     """Where the guest's disk lives."""

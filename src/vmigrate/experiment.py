@@ -464,7 +464,7 @@ class Experiment:
             incoming=incoming,
             on_start=lambda pid: testbed.state.add_process(pid, f"qemu-{role}"),
             on_exit=testbed.state.forget_process,
-            cpu_ceiling=str(getattr(self.ctx.scenario.hosts, f"{role}_cpu")),
+            cpu_ceiling=self.ctx.scenario.hosts.cpu(role),
         )
         self.domains.append(domain)
         return domain

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -61,6 +62,20 @@ def completed_record(t0: int) -> MigrationRecord:
     )
 
 
+def result_of(record: MigrationRecord, t0: int) -> dict[str, Any]:
+    """The result document of `record`, with fixed environment and verification."""
+    return build_result(
+        scenario=Scenario(),
+        record=record,
+        started_at="x",
+        t0_ns=t0,
+        marks_ns={},
+        environment=ENV,
+        verification=VERIFIED,
+        error=None,
+    )
+
+
 def test_a_completed_run_has_consistent_figures_and_validates(tmp_path: Path) -> None:
     t0 = time.monotonic_ns()
     result = build_result(
@@ -108,17 +123,7 @@ def test_a_run_that_never_migrated_still_validates(tmp_path: Path) -> None:
 
 def test_the_schema_rejects_a_figure_without_its_unit(tmp_path: Path) -> None:
     t0 = time.monotonic_ns()
-    result = build_result(
-        scenario=Scenario(),
-        record=completed_record(t0),
-        started_at="x",
-        t0_ns=t0,
-        marks_ns={},
-        environment=ENV,
-        verification=VERIFIED,
-        error=None,
-    )
-    result = analyze(tmp_path, result)
+    result = analyze(tmp_path, result_of(completed_record(t0), t0))
     jsonschema.validate(result, SCHEMA)
     result["migration"]["downtime"] = 12
     with pytest.raises(jsonschema.ValidationError):
@@ -132,16 +137,7 @@ def test_a_restarted_migration_bills_both_attempts_and_says_so(tmp_path: Path) -
     record.earlier_attempts_bytes = 700_000_000
     record.completed_ns = t0 + 9_000_000_000  # the second attempt ended 9 s after the first began
     record.actions = [(t0 + 5_000_000_000, "restart with auto-converge")]
-    result = build_result(
-        scenario=Scenario(),
-        record=record,
-        started_at="x",
-        t0_ns=t0,
-        marks_ns={},
-        environment=ENV,
-        verification=VERIFIED,
-        error=None,
-    )
+    result = result_of(record, t0)
     jsonschema.validate(analyze(tmp_path, result), SCHEMA)
     mig = result["migration"]
     assert mig["attempts"] == 2

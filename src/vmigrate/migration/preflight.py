@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import re
 import shutil
 import socket
@@ -76,16 +77,12 @@ class Preflight:
         }
 
 
-def _ceiling(scenario: Scenario, role: str) -> str:
-    return str(getattr(scenario.hosts, f"{role}_cpu"))
-
-
 def _offered(scenario: Scenario, catalog: CpuCatalog, role: str) -> frozenset[str]:
-    return catalog.offered(_ceiling(scenario, role), f"hosts.{role}_cpu")
+    return catalog.offered(scenario.hosts.cpu(role), f"hosts.{role}_cpu")
 
 
 def _describe_host(scenario: Scenario, catalog: CpuCatalog, role: str) -> str:
-    ceiling = _ceiling(scenario, role)
+    ceiling = scenario.hosts.cpu(role)
     if ceiling:
         return f"{role} (CPU {ceiling})"
     return f"{role} ({'the host CPU' if catalog.accel == 'kvm' else 'all TCG implements'})"
@@ -282,9 +279,9 @@ def storage_check(scenario: Scenario, testbed: Testbed, disk: Path) -> Check:
     directory = testbed.local_disk_dir("destination")
     directory.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(directory).free
-    info = run(["qemu-img", "info", "--output=json", str(disk)]).stdout
-    size_match = re.search(r'"virtual-size":\s*(\d+)', info)
-    need = int(size_match.group(1)) if size_match else 0
+    need = int(
+        json.loads(run(["qemu-img", "info", "--output=json", str(disk)]).stdout)["virtual-size"]
+    )
     figures = {"free_bytes": free, "disk_bytes": need, "directory": str(directory)}
     if free < need:
         return Check(
