@@ -22,6 +22,7 @@ from rich.table import Table
 from vmigrate.analysis.service import nearest_rank, observed_downtime
 from vmigrate.config import validate_scenario
 from vmigrate.experiment import Experiment, SilentObserver
+from vmigrate.hypervisor.base import EventKind
 from vmigrate.measure.client import read_probe, read_requests
 from vmigrate.pids import process_start_ticks
 from vmigrate.testbed.testbed import Testbed
@@ -68,8 +69,10 @@ async def fidelity(bed: Testbed, out: Path) -> list[tuple[int, float, float | No
             await asyncio.sleep(1.0)
         await exp.stop_clients()
         events = source.drain_events()
-    stops = [e.emitted_s for e in events if e.name == "STOP" and e.emitted_s is not None]
-    resumes = [e.emitted_s for e in events if e.name == "RESUME" and e.emitted_s is not None]
+    stops = [e.emitted_s for e in events if e.kind == EventKind.STOPPED and e.emitted_s is not None]
+    resumes = [
+        e.emitted_s for e in events if e.kind == EventKind.RESUMED and e.emitted_s is not None
+    ]
     probe = read_probe(exp.recorder.path("probe"))
     for (pause_ms, start, end), stop_s, resume_s in zip(windows, stops, resumes, strict=True):
         gap, _, _, _ = observed_downtime(

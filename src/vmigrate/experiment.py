@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import os
 import time
@@ -32,16 +31,18 @@ from vmigrate.errors import (
 from vmigrate.guest import agent_client
 from vmigrate.guest.image import GuestImage, build_image, kernel_cmdline
 from vmigrate.hypervisor.accel import resolve_accel
-from vmigrate.hypervisor.base import Domain, VmConfig
+from vmigrate.hypervisor.base import Domain, HostPlace, Hypervisor, RunState, VmConfig
 from vmigrate.hypervisor.cpu import load_catalog
-from vmigrate.hypervisor.qemu import QemuDomain
+from vmigrate.hypervisor.plan import MigrationPlan
+from vmigrate.hypervisor.qemu_backend import QemuHypervisor
 from vmigrate.measure.client import ClientProcess, start_load, start_probe
 from vmigrate.measure.progress import record_migration
 from vmigrate.measure.recorder import Recorder
 from vmigrate.measure.resources import ResourceSampler, WatchedHost
 from vmigrate.migration import preflight as checks
-from vmigrate.migration.orchestrator import MigrationObserver, MigrationRecord, migrate
+from vmigrate.migration.orchestrator import MigrationObserver, MigrationRecord, Outcome, migrate
 from vmigrate.migration.preflight import Check, Preflight
+from vmigrate.migration.strategy import plan_for
 from vmigrate.proc import run
 from vmigrate.report.html import render_report
 from vmigrate.report.result import build_result, write_result
@@ -49,8 +50,6 @@ from vmigrate.testbed.netns import call_in_netns
 from vmigrate.testbed.testbed import Testbed
 
 BOOT_TIMEOUT_S = 120.0
-MIGRATION_PORT = 4444
-NBD_PORT = 10809
 DISK_SIZE = "256M"
 
 
@@ -105,7 +104,7 @@ class RunContext:
     accel: str = ""
     accel_reason: str = ""
     image: GuestImage | None = None
-    qemu_version: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
     marks_ns: dict[str, int] = field(default_factory=dict)
     before: GuestFacts = field(default_factory=GuestFacts)
     after: GuestFacts = field(default_factory=GuestFacts)
@@ -135,25 +134,25 @@ def create_disk(path: Path) -> None:
     run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), DISK_SIZE])
 
 
-async def wait_for_agent(domain: QemuDomain, timeout_s: float = BOOT_TIMEOUT_S) -> None:
+async def wait_for_agent(domain: Domain, timeout_s: float = BOOT_TIMEOUT_S) -> None:
     """Wait until the guest agent announces itself on the serial console (or fails)."""
+    console_log = domain.console_log
+    if console_log is None:
+        raise GuestError(f"the VM on {domain.host_role} has no serial console to watch")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
-            console = domain.serial_log.read_text(errors="replace")
+            console = console_log.read_text(errors="replace")
             if agent_client.parse_ready(console):
                 return
             failure = agent_client.console_failure(console)
             if failure:
-                raise GuestError(f"the guest failed to start: {failure} (see {domain.serial_log})")
-        if domain.process.poll() is not None:
-            raise GuestError(
-                f"QEMU on {domain.host_role} exited while the guest booted: {domain.log_tail()}"
-            )
+                raise GuestError(f"the guest failed to start: {failure} (see {console_log})")
+        exited = domain.exit_reason()
+        if exited is not None:
+            raise GuestError(f"the VM stopped while the guest booted: {exited}")
         await asyncio.sleep(0.1)
-    raise GuestError(
-        f"the guest did not report ready within {timeout_s:.0f} s; see {domain.serial_log}"
-    )
+    raise GuestError(f"the guest did not report ready within {timeout_s:.0f} s; see {console_log}")
 
 
 async def ask_guest(testbed: Testbed, with_checksum: bool) -> GuestFacts:
@@ -197,7 +196,7 @@ class Experiment:
         self.observer = observer
         self.skip_preflight = skip_preflight
         self.unsafe = unsafe
-        self.domains: list[Domain] = []
+        self.hypervisor: Hypervisor | None = None
         self.recorder = Recorder(out_dir)
         self.sampler: ResourceSampler | None = None
         self.clients: dict[str, ClientProcess] = {}
@@ -231,6 +230,7 @@ class Experiment:
             )
             self._start_sampler()
             disks = self._create_disks()
+            self.hypervisor = self._hypervisor(disks)
             if not self.skip_preflight:
                 self.observer.stage("pre-flight checks")
                 ctx.preflight.checks += [
@@ -243,7 +243,9 @@ class Experiment:
                         checks.storage_check, scenario, testbed, disks["source"]
                     ),
                     checks.memory_check(scenario),
-                    await asyncio.to_thread(checks.ports_check, testbed, self._ports()),
+                    await asyncio.to_thread(
+                        checks.ports_check, testbed, self.hypervisor.listen_ports(self._plan())
+                    ),
                 ]
                 for check in ctx.preflight.checks:
                     self.observer.check(check)
@@ -252,9 +254,8 @@ class Experiment:
             await self.stop_clients()
             if self.sampler is not None:
                 await asyncio.to_thread(self.sampler.stop)
-            for domain in reversed(self.domains):
-                with contextlib.suppress(Exception):
-                    await domain.shutdown()
+            if self.hypervisor is not None:
+                await self.hypervisor.close()
             for disk in disks.values():
                 disk.unlink(missing_ok=True)
             if owns_testbed:
@@ -284,7 +285,9 @@ class Experiment:
                 "testbed": testbed.name,
                 "accel": ctx.accel,
                 "accel_reason": ctx.accel_reason,
-                "qemu_version": ctx.qemu_version,
+                "backend": self.hypervisor.backend.value if self.hypervisor else None,
+                "qemu_version": ctx.versions.get("qemu_version", ""),
+                **{k: v for k, v in ctx.versions.items() if k != "qemu_version"},
                 "guest_kernel": ctx.image.kernel_version if ctx.image else "",
                 "guest_image_digest": ctx.image.digest if ctx.image else "",
             },
@@ -358,12 +361,34 @@ class Experiment:
         self.ctx.preflight.checks.append(check)
         self.observer.check(check)
 
-    def _ports(self) -> dict[str, int]:
-        """The ports the destination listens on during the migration."""
-        ports = {"migration": MIGRATION_PORT}
-        if self.ctx.scenario.storage.mode == "local":
-            ports["nbd"] = NBD_PORT
-        return ports
+    def _plan(self) -> MigrationPlan:
+        """The scenario's migration as a backend-neutral plan."""
+        scenario = self.ctx.scenario
+        return plan_for(scenario.migration, copy_storage=scenario.storage.mode == "local")
+
+    def _hypervisor(self, disks: dict[str, Path]) -> Hypervisor:
+        """The backend that runs this scenario's VM on the testbed's hypervisor hosts."""
+        testbed = self.ctx.testbed
+
+        def place(role: str) -> HostPlace:
+            host = testbed.hosts[role]
+            assert host.tap is not None
+            return HostPlace(role, host.netns, host.tap, host.ip, self.ctx.scenario.hosts.cpu(role))
+
+        def destination_disk() -> str:
+            """A fresh empty disk for the destination (each attempt starts its copy over)."""
+            create_disk(disks["destination"])
+            return str(disks["destination"])
+
+        return QemuHypervisor(
+            place("source"),
+            place("destination"),
+            log_dir=self.ctx.out_dir,
+            socket_dir=testbed.dir / "run",
+            on_start=testbed.state.add_process,
+            on_exit=testbed.state.forget_process,
+            destination_disk=destination_disk if "destination" in disks else None,
+        )
 
     def _start_sampler(self) -> None:
         """Sample CPU, memory, disk and network of the source, destination and storage hosts."""
@@ -450,33 +475,14 @@ class Experiment:
             mac=testbed.guest_mac,
         )
 
-    async def _launch(self, role: str, config: VmConfig, incoming: str | None) -> QemuDomain:
-        testbed = self.ctx.testbed
-        host = testbed.hosts[role]
-        assert host.tap is not None
-        domain = await QemuDomain.launch(
-            host_role=role,
-            netns=host.netns,
-            tap=host.tap,
-            config=config,
-            log_dir=self.ctx.out_dir,
-            socket_dir=testbed.dir / "run",
-            incoming=incoming,
-            on_start=lambda pid: testbed.state.add_process(pid, f"qemu-{role}"),
-            on_exit=testbed.state.forget_process,
-            cpu_ceiling=self.ctx.scenario.hosts.cpu(role),
-        )
-        self.domains.append(domain)
-        return domain
-
-    async def boot_source(self, config: VmConfig) -> QemuDomain:
+    async def boot_source(self, config: VmConfig) -> Domain:
         """Boot the guest on the source host and wait until its service answers."""
         ctx = self.ctx
+        assert self.hypervisor is not None
         self.observer.stage(f"booting the guest on the source ({ctx.accel})")
         ctx.mark("boot_start")
-        source = await self._launch("source", config, None)
-        version = await source.execute("query-version")
-        ctx.qemu_version = "{major}.{minor}.{micro}".format(**version["qemu"])
+        source = await self.hypervisor.boot(config)
+        ctx.versions = await self.hypervisor.versions()
         await wait_for_agent(source)
         ctx.mark("guest_ready")
         ctx.before = await ask_guest(ctx.testbed, with_checksum=True)
@@ -485,7 +491,9 @@ class Experiment:
         return source
 
     async def _migrate_once(self, config: VmConfig) -> None:
-        ctx, testbed, phases = self.ctx, self.ctx.testbed, self.ctx.scenario.phases
+        ctx, phases = self.ctx, self.ctx.scenario.phases
+        hypervisor = self.hypervisor
+        assert hypervisor is not None
         source = await self.boot_source(config)
         await self.start_clients()
         self.observer.stage(f"warming up for {phases.warmup_s:g} s")
@@ -494,46 +502,28 @@ class Experiment:
         ctx.mark("baseline_start")
         self.observer.stage(f"baseline window: {phases.baseline_s:g} s")
         await asyncio.sleep(phases.baseline_s)
-        dest_ip = testbed.hosts["destination"].ip
-        uri = f"tcp:{dest_ip}:{MIGRATION_PORT}"
-        self.observer.stage("starting the destination (-incoming)")
-        local = ctx.scenario.storage.mode == "local"
-        if local:  # the destination opens its own (empty) disk, which the migration fills
-            config = dataclasses.replace(
-                config,
-                disk_url=str(testbed.local_disk_dir("destination") / Path(config.disk_url).name),
-            )
+        self.observer.stage("preparing the destination")
+        plan = self._plan()
         try:
-            destination = await self._launch("destination", config, "defer")
+            job = await hypervisor.prepare_migration(source, plan)
         except HypervisorError as exc:  # the destination host refuses the VM: it stays put
             await self._refused(source, exc)
             return
-
-        async def restart_destination() -> Domain:
-            """A fresh destination (and, for local storage, a fresh empty disk for it)."""
-            nonlocal destination
-            self.observer.stage("stalled: starting again with auto-converge")
-            if local:
-                create_disk(Path(config.disk_url))
-            destination = await self._launch("destination", config, "defer")
-            return destination
-
         self.observer.stage(f"migrating ({ctx.scenario.migration.strategy})")
         ctx.mark("migration_start")
         ctx.record = await migrate(
+            hypervisor,
             source,
-            destination,
+            job,
+            plan,
             ctx.scenario.migration,
-            uri,
             self.observer,
             poll_interval_s=ctx.scenario.measure.progress_interval_ms / 1000,
-            disk_copy_to=(dest_ip, NBD_PORT) if local else None,
-            restart_destination=restart_destination,
         )
         ctx.mark("migration_end")
         record_migration(self.recorder, ctx.record)
-        ctx.running_on = await self._where_is_it(source, destination)
-        if ctx.record.outcome == "completed":
+        ctx.running_on = await self._where_is_it(source, ctx.record.destination or job.destination)
+        if ctx.record.outcome == Outcome.COMPLETED:
             await source.shutdown()
         if ctx.record.error:
             self.observer.stage(f"migration {ctx.record.outcome}: {ctx.record.error}")
@@ -547,14 +537,14 @@ class Experiment:
         ctx.mark("migration_start")
         ctx.record = MigrationRecord(
             strategy=ctx.scenario.migration.strategy,
-            outcome="failed",
+            outcome=Outcome.FAILED,
             error=f"the destination did not start: {exc}",
             started_ns=now,
             ended_ns=now,
             attempts=0,
         )
         ctx.mark("migration_end")
-        ctx.running_on = "source" if await source.run_state() == "running" else "none"
+        ctx.running_on = "source" if await source.run_state() == RunState.RUNNING else "none"
         self.observer.stage(f"migration failed: {ctx.record.error}")
         await self._after_window()
 
@@ -570,9 +560,9 @@ class Experiment:
     @staticmethod
     async def _where_is_it(source: Domain, destination: Domain) -> str:
         """Which host runs the VM now (by the hypervisors' own word)."""
-        if await destination.run_state() == "running":
+        if await destination.run_state() == RunState.RUNNING:
             return "destination"
-        if await source.run_state() == "running":
+        if await source.run_state() == RunState.RUNNING:
             return "source"
         return "none"
 

@@ -56,7 +56,7 @@ def test_precopy_moves_a_serving_guest(testbed: Testbed, tmp_path: Path, kind: s
     # Only the guest's touched pages travel: far less than its RAM, but more than nothing.
     assert result["migration"]["transferred_bytes"] < result["migration"]["guest_ram_bytes"]
     events = {e["event"] for e in result["events"]}
-    assert {"MIGRATION", "RESUME"} <= events
+    assert {"migration", "resumed"} <= events
 
 
 def test_precopy_with_memory_dirtying_workload(testbed: Testbed, tmp_path: Path) -> None:
@@ -198,7 +198,7 @@ def test_postcopy_moves_a_guest_that_dirties_faster_than_the_link(
     testbed.shape(1000)
     assert_moved(result, tmp_path)
     assert [a["action"] for a in result["migration"]["actions"]] == ["postcopy"]
-    events = [e["data"].get("status") for e in result["events"] if e["event"] == "MIGRATION"]
+    events = [e["data"].get("status") for e in result["events"] if e["event"] == "migration"]
     assert "postcopy-active" in events
     assert result["data"]["postcopy_bytes"] > 0
     switched_at = result["migration"]["actions"][0]["t_s"]

@@ -175,18 +175,18 @@ def _migration_rows(rng: np.random.Generator) -> list[list[object]]:
 
 
 EVENTS: list[tuple[float, str, str, dict[str, Any]]] = [
-    (MIG_START, "source", "MIGRATION", {"status": "setup"}),
-    (MIG_START + 0.001, "destination", "MIGRATION", {"status": "active"}),
-    (SETUP_END, "source", "MIGRATION", {"status": "active"}),
-    (SETUP_END, "source", "MIGRATION_PASS", {"pass": 1}),
-    (SYNC2, "source", "MIGRATION_PASS", {"pass": 2}),
-    (SYNC3, "source", "MIGRATION_PASS", {"pass": 3}),
-    (STOP, "source", "MIGRATION_PASS", {"pass": 4}),
-    (STOP, "source", "STOP", {}),
-    (STOP + 0.001, "source", "MIGRATION", {"status": "device"}),
-    (COMPLETED, "source", "MIGRATION", {"status": "completed"}),
-    (COMPLETED + 0.001, "destination", "MIGRATION", {"status": "completed"}),
-    (RESUMED, "destination", "RESUME", {}),
+    (MIG_START, "source", "migration", {"status": "setup"}),
+    (MIG_START + 0.001, "destination", "migration", {"status": "active"}),
+    (SETUP_END, "source", "migration", {"status": "active"}),
+    (SETUP_END, "source", "migration_pass", {"pass": 1}),
+    (SYNC2, "source", "migration_pass", {"pass": 2}),
+    (SYNC3, "source", "migration_pass", {"pass": 3}),
+    (STOP, "source", "migration_pass", {"pass": 4}),
+    (STOP, "source", "stopped", {}),
+    (STOP + 0.001, "source", "migration", {"status": "device"}),
+    (COMPLETED, "source", "migration", {"status": "completed"}),
+    (COMPLETED + 0.001, "destination", "migration", {"status": "completed"}),
+    (RESUMED, "destination", "resumed", {}),
 ]
 
 

@@ -171,11 +171,11 @@ def test_counter_delta_rounds_the_window_outward() -> None:
 
 def test_phases_from_events() -> None:
     events = [
-        {"t_s": 10.5, "host": "source", "event": "MIGRATION_PASS", "data": {"pass": 1}},
-        {"t_s": 12.0, "host": "source", "event": "MIGRATION_PASS", "data": {"pass": 2}},
-        {"t_s": 13.0, "host": "source", "event": "STOP", "data": {}},
-        {"t_s": 13.1, "host": "source", "event": "MIGRATION", "data": {"status": "completed"}},
-        {"t_s": 13.2, "host": "destination", "event": "RESUME", "data": {}},
+        {"t_s": 10.5, "host": "source", "event": "migration_pass", "data": {"pass": 1}},
+        {"t_s": 12.0, "host": "source", "event": "migration_pass", "data": {"pass": 2}},
+        {"t_s": 13.0, "host": "source", "event": "stopped", "data": {}},
+        {"t_s": 13.1, "host": "source", "event": "migration", "data": {"status": "completed"}},
+        {"t_s": 13.2, "host": "destination", "event": "resumed", "data": {}},
     ]
     phases = phases_section(events, WINDOWS)
     assert phases["iterations"] == [{"pass": 1, "t_s": 0.5}, {"pass": 2, "t_s": 2.0}]

@@ -1,4 +1,4 @@
-"""The migration state machine against a scripted fake hypervisor: every ending leaves the VM
+"""The migration state machine against a scripted fake backend: every ending leaves the VM
 running on exactly one host."""
 
 from __future__ import annotations
@@ -10,87 +10,45 @@ from typing import Any
 import pytest
 
 from vmigrate.config import MigrationSpec
-from vmigrate.errors import MigrationError
-from vmigrate.hypervisor.base import Domain, HypervisorEvent, MigrationStats
-from vmigrate.migration.orchestrator import migrate
+from vmigrate.hypervisor.base import (
+    Backend,
+    Domain,
+    Hypervisor,
+    HypervisorEvent,
+    Migration,
+    MigrationStats,
+    MigrationStatus,
+    RunState,
+    VmConfig,
+)
+from vmigrate.hypervisor.plan import MigrationPlan
+from vmigrate.hypervisor.qemu_migration import UNLIMITED_BYTES_S, qmp_settings
+from vmigrate.migration.orchestrator import MigrationRecord, Outcome, migrate
 from vmigrate.migration.stall import StallDetector
-from vmigrate.migration.strategy import UNLIMITED_BYTES_S, plan_for
+from vmigrate.migration.strategy import plan_for
+
+S = MigrationStatus
 
 
 class FakeDomain(Domain):
-    """A VM instance whose migration goes through a scripted list of statuses."""
+    """A VM instance that only has a run state."""
 
-    def __init__(self, role: str, state: str, script: list[str] | None = None) -> None:
+    def __init__(self, role: str, state: RunState) -> None:
         self.host_role = role
+        self.console_log = None
         self.state = state
-        self.script = list(script or [])
         self.calls: list[str] = []
-        self.capabilities: dict[str, bool] = {}
-        self.parameters: dict[str, Any] = {}
-        self.peer: FakeDomain | None = None
-        self.migration_status = "none"
-        self.polls = 0
 
-    async def run_state(self) -> str:
+    async def run_state(self) -> RunState:
         return self.state
 
     async def pause(self) -> None:
         self.calls.append("pause")
-        self.state = "paused"
+        self.state = RunState.PAUSED
 
     async def resume(self) -> None:
         self.calls.append("resume")
-        self.state = "running"
-
-    async def set_migration_capabilities(self, capabilities: dict[str, bool]) -> None:
-        self.capabilities.update(capabilities)
-
-    async def set_migration_parameters(self, parameters: dict[str, Any]) -> None:
-        self.parameters.update(parameters)
-
-    async def accept_migration(self, uri: str) -> None:
-        self.calls.append(f"incoming {uri}")
-
-    async def start_postcopy(self) -> None:
-        self.calls.append("postcopy")
-
-    async def start_migration(self, uri: str) -> None:
-        self.calls.append(f"migrate {uri}")
-
-    async def export_disk(self, address: str, port: int) -> None:
-        self.calls.append(f"export {address}:{port}")
-
-    async def unexport_disk(self) -> None:
-        self.calls.append("unexport")
-
-    async def start_disk_mirror(self, address: str, port: int) -> None:
-        self.calls.append(f"mirror {address}:{port}")
-        self.mirror_polls = 0
-
-    async def disk_mirror_progress(self) -> tuple[bool, int, int]:
-        self.mirror_polls += 1
-        return self.mirror_polls >= 3, min(self.mirror_polls, 3) * 100, 300
-
-    async def finish_disk_mirror(self, abort: bool = False) -> None:
-        self.calls.append("abort mirror" if abort else "finish mirror")
-
-    async def migration_stats(self) -> MigrationStats:
-        self.polls += 1
-        if self.migration_status not in ("completed", "failed", "cancelled") and self.script:
-            self.migration_status = self.script.pop(0)
-            if self.migration_status == "completed":
-                was_running = self.state == "running"
-                self.state = "postmigrate"
-                assert self.peer is not None
-                self.peer.state = "running" if was_running else "paused"
-        return MigrationStats(
-            status=self.migration_status,
-            total_time_ms=1234.0,
-            downtime_ms=7.0,
-            transferred_bytes=1000,
-            iterations=self.polls,
-            remaining_bytes=0 if self.migration_status == "completed" else 500,
-        )
+        self.state = RunState.RUNNING
 
     async def touched_memory_bytes(self) -> int | None:
         return None
@@ -98,106 +56,234 @@ class FakeDomain(Domain):
     async def measure_dirty_rate(self, seconds: int) -> float:
         return 0.0
 
-    async def cancel_migration(self) -> None:
-        self.calls.append("cancel")
-        self.migration_status = "cancelled"
-        self.script.clear()
+    def exit_reason(self) -> str | None:
+        return None
 
     def drain_events(self) -> list[HypervisorEvent]:
         return []
 
     async def shutdown(self) -> None:
         self.calls.append("shutdown")
-        self.state = "gone"
+        self.state = RunState.GONE
 
 
-def pair(script: list[str]) -> tuple[FakeDomain, FakeDomain]:
-    source = FakeDomain("source", "running", script)
-    destination = FakeDomain("destination", "inmigrate")
-    source.peer = destination
-    return source, destination
+class FakeMigration(Migration):
+    """A migration job that goes through a scripted list of statuses, one per poll."""
+
+    def __init__(self, source: FakeDomain, plan: MigrationPlan, script: list[S]) -> None:
+        self.source = source
+        self.destination = FakeDomain("destination", RunState.INCOMING)
+        self.plan = plan
+        self.script = list(script)
+        self.status = S.NONE
+        self.polls = 0
+        self.calls: list[str] = []
+        self.actions: list[tuple[int, str]] = []
+
+    async def copy_storage(self, timeout_s: float) -> int:
+        if not self.plan.copy_storage:
+            return 0
+        self.calls.append("copy storage")
+        self.actions += [(1, "disk mirror started"), (2, "disk mirror ready")]
+        return 300
+
+    async def start(self) -> None:
+        self.calls.append("start")
+        self.status = S.SETUP
+
+    def advance(self) -> None:
+        if not self.status.finished and self.script:
+            self.status = self.script.pop(0)
+            if self.status == S.COMPLETED:
+                self.hand_over()
+
+    def hand_over(self) -> None:
+        was_running = self.source.state == RunState.RUNNING
+        self.source.state = RunState.MIGRATED
+        self.destination.state = RunState.RUNNING if was_running else RunState.PAUSED
+
+    async def stats(self) -> MigrationStats:
+        self.polls += 1
+        self.advance()
+        return MigrationStats(
+            status=self.status,
+            total_time_ms=1234.0,
+            downtime_ms=7.0,
+            transferred_bytes=1000,
+            iterations=self.polls,
+            remaining_bytes=0 if self.status == S.COMPLETED else 500,
+        )
+
+    async def switch_to_postcopy(self) -> None:
+        self.calls.append("postcopy")
+
+    async def set_downtime_limit(self, limit_ms: int) -> None:
+        self.calls.append(f"downtime {limit_ms}")
+
+    async def cancel(self) -> None:
+        self.calls.append("cancel")
+        self.status = S.CANCELLED
+        self.script.clear()
+
+    def drain_actions(self) -> list[tuple[int, str]]:
+        actions, self.actions = self.actions, []
+        return actions
+
+    async def conclude(self, completed: bool) -> None:
+        self.calls.append("conclude completed" if completed else "conclude failed")
+        if not completed:
+            await self.destination.shutdown()
 
 
-def run(source: FakeDomain, destination: FakeDomain, **spec: Any) -> Any:
-    return asyncio.run(
-        migrate(source, destination, MigrationSpec(**spec), "tcp:x:1", poll_interval_s=0.001)
-    )
+class FakeHypervisor(Hypervisor):
+    """Prepares FakeMigration jobs (of `job_type`) with a status script each."""
+
+    backend = Backend.QEMU
+
+    def __init__(self, script: list[S], job_type: type[FakeMigration] = FakeMigration) -> None:
+        self.script = script
+        self.job_type = job_type
+        self.jobs: list[FakeMigration] = []
+
+    async def boot(self, config: VmConfig) -> Domain:
+        raise NotImplementedError
+
+    async def prepare_migration(self, source: Domain, plan: MigrationPlan) -> Migration:
+        assert isinstance(source, FakeDomain)
+        assert all(job.destination.state == RunState.GONE for job in self.jobs), (
+            "a spent destination is stopped before a new one is prepared"
+        )
+        self.jobs.append(self.job_type(source, plan, self.script))
+        return self.jobs[-1]
+
+    def listen_ports(self, plan: MigrationPlan) -> dict[str, int]:
+        return {}
+
+    async def versions(self) -> dict[str, str]:
+        return {}
+
+    async def close(self) -> None:
+        pass
+
+
+def run(
+    script: list[S],
+    job_type: type[FakeMigration] = FakeMigration,
+    copy_storage: bool = False,
+    **spec: Any,
+) -> tuple[MigrationRecord, FakeDomain, FakeHypervisor]:
+    """Migrate a running fake VM with the scenario's migration section `spec`."""
+    source = FakeDomain("source", RunState.RUNNING)
+    hypervisor = FakeHypervisor(script, job_type)
+    migration_spec = MigrationSpec(**spec)
+    plan = plan_for(migration_spec, copy_storage=copy_storage)
+
+    async def go() -> MigrationRecord:
+        job = await hypervisor.prepare_migration(source, plan)
+        return await migrate(hypervisor, source, job, plan, migration_spec, poll_interval_s=0.001)
+
+    return asyncio.run(go()), source, hypervisor
 
 
 def test_precopy_completes_on_the_destination() -> None:
-    source, destination = pair(["setup", "active", "active", "completed"])
-    record = run(source, destination)
-    assert record.outcome == "completed"
-    assert destination.state == "running"
-    assert source.state == "postmigrate"
-    assert record.source_state_after == "postmigrate"
+    record, source, hv = run([S.SETUP, S.ACTIVE, S.ACTIVE, S.COMPLETED])
+    assert record.outcome == Outcome.COMPLETED
+    assert hv.jobs[0].destination.state == RunState.RUNNING
+    assert source.state == RunState.MIGRATED
+    assert record.source_state_after == RunState.MIGRATED
     assert record.downtime_reported_ms == 7.0
     assert record.total_time_s == pytest.approx(1.234)
     assert len(record.samples) == 4
-    assert source.capabilities == {"events": True}
-    assert source.parameters["max-bandwidth"] == UNLIMITED_BYTES_S
+    assert hv.jobs[0].calls == ["start", "conclude completed"]
+
+
+def test_a_source_that_is_gone_after_the_migration_has_handed_over() -> None:
+    class Vanishing(FakeMigration):
+        def hand_over(self) -> None:
+            super().hand_over()
+            self.source.state = RunState.GONE  # libvirt: a transient source domain is gone
+
+    record, _, _ = run([S.ACTIVE, S.COMPLETED], Vanishing)
+    assert record.outcome == Outcome.COMPLETED
+
+
+def test_a_source_still_running_after_completion_is_a_failure() -> None:
+    class Twice(FakeMigration):
+        def hand_over(self) -> None:
+            super().hand_over()
+            self.source.state = RunState.RUNNING
+
+    record, _, _ = run([S.ACTIVE, S.COMPLETED], Twice)
+    assert record.outcome == Outcome.FAILED
+    assert "might run twice" in (record.error or "")
 
 
 def test_timeout_cancels_and_keeps_the_vm_on_the_source() -> None:
-    source, destination = pair(["active"] * 100000)
-    record = run(source, destination, timeout_s=0.05)
-    assert record.outcome == "timeout"
-    assert "cancel" in source.calls
-    assert source.state == "running"
-    assert destination.state == "gone"
+    record, source, hv = run([S.ACTIVE] * 100000, timeout_s=0.05)
+    assert record.outcome == Outcome.TIMEOUT
+    assert "cancel" in hv.jobs[0].calls
+    assert source.state == RunState.RUNNING
+    assert hv.jobs[0].destination.state == RunState.GONE
     assert record.downtime_reported_ms is None
 
 
 def test_failure_keeps_the_vm_on_the_source() -> None:
-    source, destination = pair(["active", "failed"])
-    record = run(source, destination)
-    assert record.outcome == "failed"
-    assert source.state == "running"
-    assert destination.state == "gone"
+    record, source, hv = run([S.ACTIVE, S.FAILED])
+    assert record.outcome == Outcome.FAILED
+    assert source.state == RunState.RUNNING
+    assert hv.jobs[0].destination.state == RunState.GONE
+
+
+def test_an_error_while_migrating_cancels_and_keeps_the_vm_on_the_source() -> None:
+    class Broken(FakeMigration):
+        async def stats(self) -> MigrationStats:
+            if self.polls >= 2:
+                raise RuntimeError("the backend went away")
+            return await super().stats()
+
+    record, source, hv = run([S.ACTIVE] * 10, Broken)
+    assert record.outcome == Outcome.FAILED
+    assert record.error == "the backend went away"
+    assert hv.jobs[0].calls == ["start", "cancel", "conclude failed"]
+    assert source.state == RunState.RUNNING
 
 
 def test_cold_pauses_first_and_resumes_on_the_destination() -> None:
-    source, destination = pair(["active", "completed"])
-    record = run(source, destination, strategy="cold")
+    record, source, hv = run([S.ACTIVE, S.COMPLETED], strategy="cold")
+    destination = hv.jobs[0].destination
     assert source.calls[0] == "pause"
     assert "resume" in destination.calls
-    assert record.outcome == "completed"
-    assert destination.state == "running"
+    assert record.outcome == Outcome.COMPLETED
+    assert destination.state == RunState.RUNNING
     assert record.downtime_reported_ms is not None and record.downtime_reported_ms >= 0
     assert record.downtime_reported_ms == pytest.approx(record.total_time_s * 1000)
 
 
 def test_failed_cold_migration_resumes_the_source() -> None:
-    source, destination = pair(["active", "failed"])
-    record = run(source, destination, strategy="cold")
-    assert record.outcome == "failed"
-    assert source.state == "running"
+    record, source, _ = run([S.ACTIVE, S.FAILED], strategy="cold")
+    assert record.outcome == Outcome.FAILED
+    assert source.state == RunState.RUNNING
 
 
-def test_bandwidth_cap_is_passed_in_bytes() -> None:
-    plan = plan_for(MigrationSpec(max_bandwidth_mib_s=10, downtime_limit_ms=50))
-    assert plan.source_parameters == {"downtime-limit": 50, "max-bandwidth": 10 * 1024 * 1024}
-    assert plan.destination_parameters == {}
-
-
-def test_the_destination_listens_only_once_configured() -> None:
-    source, destination = pair(["active", "completed"])
-    run(source, destination)
-    assert destination.calls[0] == "incoming tcp:x:1"
-    assert destination.capabilities == {"events": True}
+def test_the_plan_in_qmp_terms_passes_the_bandwidth_cap_in_bytes() -> None:
+    caps, source, destination = qmp_settings(
+        plan_for(MigrationSpec(max_bandwidth_mib_s=10, downtime_limit_ms=50))
+    )
+    assert caps == {"events": True}
+    assert source == {"downtime-limit": 50, "max-bandwidth": 10 * 1024 * 1024}
+    assert destination == {}
+    assert qmp_settings(plan_for(MigrationSpec()))[1]["max-bandwidth"] == UNLIMITED_BYTES_S
 
 
 @pytest.mark.parametrize(("strategy", "after"), [("postcopy", 1), ("hybrid", 3)])
 def test_postcopy_switches_after_the_configured_passes(strategy: str, after: int) -> None:
-    source, destination = pair(["active"] * 6 + ["postcopy-active", "completed"])
-    record = run(source, destination, strategy=strategy)
-    assert record.outcome == "completed"
-    assert source.calls.count("postcopy") == 1
+    record, _, hv = run([S.ACTIVE] * 6 + [S.POSTCOPY, S.COMPLETED], strategy=strategy)
+    assert record.outcome == Outcome.COMPLETED
+    assert hv.jobs[0].calls == ["start", "postcopy", "conclude completed"]
     assert [a for _, a in record.actions] == ["postcopy"]
-    assert source.calls == ["migrate tcp:x:1", "postcopy"]
+    assert record.switched_to_postcopy
+    assert hv.jobs[0].plan.postcopy
     # The switch came on the first poll that saw more than `after` passes.
-    assert source.capabilities["postcopy-ram"] is True
-    assert destination.capabilities["postcopy-ram"] is True
     assert record.samples[after].stats.iterations == after + 1
 
 
@@ -207,21 +293,35 @@ def test_postcopy_switches_after_the_configured_passes(strategy: str, after: int
         ("auto-converge", {"auto-converge"}, {"cpu-throttle-initial": 20}, {}),
         ("xbzrle", {"xbzrle"}, {"xbzrle-cache-size": 64 * 1024 * 1024}, {}),
         ("multifd", {"multifd"}, {}, {"multifd-channels": 2, "multifd-compression": "none"}),
+        ("postcopy", {"postcopy-ram"}, {}, {}),
         ("precopy", set(), {}, {}),
     ],
 )
 def test_each_strategy_sets_its_capabilities_and_parameters(
     strategy: str, caps: set[str], source_params: dict[str, Any], both_params: dict[str, Any]
 ) -> None:
-    plan = plan_for(MigrationSpec(strategy=strategy))  # type: ignore[arg-type]
-    assert {c for c, on in plan.capabilities.items() if on} == {"events", *caps}
-    assert source_params.items() <= plan.source_parameters.items()
-    assert both_params.items() <= plan.source_parameters.items()
-    assert plan.destination_parameters == both_params
+    capabilities, source, destination = qmp_settings(
+        plan_for(MigrationSpec(strategy=strategy))  # type: ignore[arg-type]
+    )
+    assert {c for c, on in capabilities.items() if on} == {"events", *caps}
+    assert source_params.items() <= source.items()
+    assert both_params.items() <= source.items()
+    assert destination == both_params
+
+
+def test_the_plan_says_what_each_strategy_means() -> None:
+    assert not plan_for(MigrationSpec(strategy="cold")).live
+    hybrid = plan_for(MigrationSpec(strategy="hybrid", postcopy_after_iterations=4))
+    assert hybrid.postcopy and hybrid.postcopy_after_passes == 4
+    armed = plan_for(MigrationSpec(on_stall="postcopy"))
+    assert armed.postcopy and armed.postcopy_after_passes is None
+    multifd = plan_for(MigrationSpec(strategy="multifd", multifd_compression="zstd"))
+    assert multifd.multifd is not None and multifd.multifd.compression == "zstd"
+    assert plan_for(MigrationSpec(), copy_storage=True).copy_storage
 
 
 def stats_at(iteration: int, remaining: int) -> MigrationStats:
-    return MigrationStats(status="active", iterations=iteration, remaining_bytes=remaining)
+    return MigrationStats(status=S.ACTIVE, iterations=iteration, remaining_bytes=remaining)
 
 
 def test_a_migration_that_stops_shrinking_is_a_stall() -> None:
@@ -235,104 +335,81 @@ def test_a_shrinking_migration_never_stalls() -> None:
     assert not any(detector.observe(stats_at(i, 1000 // i)) for i in range(1, 20))
 
 
-class StallingDomain(FakeDomain):
-    """Active forever: every poll is a new pass that leaves as much to send as before."""
+class Stalling(FakeMigration):
+    """Active forever: every poll is a new pass that leaves as much to send as before (until
+    post-copy, which always finishes)."""
 
-    async def migration_stats(self) -> MigrationStats:
+    async def stats(self) -> MigrationStats:
         self.polls += 1
-        status = self.migration_status if self.migration_status == "cancelled" else "active"
-        if "postcopy" in self.calls:  # post-copy always finishes
-            status, self.state = "completed", "postmigrate"
-            assert self.peer is not None
-            self.peer.state = "running"
+        status = self.status if self.status == S.CANCELLED else S.ACTIVE
+        if "postcopy" in self.calls:
+            if self.status != S.COMPLETED:
+                self.hand_over()
+            status = self.status = S.COMPLETED
         return MigrationStats(
             status=status, iterations=self.polls, remaining_bytes=1000, expected_downtime_ms=900
         )
 
 
-def stalling_pair() -> tuple[FakeDomain, FakeDomain]:
-    source = StallingDomain("source", "running")
-    destination = FakeDomain("destination", "inmigrate")
-    source.peer = destination
-    return source, destination
-
-
 def test_on_stall_fail_cancels_and_keeps_the_vm_on_the_source() -> None:
-    source, destination = stalling_pair()
-    record = run(source, destination, on_stall="fail", stall_iterations=2)
+    record, source, hv = run([], Stalling, on_stall="fail", stall_iterations=2)
     assert record.stall_detected is True
-    assert record.outcome == "failed"
-    assert "stalled" in record.error
-    assert "cancel" in source.calls
-    assert source.state == "running"
+    assert record.outcome == Outcome.FAILED
+    assert "stalled" in (record.error or "")
+    assert "cancel" in hv.jobs[0].calls
+    assert source.state == RunState.RUNNING
 
 
 def test_on_stall_postcopy_switches() -> None:
-    source, destination = stalling_pair()
-    record = run(source, destination, on_stall="postcopy", stall_iterations=2, timeout_s=0.05)
-    assert source.capabilities["postcopy-ram"] is True
+    record, _, hv = run([], Stalling, on_stall="postcopy", stall_iterations=2, timeout_s=0.05)
+    assert hv.jobs[0].plan.postcopy
     assert [a for _, a in record.actions] == ["stall detected (no progress)", "postcopy"]
-    assert record.outcome == "completed"
-    assert destination.state == "running"
+    assert record.outcome == Outcome.COMPLETED
+    assert hv.jobs[0].destination.state == RunState.RUNNING
 
 
 def test_on_stall_raise_downtime_allows_the_expected_stop_and_copy() -> None:
-    source, destination = stalling_pair()
-    record = run(source, destination, on_stall="raise-downtime", timeout_s=0.2)
-    assert source.parameters["downtime-limit"] == 1080  # 1.2 x the 900 ms QEMU expects
+    record, _, hv = run([], Stalling, on_stall="raise-downtime", timeout_s=0.2)
+    assert "downtime 1080" in hv.jobs[0].calls  # 1.2 x the 900 ms the hypervisor expects
     assert record.actions[1][1] == "raise-downtime 1080 ms"
-    assert record.outcome == "timeout"  # the fake never converges: a second timeout ends it
+    assert record.outcome == Outcome.TIMEOUT  # the fake never converges: a second timeout
 
 
-class ThrottledDomain(StallingDomain):
+class Throttled(Stalling):
     """Stalls until it migrates with auto-converge on; then the throttle lets it finish. Every
     attempt's counters start over, as QEMU's do."""
 
-    async def start_migration(self, uri: str) -> None:
-        await super().start_migration(uri)
-        self.polls = 0
-        self.migration_status = "active"
-
-    async def migration_stats(self) -> MigrationStats:
-        if not self.capabilities.get("auto-converge"):
-            stats = await super().migration_stats()
+    async def stats(self) -> MigrationStats:
+        if self.plan.throttle is None:
+            stats = await super().stats()
             return dataclasses.replace(stats, transferred_bytes=5000 * self.polls)
         self.polls += 1
+        status = S.ACTIVE
         if self.polls >= 3:
-            self.migration_status, self.state = "completed", "postmigrate"
-            assert self.peer is not None
-            self.peer.state = "running"
+            status = S.COMPLETED
+            if self.source.state == RunState.RUNNING:
+                self.hand_over()
         return MigrationStats(
-            status=self.migration_status, iterations=self.polls, transferred_bytes=700,
+            status=status, iterations=self.polls, transferred_bytes=700,
             remaining_bytes=0, cpu_throttle_pct=30,
         )  # fmt: skip
 
 
 def test_on_stall_auto_converge_restarts_with_the_throttle_on_a_fresh_destination() -> None:
-    source = ThrottledDomain("source", "running")
-    first = FakeDomain("destination", "inmigrate")
-    source.peer = first
-    fresh: list[FakeDomain] = []
-
-    async def restart() -> FakeDomain:
-        assert first.state == "gone", "the spent destination is stopped before a new one"
-        fresh.append(FakeDomain("destination", "inmigrate"))
-        source.peer = fresh[-1]
-        return fresh[-1]
-
-    spec = MigrationSpec(on_stall="auto-converge", stall_iterations=2, cpu_throttle_initial_pct=40)
-    record = asyncio.run(
-        migrate(source, first, spec, "tcp:x:1", poll_interval_s=0.001, restart_destination=restart)
+    record, source, hv = run(
+        [], Throttled, on_stall="auto-converge", stall_iterations=2, cpu_throttle_initial_pct=40
     )
-    assert record.outcome == "completed"
+    assert record.outcome == Outcome.COMPLETED
     assert [a for _, a in record.actions] == [
         "stall detected (no progress)",
         "restart with auto-converge",
     ]
-    assert source.calls == ["migrate tcp:x:1", "cancel", "migrate tcp:x:1"]
-    assert len(fresh) == 1 and fresh[0].state == "running"
-    assert fresh[0].calls == ["incoming tcp:x:1"] and fresh[0].capabilities["auto-converge"]
-    assert source.parameters["cpu-throttle-initial"] == 40
+    first, second = hv.jobs
+    assert first.calls == ["start", "cancel", "conclude failed"]
+    assert first.destination.state == RunState.GONE
+    assert second.destination.state == RunState.RUNNING
+    assert first.plan.throttle is None
+    assert second.plan.throttle is not None and second.plan.throttle.initial_pct == 40
     assert record.attempts == 2
     assert {s.attempt for s in record.samples} == {1, 2}
     # The first attempt's bytes count: it sent 5000 per poll until the stall (poll 4).
@@ -342,42 +419,22 @@ def test_on_stall_auto_converge_restarts_with_the_throttle_on_a_fresh_destinatio
     assert record.total_time_s == (record.completed_ns - record.started_ns) / 1e9
 
 
-def test_on_stall_auto_converge_without_a_way_to_restart_is_refused() -> None:
-    source, destination = stalling_pair()
-    with pytest.raises(MigrationError, match="restart the destination"):
-        run(source, destination, on_stall="auto-converge")
-
-
 def test_without_a_stall_policy_a_stall_is_only_recorded() -> None:
-    source, destination = stalling_pair()
-    record = run(source, destination, timeout_s=0.05, stall_iterations=2)
+    record, _, _ = run([], Stalling, timeout_s=0.05, stall_iterations=2)
     assert record.stall_detected is True
-    assert record.outcome == "timeout"
+    assert record.outcome == Outcome.TIMEOUT
 
 
-def test_local_storage_is_mirrored_in_sync_before_the_ram_moves() -> None:
-    source, destination = pair(["active", "completed"])
-    record = asyncio.run(
-        migrate(
-            source, destination, MigrationSpec(), "tcp:x:1", poll_interval_s=0.001,
-            disk_copy_to=("10.0.0.2", 10809),
-        )
-    )  # fmt: skip
-    assert record.outcome == "completed"
-    assert source.calls == ["mirror 10.0.0.2:10809", "migrate tcp:x:1", "finish mirror"]
-    assert destination.calls == ["incoming tcp:x:1", "export 10.0.0.2:10809", "unexport"]
+def test_local_storage_is_copied_in_sync_before_the_ram_moves() -> None:
+    record, _, hv = run([S.ACTIVE, S.COMPLETED], copy_storage=True)
+    assert record.outcome == Outcome.COMPLETED
+    assert hv.jobs[0].calls == ["copy storage", "start", "conclude completed"]
     assert [a for _, a in record.actions] == ["disk mirror started", "disk mirror ready"]
     assert record.disk_copy_bytes == 300
 
 
-def test_a_failed_migration_aborts_the_disk_mirror() -> None:
-    source, destination = pair(["active", "failed"])
-    record = asyncio.run(
-        migrate(
-            source, destination, MigrationSpec(), "tcp:x:1", poll_interval_s=0.001,
-            disk_copy_to=("10.0.0.2", 10809),
-        )
-    )  # fmt: skip
-    assert record.outcome == "failed"
-    assert "abort mirror" in source.calls
-    assert source.state == "running"
+def test_a_failed_migration_concludes_as_failed() -> None:
+    record, source, hv = run([S.ACTIVE, S.FAILED], copy_storage=True)
+    assert record.outcome == Outcome.FAILED
+    assert hv.jobs[0].calls[-1] == "conclude failed"
+    assert source.state == RunState.RUNNING

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from vmigrate.analysis import analyze
 from vmigrate.config import Scenario
-from vmigrate.hypervisor.base import HypervisorEvent, MigrationStats
+from vmigrate.hypervisor.base import EventKind, HypervisorEvent, MigrationStats, MigrationStatus
 from vmigrate.migration.orchestrator import MigrationRecord, ProgressSample
 from vmigrate.report.result import build_result, write_result
 from vmigrate.report.terminal import summary_table
@@ -43,7 +43,7 @@ VERIFIED = {
 
 def completed_record(t0: int) -> MigrationRecord:
     final = MigrationStats(
-        status="completed",
+        status=MigrationStatus.COMPLETED,
         total_time_ms=2000.0,
         setup_time_ms=5.0,
         downtime_ms=12.0,
@@ -58,7 +58,11 @@ def completed_record(t0: int) -> MigrationRecord:
         ended_ns=t0 + 2_100_000_000,
         final=final,
         samples=[ProgressSample(t0, final)],
-        events=[HypervisorEvent(t0 + 1000, "source", "MIGRATION", {"status": "setup"})],
+        events=[
+            HypervisorEvent(
+                t0 + 1000, "source", EventKind.MIGRATION_STATUS, "MIGRATION", {"status": "setup"}
+            )
+        ],
     )
 
 

@@ -87,7 +87,7 @@ def fake_result(scenario: Scenario, total_s: float, outcome: str = "completed") 
             "actions": [{"t_s": 1.0, "action": "x"}],
         },
         "timeline_s": {"migration_start": 11.0},
-        "events": [{"t_s": 1.0, "host": "source", "event": "STOP", "data": {}}],
+        "events": [{"t_s": 1.0, "host": "source", "event": "stopped", "data": {}}],
         "service": {
             "observed_downtime_ms": 12 * total_s if done else None,
             "latency_ms": {"during": {"p99": 3 * total_s, "p50": 1.0}, "after": None},

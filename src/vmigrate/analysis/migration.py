@@ -33,14 +33,14 @@ def phases_section(events: list[dict[str, Any]], windows: Windows) -> dict[str, 
     iterations = [
         {"pass": int(e["data"].get("pass", 0)), "t_s": rel(e)}
         for e in events
-        if e["host"] == "source" and e["event"] == "MIGRATION_PASS"
+        if e["host"] == "source" and e["event"] == "migration_pass"
     ]
     return {
         "windows_s": windows.as_seconds(),
         "iterations": iterations,
-        "stop_and_copy_s": first("source", "STOP"),
-        "resume_on_destination_s": first("destination", "RESUME"),
-        "completion_s": first("source", "MIGRATION", status="completed"),
+        "stop_and_copy_s": first("source", "stopped"),
+        "resume_on_destination_s": first("destination", "resumed"),
+        "completion_s": first("source", "migration", status="completed"),
     }
 
 

@@ -21,7 +21,15 @@ from typing import Any
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
 from vmigrate.errors import HypervisorError
-from vmigrate.hypervisor.base import Domain, HypervisorEvent, MigrationStats, VmConfig
+from vmigrate.hypervisor.base import (
+    Domain,
+    EventKind,
+    HypervisorEvent,
+    MigrationStats,
+    MigrationStatus,
+    RunState,
+    VmConfig,
+)
 from vmigrate.hypervisor.cpu import load_catalog, missing
 from vmigrate.hypervisor.introspect import QEMU_BINARY
 from vmigrate.pids import terminate
@@ -29,12 +37,9 @@ from vmigrate.proc import in_netns, run
 
 MIB = 1024 * 1024
 SMAPS_HEAD = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+(.*)$")
-DISK_ID = "disk0"
-EXPORT_ID = "vmigrate-disk"
-MIRROR_TARGET = "vmigrate-mirror-target"
-MIRROR_JOB = "vmigrate-mirror"
 CONNECT_TIMEOUT_S = 20.0
 COMMAND_TIMEOUT_S = 30.0
+DISK_ID = "disk0"
 
 
 # QEMU < 9.0 under TCG loses guest writes during live migration: the 64-pages-at-a-time fast
@@ -96,6 +101,63 @@ def qemu_argv(
     return argv
 
 
+# QMP's migration statuses and run states, in the backend-neutral vocabulary.
+MIGRATION_STATUSES = {
+    "none": MigrationStatus.NONE,
+    "setup": MigrationStatus.SETUP,
+    "active": MigrationStatus.ACTIVE,
+    "wait-unplug": MigrationStatus.ACTIVE,
+    "pre-switchover": MigrationStatus.DEVICE,
+    "device": MigrationStatus.DEVICE,
+    "postcopy-active": MigrationStatus.POSTCOPY,
+    "postcopy-paused": MigrationStatus.POSTCOPY_PAUSED,
+    "postcopy-recover-setup": MigrationStatus.POSTCOPY_PAUSED,
+    "postcopy-recover": MigrationStatus.POSTCOPY_PAUSED,
+    "cancelling": MigrationStatus.CANCELLING,
+    "completed": MigrationStatus.COMPLETED,
+    "failed": MigrationStatus.FAILED,
+    "cancelled": MigrationStatus.CANCELLED,
+}
+RUN_STATES = {
+    "running": RunState.RUNNING,
+    "paused": RunState.PAUSED,
+    "inmigrate": RunState.INCOMING,
+    "finish-migrate": RunState.FINISHING,
+    "postmigrate": RunState.MIGRATED,
+}
+EVENT_KINDS = {
+    "STOP": EventKind.STOPPED,
+    "RESUME": EventKind.RESUMED,
+    "MIGRATION": EventKind.MIGRATION_STATUS,
+    "MIGRATION_PASS": EventKind.MIGRATION_PASS,
+}
+
+
+def migration_status(qmp_status: str) -> MigrationStatus:
+    """QMP's word for a migration's status, as a MigrationStatus (unknown ones: ACTIVE)."""
+    return MIGRATION_STATUSES.get(qmp_status, MigrationStatus.ACTIVE)
+
+
+def event_from_qmp(host: str, t_ns: int, event: dict[str, Any]) -> HypervisorEvent:
+    """A QMP event message as a HypervisorEvent (a MIGRATION event's status normalised)."""
+    name = str(event["event"])
+    raw = event.get("data", {})
+    data = dict(raw) if isinstance(raw, dict) else {}
+    if name == "MIGRATION" and "status" in data:
+        data["status"] = migration_status(str(data["status"])).value
+    stamp = event.get("timestamp")
+    return HypervisorEvent(
+        t_ns=t_ns,
+        host=host,
+        kind=EVENT_KINDS.get(name, EventKind.OTHER),
+        name=name,
+        data=data,
+        emitted_s=stamp["seconds"] + stamp["microseconds"] / 1e6
+        if isinstance(stamp, dict)
+        else None,
+    )
+
+
 def _stats_from_query(reply: dict[str, Any]) -> MigrationStats:
     """Normalise QEMU's query-migrate reply (names and units) into MigrationStats."""
     ram: dict[str, Any] = reply.get("ram", {})
@@ -104,8 +166,12 @@ def _stats_from_query(reply: dict[str, Any]) -> MigrationStats:
         value = reply.get(key)
         return float(value) if value is not None else None
 
+    def opt_int(key: str) -> int | None:
+        value = ram.get(key)
+        return int(value) if value is not None else None
+
     return MigrationStats(
-        status=str(reply.get("status", "none")),
+        status=migration_status(str(reply.get("status", "none"))),
         total_time_ms=opt_float("total-time"),
         setup_time_ms=opt_float("setup-time"),
         downtime_ms=opt_float("downtime"),
@@ -120,9 +186,9 @@ def _stats_from_query(reply: dict[str, Any]) -> MigrationStats:
         page_size_bytes=int(ram.get("page-size", 4096)),
         throughput_mbit_s=float(ram.get("mbps", 0.0)),
         iterations=int(ram.get("dirty-sync-count", 0)),
-        precopy_bytes=int(ram.get("precopy-bytes", 0)),
-        downtime_bytes=int(ram.get("downtime-bytes", 0)),
-        postcopy_bytes=int(ram.get("postcopy-bytes", 0)),
+        precopy_bytes=opt_int("precopy-bytes"),
+        downtime_bytes=opt_int("downtime-bytes"),
+        postcopy_bytes=opt_int("postcopy-bytes"),
         cpu_throttle_pct=int(reply.get("cpu-throttle-percentage", 0)),
         error=reply.get("error-desc"),
         raw=reply,
@@ -169,6 +235,7 @@ class QemuDomain(Domain):
         self.memory_mib = memory_mib
         self.qmp_socket = qmp_socket
         self.serial_log = log_dir / f"serial-{host_role}.log"
+        self.console_log: Path | None = self.serial_log
         self.qemu_log = log_dir / f"qemu-{host_role}.log"
         self._on_exit = on_exit
         self._client = QMPClient(f"vmigrate-{host_role}")
@@ -179,6 +246,11 @@ class QemuDomain(Domain):
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def released(self) -> bool:
+        """True once `shutdown` ran: the process is gone and the QMP connection closed."""
+        return self._released
 
     @classmethod
     async def launch(
@@ -274,19 +346,7 @@ class QemuDomain(Domain):
 
     async def _collect_events(self) -> None:
         async for event in self._client.events:
-            data = event.get("data", {})
-            stamp = event.get("timestamp")
-            self._events.append(
-                HypervisorEvent(
-                    t_ns=time.monotonic_ns(),
-                    host=self.host_role,
-                    name=str(event["event"]),
-                    data=dict(data) if isinstance(data, dict) else {},
-                    emitted_s=stamp["seconds"] + stamp["microseconds"] / 1e6
-                    if isinstance(stamp, dict)
-                    else None,
-                )
-            )
+            self._events.append(event_from_qmp(self.host_role, time.monotonic_ns(), dict(event)))
 
     async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         """Run one QMP command; HypervisorError says which command failed and why."""
@@ -305,11 +365,24 @@ class QemuDomain(Domain):
                 + (f"; QEMU said: {tail}" if tail else "")
             ) from exc
 
-    async def run_state(self) -> str:
+    async def run_state(self) -> RunState:
         if self._released or self.process.poll() is not None:
-            return "gone"
+            return RunState.GONE
         reply = await self.execute("query-status")
-        return str(reply["status"])
+        return RUN_STATES.get(str(reply["status"]), RunState.OTHER)
+
+    def exit_reason(self) -> str | None:
+        if self.process.poll() is None:
+            return None
+        return (
+            f"QEMU on {self.host_role} exited with {self.process.returncode}: "
+            f"{self.log_tail() or 'no output'} (see {self.qemu_log})"
+        )
+
+    async def version(self) -> str:
+        """QEMU's version as major.minor.micro (query-version)."""
+        reply = await self.execute("query-version")
+        return "{major}.{minor}.{micro}".format(**reply["qemu"])
 
     async def pause(self) -> None:
         await self.execute("stop")
@@ -318,26 +391,33 @@ class QemuDomain(Domain):
         await self.execute("cont")
 
     async def set_migration_capabilities(self, capabilities: dict[str, bool]) -> None:
+        """Turn migration features on or off (both ends must agree on some)."""
         caps = [{"capability": k, "state": v} for k, v in capabilities.items()]
         await self.execute("migrate-set-capabilities", {"capabilities": caps})
 
     async def set_migration_parameters(self, parameters: dict[str, Any]) -> None:
+        """Tune the migration (bandwidth, downtime limit, ...)."""
         await self.execute("migrate-set-parameters", parameters)
 
     async def accept_migration(self, uri: str) -> None:
+        """Destination: start listening on `uri` (after capabilities and parameters are set)."""
         await self.execute("migrate-incoming", {"uri": uri})
 
     async def start_postcopy(self) -> None:
+        """Source: switch a running pre-copy migration to post-copy."""
         await self.execute("migrate-start-postcopy")
 
     async def start_migration(self, uri: str) -> None:
+        """Source: begin sending the VM to `uri`."""
         await self.execute("migrate", {"uri": uri})
 
     async def migration_stats(self) -> MigrationStats:
+        """Source: query-migrate, normalised."""
         reply = await self.execute("query-migrate")
         return _stats_from_query(dict(reply))
 
     async def cancel_migration(self) -> None:
+        """Source: ask QEMU to abort the migration (it stops asynchronously)."""
         await self.execute("migrate_cancel")
 
     async def touched_memory_bytes(self) -> int | None:
@@ -356,68 +436,6 @@ class QemuDomain(Domain):
             if reply.get("status") == "measured":
                 return float(reply.get("dirty-rate", 0.0))
         raise HypervisorError(f"QEMU on {self.host_role} did not finish measuring the dirty rate")
-
-    async def _disk_node(self) -> str:
-        """The node name of the VM disk's top node (the format node of -drive id=disk0)."""
-        for device in await self.execute("query-block"):
-            if device.get("device") == DISK_ID and "inserted" in device:
-                return str(device["inserted"]["node-name"])
-        raise HypervisorError(f"QEMU on {self.host_role} has no disk {DISK_ID!r}")
-
-    async def export_disk(self, address: str, port: int) -> None:
-        await self.execute(
-            "nbd-server-start",
-            {"addr": {"type": "inet", "data": {"host": address, "port": str(port)}}},
-        )
-        await self.execute(
-            "block-export-add",
-            {"type": "nbd", "id": EXPORT_ID, "node-name": await self._disk_node(),
-             "name": DISK_ID, "writable": True},
-        )  # fmt: skip
-
-    async def unexport_disk(self) -> None:
-        with contextlib.suppress(HypervisorError):
-            await self.execute("block-export-del", {"id": EXPORT_ID})
-        with contextlib.suppress(HypervisorError):
-            await self.execute("nbd-server-stop")
-
-    async def start_disk_mirror(self, address: str, port: int) -> None:
-        await self.execute(
-            "blockdev-add",
-            {"driver": "nbd", "node-name": MIRROR_TARGET, "export": DISK_ID,
-             "server": {"type": "inet", "host": address, "port": str(port)}},
-        )  # fmt: skip
-        # write-blocking: once in sync, every guest write reaches the target before it
-        # completes, so the copy is complete the moment the VM stops (as libvirt does).
-        await self.execute(
-            "blockdev-mirror",
-            {"job-id": MIRROR_JOB, "device": DISK_ID, "target": MIRROR_TARGET,
-             "sync": "full", "copy-mode": "write-blocking"},
-        )  # fmt: skip
-
-    async def disk_mirror_progress(self) -> tuple[bool, int, int]:
-        for job in await self.execute("query-block-jobs"):
-            if job.get("device") == MIRROR_JOB:
-                return bool(job.get("ready")), int(job["offset"]), int(job["len"])
-        raise HypervisorError(f"QEMU on {self.host_role} has no disk mirror job")
-
-    async def finish_disk_mirror(self, abort: bool = False) -> None:
-        jobs = [j for j in await self.execute("query-block-jobs") if j.get("device") == MIRROR_JOB]
-        if jobs:
-            # Cancelling a ready mirror completes it without pivoting: the target has it all.
-            await self.execute("block-job-cancel", {"device": MIRROR_JOB, "force": abort})
-            deadline = time.monotonic() + COMMAND_TIMEOUT_S
-            while time.monotonic() < deadline:
-                jobs = [
-                    j
-                    for j in await self.execute("query-block-jobs")
-                    if j.get("device") == MIRROR_JOB
-                ]
-                if not jobs:
-                    break
-                await asyncio.sleep(0.05)
-        with contextlib.suppress(HypervisorError):
-            await self.execute("blockdev-del", {"node-name": MIRROR_TARGET})
 
     def drain_events(self) -> list[HypervisorEvent]:
         events, self._events = self._events, []

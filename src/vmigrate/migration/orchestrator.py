@@ -1,27 +1,46 @@
-"""The migration state machine: set up both ends, migrate, follow progress, finish or roll back.
+"""The migration state machine: start, follow progress, act on stalls, finish or roll back.
 
-Whatever happens (failure, timeout, Ctrl-C), the VM ends up running on exactly one host: on the
+It drives any backend through the `Hypervisor`/`Migration`/`Domain` interface. Whatever
+happens (failure, timeout, Ctrl-C), the VM ends up running on exactly one host: on the
 destination after a completed migration, else back on the source.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from vmigrate.config import MigrationSpec
-from vmigrate.errors import HypervisorError, MigrationError
-from vmigrate.hypervisor.base import Domain, HypervisorEvent, MigrationStats
+from vmigrate.hypervisor.base import (
+    Domain,
+    Hypervisor,
+    HypervisorEvent,
+    Migration,
+    MigrationStats,
+    MigrationStatus,
+    RunState,
+)
+from vmigrate.hypervisor.plan import MigrationPlan
 from vmigrate.migration.stall import StallDetector
-from vmigrate.migration.strategy import MigrationPlan, plan_for, with_auto_converge
+from vmigrate.migration.strategy import throttle_of
 
-CANCEL_WAIT_S = 15.0
+log = logging.getLogger(__name__)
+
 RESUME_WAIT_S = 15.0
+
+
+class Outcome(StrEnum):
+    """How a migration ended."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
 
 
 class MigrationObserver(Protocol):
@@ -45,7 +64,7 @@ class MigrationRecord:
     """What happened: outcome, times, the last counters, every poll and every event."""
 
     strategy: str
-    outcome: str = "failed"  # completed | failed | cancelled | timeout
+    outcome: Outcome = Outcome.FAILED
     error: str | None = None
     started_ns: int = 0
     completed_ns: int | None = None
@@ -53,22 +72,24 @@ class MigrationRecord:
     paused_ns: int | None = None
     resumed_ns: int | None = None
     final: MigrationStats | None = None
-    source_state_after: str | None = None
+    source_state_after: RunState | None = None
     stall_detected: bool = False
+    switched_to_postcopy: bool = False
     disk_copy_bytes: int = 0
     attempts: int = 1
     earlier_attempts_bytes: int = 0  # what cancelled attempts sent before the last one began
     actions: list[tuple[int, str]] = field(
         default_factory=list
-    )  # (t_ns, what the orchestrator did)
+    )  # (t_ns, what the orchestrator or the backend did)
     samples: list[ProgressSample] = field(default_factory=list)
     events: list[HypervisorEvent] = field(default_factory=list)
+    destination: Domain | None = field(default=None, repr=False)  # the last attempt's
 
     @property
     def total_time_s(self) -> float | None:
         """Hypervisor-reported total time; for cold, from the pause to the resume; for a
         restarted migration, from the first attempt's start to the completion."""
-        if self.outcome != "completed":
+        if self.outcome != Outcome.COMPLETED:
             return None
         if self.paused_ns is not None and self.resumed_ns is not None:
             return (self.resumed_ns - self.paused_ns) / 1e9
@@ -81,7 +102,7 @@ class MigrationRecord:
     @property
     def downtime_reported_ms(self) -> float | None:
         """The hypervisor's pause; for cold the whole pause, timed from stop to resume."""
-        if self.outcome != "completed":
+        if self.outcome != Outcome.COMPLETED:
             return None
         if self.paused_ns is not None and self.resumed_ns is not None:
             return (self.resumed_ns - self.paused_ns) / 1e6
@@ -93,269 +114,255 @@ class MigrationRecord:
         last = self.final.transferred_bytes if self.final is not None else 0
         return self.earlier_attempts_bytes + last
 
+    def act(self, what: str) -> None:
+        self.actions.append((time.monotonic_ns(), what))
 
-async def _wait_state(domain: Domain, wanted: set[str], timeout_s: float) -> str:
+
+async def _wait_state(domain: Domain, wanted: set[RunState], timeout_s: float) -> RunState:
     """Poll until the domain is in one of `wanted` states (or gone); return the last state."""
     deadline = time.monotonic() + timeout_s
     state = await domain.run_state()
-    while state not in wanted and state != "gone" and time.monotonic() < deadline:
+    while state not in wanted and state != RunState.GONE and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
         state = await domain.run_state()
     return state
 
 
-RestartDestination = Callable[[], Awaitable[Domain]]
+class _Run:
+    """One migration being driven: the current attempt, its deadline and the record."""
 
+    def __init__(
+        self,
+        hypervisor: Hypervisor,
+        source: Domain,
+        job: Migration,
+        plan: MigrationPlan,
+        spec: MigrationSpec,
+        observer: MigrationObserver | None,
+        poll_interval_s: float,
+    ) -> None:
+        self.hypervisor = hypervisor
+        self.source = source
+        self.job = job
+        self.plan = plan
+        self.spec = spec
+        self.observer = observer
+        self.poll_interval_s = poll_interval_s
+        self.record = MigrationRecord(strategy=plan.strategy)
+        self.stall = StallDetector(spec.stall_iterations)
+        self.deadline_s = spec.timeout_s
+        self.attempt_started_ns = 0
+        self.active = False  # a job runs on the hypervisor and must be cancelled on the way out
 
-async def migrate(
-    source: Domain,
-    destination: Domain,
-    spec: MigrationSpec,
-    uri: str,
-    observer: MigrationObserver | None = None,
-    poll_interval_s: float = 0.1,
-    disk_copy_to: tuple[str, int] | None = None,
-    restart_destination: RestartDestination | None = None,
-) -> MigrationRecord:
-    """Move the VM from `source` to `destination` (started with `-incoming defer`) via `uri`.
+    async def start(self) -> None:
+        """Copy a non-shared disk, pause the VM for a cold migration, and start sending."""
+        self.record.disk_copy_bytes = await self.job.copy_storage(self.spec.timeout_s)
+        self.record.actions += self.job.drain_actions()
+        if not self.plan.live:
+            await self.source.pause()
+            self.record.paused_ns = time.monotonic_ns()
+        self.active = True
+        await self.job.start()
+        self.attempt_started_ns = time.monotonic_ns()
 
-    With `disk_copy_to` (address, port) — storage that is not shared — the disk is first
-    mirrored into an NBD export on the destination and kept in sync while the RAM moves.
-    `restart_destination` starts a fresh destination: on_stall = auto-converge needs one, since
-    QEMU takes capabilities only between migrations and an abandoned incoming QEMU is spent.
-    """
-    if spec.on_stall == "auto-converge" and restart_destination is None:
-        raise MigrationError(
-            "migration.on_stall = auto-converge needs a way to restart the destination"
-        )
-    plan = plan_for(spec)
-    record = MigrationRecord(strategy=plan.strategy)
-    mirroring = False
-    stall = StallDetector(spec.stall_iterations)
-    deadline_s = spec.timeout_s
-    active = False
-    try:
-        mirroring = disk_copy_to is not None
-        await _start(source, destination, plan, uri, disk_copy_to, record, spec.timeout_s)
-        record.started_ns = time.monotonic_ns()
-        active = True
-        attempt_started_ns = record.started_ns
+    async def follow(self) -> None:
+        """Poll until the job ends, switching to post-copy and acting on stalls on the way."""
+        record, spec = self.record, self.spec
         while True:
-            stats = await source.migration_stats()
+            stats = await self.job.stats()
             now = time.monotonic_ns()
             record.samples.append(ProgressSample(now, stats, record.attempts))
-            elapsed = (now - attempt_started_ns) / 1e9
-            if observer is not None:
-                observer.migration_progress((now - record.started_ns) / 1e9, stats)
-            if stats.status == "completed":
+            record.actions += self.job.drain_actions()
+            if self.observer is not None:
+                self.observer.migration_progress((now - record.started_ns) / 1e9, stats)
+            if stats.status == MigrationStatus.COMPLETED:
                 record.completed_ns = now
-                active = False
-                break
-            if stats.status in ("failed", "cancelled"):
-                active = False
-                record.outcome = stats.status
-                record.error = stats.error or f"migration {stats.status}"
-                break
-            if (
-                plan.postcopy_after_passes is not None
-                and stats.status == "active"
-                and stats.iterations > plan.postcopy_after_passes
-                and not any(action == "postcopy" for _, action in record.actions)
+                self.active = False
+                return
+            if stats.status in (MigrationStatus.FAILED, MigrationStatus.CANCELLED):
+                self.active = False
+                record.outcome = Outcome(stats.status.value)
+                record.error = stats.error or f"migration {stats.status.value}"
+                return
+            await self._maybe_switch_to_postcopy(stats)
+            timed_out = (now - self.attempt_started_ns) / 1e9 > self.deadline_s
+            if not (record.stall_detected or record.switched_to_postcopy) and (
+                self.stall.observe(stats) or timed_out
             ):
-                await source.start_postcopy()
-                record.actions.append((time.monotonic_ns(), "postcopy"))
-            timed_out = elapsed > deadline_s
-            switching = any(action == "postcopy" for _, action in record.actions)
-            if not (record.stall_detected or switching) and (stall.observe(stats) or timed_out):
                 record.stall_detected = True
-                why = "timeout" if timed_out and not stall.stalled else "no progress"
+                why = "timeout" if timed_out and not self.stall.stalled else "no progress"
                 record.actions.append((now, f"stall detected ({why})"))
                 if spec.on_stall == "fail":
-                    record.outcome = "failed"
                     record.error = (
                         f"stalled: remaining bytes did not shrink for {spec.stall_iterations} "
                         "passes (migration.on_stall = fail)"
                         if why == "no progress"
                         else f"stalled: not finished after {spec.timeout_s:g} s"
                     )
-                    await _cancel(source)
-                    active = False
-                    break
+                    await self.cancel()
+                    return
                 if spec.on_stall == "auto-converge":
-                    assert restart_destination is not None
-                    active = False
-                    await _cancel(source)
-                    if mirroring:
-                        await source.finish_disk_mirror(abort=True)
-                    record.events += destination.drain_events()
-                    await _roll_back(source, destination, record)
-                    record.earlier_attempts_bytes += stats.transferred_bytes
-                    destination = await restart_destination()
-                    plan = with_auto_converge(plan, spec)
-                    record.attempts += 1
-                    record.actions.append((time.monotonic_ns(), "restart with auto-converge"))
-                    await _start(
-                        source, destination, plan, uri, disk_copy_to, record, spec.timeout_s
-                    )
-                    active = True
-                    attempt_started_ns = time.monotonic_ns()
-                    deadline_s = spec.timeout_s  # the remedy gets its own time
+                    await self._restart_with_throttle(stats)
                     continue
-                if await _act_on_stall(source, spec, stats, record) and timed_out:
-                    deadline_s += spec.timeout_s  # the remedy gets its own time
+                if await self._act_on_stall(stats) and timed_out:
+                    self.deadline_s += spec.timeout_s  # the remedy gets its own time
                     timed_out = False
-            if timed_out and not switching:  # post-copy cannot be cancelled: it must finish
-                record.outcome = "timeout"
-                record.error = f"not finished after {deadline_s:g} s (migration.timeout_s)"
-                await _cancel(source)
-                active = False
-                break
-            await asyncio.sleep(poll_interval_s)
-        record.final = await source.migration_stats()
+            if timed_out and not record.switched_to_postcopy:  # post-copy must finish
+                record.outcome = Outcome.TIMEOUT
+                record.error = f"not finished after {self.deadline_s:g} s (migration.timeout_s)"
+                await self.cancel()
+                return
+            await asyncio.sleep(self.poll_interval_s)
+
+    async def _maybe_switch_to_postcopy(self, stats: MigrationStats) -> None:
+        after = self.plan.postcopy_after_passes
+        if (
+            after is not None
+            and stats.status == MigrationStatus.ACTIVE
+            and stats.iterations > after
+            and not self.record.switched_to_postcopy
+        ):
+            await self._switch_to_postcopy()
+
+    async def _switch_to_postcopy(self) -> None:
+        await self.job.switch_to_postcopy()
+        self.record.switched_to_postcopy = True
+        self.record.act("postcopy")
+
+    async def _act_on_stall(self, stats: MigrationStats) -> bool:
+        """Apply migration.on_stall = postcopy | raise-downtime; True when a remedy was applied."""
+        if self.spec.on_stall == "postcopy" and stats.status == MigrationStatus.ACTIVE:
+            await self._switch_to_postcopy()
+            return True
+        if self.spec.on_stall == "raise-downtime":
+            expected = stats.expected_downtime_ms or 0.0
+            limit = max(2 * self.spec.downtime_limit_ms, int(expected * 1.2))
+            await self.job.set_downtime_limit(limit)
+            self.record.act(f"raise-downtime {limit} ms")
+            return True
+        return False
+
+    async def _restart_with_throttle(self, stats: MigrationStats) -> None:
+        """on_stall = auto-converge: capabilities change only between migrations, so cancel
+        (the VM stays on the source), then start a fresh attempt with the throttle on."""
+        record = self.record
+        await self.cancel()
+        await self.job.conclude(completed=False)
+        record.events += self.job.destination.drain_events()
+        await self.roll_back()
+        record.earlier_attempts_bytes += stats.transferred_bytes
+        self.plan = self.plan.with_throttle(throttle_of(self.spec))
+        self.job = await self.hypervisor.prepare_migration(self.source, self.plan)
+        record.attempts += 1
+        record.act("restart with auto-converge")
+        await self.start()
+        self.deadline_s = self.spec.timeout_s  # the remedy gets its own time
+
+    async def cancel(self) -> None:
+        """Cancel the running job (the VM stays on the source)."""
+        self.active = False
+        await self.job.cancel()
+
+    async def finish(self) -> None:
+        """Keep the final counters, tidy the job, and check where the VM runs."""
+        record = self.record
+        record.final = await self.job.stats()
         if record.final.transferred_bytes == 0 and record.samples:
             # A cancelled migration reports no counters: keep the last ones it had.
             record.final = dataclasses.replace(
                 record.samples[-1].stats, status=record.final.status, error=record.final.error
             )
-        if mirroring:
-            await source.finish_disk_mirror(abort=record.completed_ns is None)
-            await destination.unexport_disk()
-            mirroring = False
-        if record.completed_ns is not None:
-            await _finish_on_destination(source, destination, record)
+        completed = record.completed_ns is not None
+        await self.job.conclude(completed)
+        record.actions += self.job.drain_actions()
+        if completed:
+            await self._check_destination()
         else:
-            await _roll_back(source, destination, record)
-    except BaseException as exc:
-        record.outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed"
+            await self.roll_back()
+
+    async def _check_destination(self) -> None:
+        """Make sure the VM runs on the destination (a cold migration resumes it there), and
+        no longer on the source."""
+        record, destination = self.record, self.job.destination
+        if record.paused_ns is not None:
+            wanted = {RunState.PAUSED, RunState.RUNNING}
+            if await _wait_state(destination, wanted, RESUME_WAIT_S) == RunState.PAUSED:
+                await destination.resume()
+            record.resumed_ns = time.monotonic_ns()
+        state = await _wait_state(destination, {RunState.RUNNING}, RESUME_WAIT_S)
+        record.source_state_after = await self.source.run_state()
+        if state != RunState.RUNNING:
+            record.outcome = Outcome.FAILED
+            record.error = f"destination is {state.value!r} after the migration completed"
+            await self.job.conclude(completed=False)
+            await self.roll_back()
+            return
+        if not record.source_state_after.handed_over:
+            record.outcome = Outcome.FAILED
+            record.error = (
+                f"source is {record.source_state_after.value!r} after the migration, not "
+                "handed over: the VM might run twice"
+            )
+            return
+        record.outcome = Outcome.COMPLETED
+
+    async def roll_back(self) -> None:
+        """After a migration that did not complete: keep (or get) the source running."""
+        state = await self.source.run_state()
+        if state in (RunState.PAUSED, RunState.MIGRATED, RunState.FINISHING):
+            await self.source.resume()
+        if self.record.paused_ns is not None and self.record.resumed_ns is None:
+            self.record.resumed_ns = time.monotonic_ns()
+
+    async def abandon(self, exc: BaseException) -> None:
+        """On an error or Ctrl-C: stop the job, drop the destination, resume the source; each
+        step is tried whatever the one before did, and what fails is logged."""
+        record = self.record
+        record.outcome = (
+            Outcome.CANCELLED if isinstance(exc, asyncio.CancelledError) else Outcome.FAILED
+        )
         record.error = record.error or str(exc) or type(exc).__name__
-        with contextlib.suppress(Exception):
-            if active:
-                await _cancel(source)
-            if mirroring:
-                await source.finish_disk_mirror(abort=True)
-            await _roll_back(source, destination, record)
+        if self.active:
+            try:
+                await self.cancel()
+            except Exception as error:
+                log.warning("after a failed migration, cancelling: %s", error)
+        try:
+            await self.job.conclude(completed=False)
+        except Exception as error:
+            log.warning("after a failed migration, dropping the destination: %s", error)
+        try:
+            await self.roll_back()
+        except Exception as error:
+            log.warning("after a failed migration, resuming the source: %s", error)
+
+
+async def migrate(
+    hypervisor: Hypervisor,
+    source: Domain,
+    job: Migration,
+    plan: MigrationPlan,
+    spec: MigrationSpec,
+    observer: MigrationObserver | None = None,
+    poll_interval_s: float = 0.1,
+) -> MigrationRecord:
+    """Move the VM from `source` with the prepared `job` (from `hypervisor.prepare_migration`
+    with `plan`); `spec` says how long to wait and what to do on a stall. The hypervisor
+    prepares a fresh attempt when on_stall = auto-converge restarts the migration."""
+    run = _Run(hypervisor, source, job, plan, spec, observer, poll_interval_s)
+    record = run.record
+    try:
+        await run.start()
+        record.started_ns = time.monotonic_ns()
+        await run.follow()
+        await run.finish()
+    except BaseException as exc:
+        await run.abandon(exc)
         if not isinstance(exc, Exception):
             raise
     finally:
         record.ended_ns = time.monotonic_ns()
-        record.events += source.drain_events() + destination.drain_events()
+        record.destination = run.job.destination
+        record.events += source.drain_events() + run.job.destination.drain_events()
         record.events.sort(key=lambda e: e.t_ns)
     return record
-
-
-async def _start(
-    source: Domain,
-    destination: Domain,
-    plan: MigrationPlan,
-    uri: str,
-    disk_copy_to: tuple[str, int] | None,
-    record: MigrationRecord,
-    timeout_s: float,
-) -> None:
-    """Configure both ends, let the destination listen, copy the disk if it is not shared,
-    pause the VM for a cold migration, and start sending."""
-    await source.set_migration_capabilities(plan.capabilities)
-    await destination.set_migration_capabilities(plan.capabilities)
-    await source.set_migration_parameters(plan.source_parameters)
-    if plan.destination_parameters:
-        await destination.set_migration_parameters(plan.destination_parameters)
-    await destination.accept_migration(uri)
-    if disk_copy_to is not None:
-        await _copy_disk(source, destination, disk_copy_to, record, timeout_s)
-    if plan.pause_first:
-        await source.pause()
-        record.paused_ns = time.monotonic_ns()
-    await source.start_migration(uri)
-
-
-async def _copy_disk(
-    source: Domain,
-    destination: Domain,
-    target: tuple[str, int],
-    record: MigrationRecord,
-    timeout_s: float,
-) -> None:
-    """Mirror the disk into the destination's NBD export until it is in sync (or time out)."""
-    await destination.export_disk(*target)
-    await source.start_disk_mirror(*target)
-    record.actions.append((time.monotonic_ns(), "disk mirror started"))
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ready, copied, total = await source.disk_mirror_progress()
-        record.disk_copy_bytes = copied
-        if ready:
-            record.actions.append((time.monotonic_ns(), "disk mirror ready"))
-            return
-        if time.monotonic() > deadline:
-            raise MigrationError(
-                f"the disk copy did not get in sync within {timeout_s:g} s "
-                f"({copied} of {total} bytes copied)"
-            )
-        await asyncio.sleep(0.1)
-
-
-async def _act_on_stall(
-    source: Domain, spec: MigrationSpec, stats: MigrationStats, record: MigrationRecord
-) -> bool:
-    """Apply migration.on_stall to a stalled migration; True when a remedy was applied."""
-    now = time.monotonic_ns()
-    if spec.on_stall == "postcopy" and stats.status == "active":
-        await source.start_postcopy()
-        record.actions.append((now, "postcopy"))
-        return True
-    if spec.on_stall == "raise-downtime":
-        expected = stats.expected_downtime_ms or 0.0
-        limit = max(2 * spec.downtime_limit_ms, int(expected * 1.2))
-        await source.set_migration_parameters({"downtime-limit": limit})
-        record.actions.append((now, f"raise-downtime {limit} ms"))
-        return True
-    return False
-
-
-async def _cancel(source: Domain) -> None:
-    """Cancel and wait until the source says the migration is over."""
-    await source.cancel_migration()
-    deadline = time.monotonic() + CANCEL_WAIT_S
-    while time.monotonic() < deadline:
-        stats = await source.migration_stats()
-        if stats.status in ("cancelled", "failed", "completed"):
-            return
-        await asyncio.sleep(0.05)
-    raise MigrationError(f"migration did not stop within {CANCEL_WAIT_S:g} s of migrate_cancel")
-
-
-async def _finish_on_destination(
-    source: Domain, destination: Domain, record: MigrationRecord
-) -> None:
-    """Make sure the VM runs on the destination; a cold migration resumes it there."""
-    if record.paused_ns is not None:
-        state = await _wait_state(destination, {"paused", "running"}, RESUME_WAIT_S)
-        if state == "paused":
-            await destination.resume()
-        record.resumed_ns = time.monotonic_ns()
-    state = await _wait_state(destination, {"running"}, RESUME_WAIT_S)
-    record.source_state_after = await source.run_state()
-    if state != "running":
-        record.outcome = "failed"
-        record.error = f"destination is {state!r} after the migration completed, not running"
-        await _roll_back(source, destination, record)
-        return
-    if record.source_state_after != "postmigrate":
-        record.outcome = "failed"
-        record.error = (
-            f"source is {record.source_state_after!r} after the migration, not postmigrate: "
-            "the VM might run twice"
-        )
-        return
-    record.outcome = "completed"
-
-
-async def _roll_back(source: Domain, destination: Domain, record: MigrationRecord) -> None:
-    """After a migration that did not complete: drop the destination, keep the source running."""
-    with contextlib.suppress(HypervisorError):
-        await destination.shutdown()
-    state = await source.run_state()
-    if state in ("paused", "postmigrate", "finish-migrate"):
-        await source.resume()
-    if record.paused_ns is not None and record.resumed_ns is None:
-        record.resumed_ns = time.monotonic_ns()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmigrate.hypervisor.base import MigrationStats
+from vmigrate.hypervisor.base import MigrationStats, MigrationStatus
 
 MIN_IMPROVEMENT = 0.05  # a pass must leave 5% less than the best one to count as progress
 
@@ -25,7 +25,7 @@ class StallDetector:
     stalled: bool = False
 
     def observe(self, stats: MigrationStats) -> bool:
-        if stats.status != "active" or stats.iterations <= self.last_pass:
+        if stats.status != MigrationStatus.ACTIVE or stats.iterations <= self.last_pass:
             return self.stalled
         self.last_pass = stats.iterations
         if stats.iterations < 2:

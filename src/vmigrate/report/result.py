@@ -86,7 +86,8 @@ def build_result(
             {
                 "t_s": _round((e.t_ns - t0_ns) / 1e9, 6),
                 "host": e.host,
-                "event": e.name,
+                "event": e.kind.value,
+                "name": e.name,
                 "data": e.data,
             }
             for e in record.events

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from vmigrate.hypervisor.base import MigrationStats
+from vmigrate.hypervisor.base import MigrationStats, MigrationStatus
 from vmigrate.migration.preflight import Check
 
 MIB = 1024 * 1024
@@ -48,9 +48,10 @@ class TerminalObserver:
         dirty_mib_s = stats.dirty_pages_rate * stats.page_size_bytes / MIB
         detail = (
             f"{stats.remaining_bytes / MIB:.0f} MiB left · pass {stats.iterations} · "
-            f"dirty {dirty_mib_s:.0f} MiB/s · {stats.throughput_mbit_s:.0f} Mbit/s · {stats.status}"
+            f"dirty {dirty_mib_s:.0f} MiB/s · {stats.throughput_mbit_s:.0f} Mbit/s · "
+            f"{stats.status.value}"
         )
-        done = 100.0 if stats.status == "completed" else stats.percent_sent
+        done = 100.0 if stats.status == MigrationStatus.COMPLETED else stats.percent_sent
         self._progress.update(self._task, completed=done, detail=detail)
 
     def _stop_bar(self) -> None:

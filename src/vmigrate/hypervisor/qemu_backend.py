@@ -1,0 +1,113 @@
+"""The QEMU backend: vmigrate starts one qemu-system process per host itself (in the host's
+namespace) and drives both ends over QMP."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from vmigrate.errors import HypervisorError
+from vmigrate.hypervisor.base import Backend, Domain, HostPlace, Hypervisor, Migration, VmConfig
+from vmigrate.hypervisor.plan import MigrationPlan
+from vmigrate.hypervisor.qemu import QemuDomain
+from vmigrate.hypervisor.qemu_migration import DiskMirror, QemuMigration
+
+log = logging.getLogger(__name__)
+
+MIGRATION_PORT = 4444
+NBD_PORT = 10809
+
+
+class QemuHypervisor(Hypervisor):
+    """QEMU on the source and destination hosts of the testbed.
+
+    `on_start(pid, label)` / `on_exit(pid)` record each QEMU process the moment it exists and
+    once it is gone (the testbed's state file); `destination_disk()`, for storage that is not
+    shared, gives the destination a fresh empty disk (its path) before each attempt.
+    """
+
+    backend = Backend.QEMU
+
+    def __init__(
+        self,
+        source: HostPlace,
+        destination: HostPlace,
+        log_dir: Path,
+        socket_dir: Path,
+        on_start: Callable[[int, str], None],
+        on_exit: Callable[[int], None],
+        destination_disk: Callable[[], str] | None = None,
+    ) -> None:
+        self.places = {"source": source, "destination": destination}
+        self.log_dir = log_dir
+        self.socket_dir = socket_dir
+        self.on_start = on_start
+        self.on_exit = on_exit
+        self.destination_disk = destination_disk
+        self.config: VmConfig | None = None
+        self.domains: list[QemuDomain] = []
+        self._version = ""
+
+    async def _launch(self, role: str, config: VmConfig, incoming: str | None) -> QemuDomain:
+        place = self.places[role]
+        domain = await QemuDomain.launch(
+            host_role=role,
+            netns=place.netns,
+            tap=place.tap,
+            config=config,
+            log_dir=self.log_dir,
+            socket_dir=self.socket_dir,
+            incoming=incoming,
+            on_start=lambda pid: self.on_start(pid, f"qemu-{role}"),
+            on_exit=self.on_exit,
+            cpu_ceiling=place.cpu_ceiling,
+        )
+        self.domains.append(domain)
+        return domain
+
+    async def boot(self, config: VmConfig) -> Domain:
+        self.config = config
+        domain = await self._launch("source", config, None)
+        self._version = await domain.version()
+        return domain
+
+    async def prepare_migration(self, source: Domain, plan: MigrationPlan) -> Migration:
+        """Start QEMU on the destination with `-incoming defer` (a fresh one each attempt: an
+        abandoned incoming QEMU is spent) and configure both ends."""
+        if self.config is None or not isinstance(source, QemuDomain):
+            raise HypervisorError("the QEMU backend migrates only a VM it booted itself")
+        config = self.config
+        if plan.copy_storage:
+            if self.destination_disk is None:
+                raise HypervisorError("storage that is not shared needs a destination disk")
+            config = dataclasses.replace(config, disk_url=self.destination_disk())
+        destination = await self._launch("destination", config, "defer")
+        address = self.places["destination"].ip
+        mirror = DiskMirror(source, destination, address, NBD_PORT) if plan.copy_storage else None
+        migration = QemuMigration(
+            source, destination, plan, f"tcp:{address}:{MIGRATION_PORT}", mirror
+        )
+        try:
+            await migration.configure()
+        except BaseException:
+            await destination.shutdown()
+            raise
+        return migration
+
+    def listen_ports(self, plan: MigrationPlan) -> dict[str, int]:
+        ports = {"migration": MIGRATION_PORT}
+        if plan.copy_storage:
+            ports["nbd"] = NBD_PORT
+        return ports
+
+    async def versions(self) -> dict[str, str]:
+        return {"qemu_version": self._version}
+
+    async def close(self) -> None:
+        for domain in reversed(self.domains):
+            try:
+                await domain.shutdown()
+            except Exception as exc:  # every VM gets its turn, whatever the one before did
+                log.warning("stopping QEMU on %s: %s", domain.host_role, exc)

@@ -1,0 +1,219 @@
+"""A migration between two QEMU processes over QMP: the plan in QMP's terms (capabilities on
+both ends, parameters), the disk mirror for storage that is not shared, and the job itself."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from vmigrate.errors import HypervisorError, MigrationError
+from vmigrate.hypervisor.base import Migration, MigrationStats
+from vmigrate.hypervisor.plan import MigrationPlan
+from vmigrate.hypervisor.qemu import COMMAND_TIMEOUT_S, DISK_ID, QemuDomain
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+# QEMU's default max-bandwidth is 128 MiB/s; "only the link limits" lifts it to this.
+UNLIMITED_BYTES_S = 100 * 1024 * MIB
+EXPORT_ID = "vmigrate-disk"
+MIRROR_TARGET = "vmigrate-mirror-target"
+MIRROR_JOB = "vmigrate-mirror"
+CANCEL_WAIT_S = 15.0
+
+
+def qmp_settings(
+    plan: MigrationPlan,
+) -> tuple[dict[str, bool], dict[str, Any], dict[str, Any]]:
+    """The plan as QMP capabilities (both ends), source parameters, destination parameters."""
+    caps: dict[str, bool] = {"events": True}
+    source: dict[str, Any] = {
+        "downtime-limit": plan.downtime_limit_ms,
+        "max-bandwidth": plan.max_bandwidth_bytes_s or UNLIMITED_BYTES_S,
+    }
+    both: dict[str, Any] = {}
+    if plan.postcopy:
+        caps["postcopy-ram"] = True
+    if plan.throttle is not None:
+        caps["auto-converge"] = True
+        source["cpu-throttle-initial"] = plan.throttle.initial_pct
+        source["cpu-throttle-increment"] = plan.throttle.increment_pct
+    if plan.xbzrle_cache_bytes is not None:
+        caps["xbzrle"] = True
+        source["xbzrle-cache-size"] = plan.xbzrle_cache_bytes
+    if plan.multifd is not None:
+        caps["multifd"] = True
+        both["multifd-channels"] = plan.multifd.channels
+        both["multifd-compression"] = plan.multifd.compression
+    return caps, {**source, **both}, both
+
+
+class DiskMirror:
+    """Non-shared storage: the destination serves its empty disk over NBD, the source mirrors
+    its disk into it and — once in sync — keeps every write going to both (write-blocking),
+    so the copy is complete the moment the VM stops (as libvirt's --copy-storage-all does)."""
+
+    def __init__(self, source: QemuDomain, destination: QemuDomain, address: str, port: int):
+        self.source = source
+        self.destination = destination
+        self.address = address
+        self.port = port
+
+    async def start(self) -> None:
+        """Export the destination's disk, then mirror the source's into it."""
+        node = await _disk_node(self.destination)
+        server = {"type": "inet", "data": {"host": self.address, "port": str(self.port)}}
+        await self.destination.execute("nbd-server-start", {"addr": server})
+        await self.destination.execute(
+            "block-export-add",
+            {"type": "nbd", "id": EXPORT_ID, "node-name": node, "name": DISK_ID,
+             "writable": True},
+        )  # fmt: skip
+        await self.source.execute(
+            "blockdev-add",
+            {"driver": "nbd", "node-name": MIRROR_TARGET, "export": DISK_ID,
+             "server": {"type": "inet", "host": self.address, "port": str(self.port)}},
+        )  # fmt: skip
+        await self.source.execute(
+            "blockdev-mirror",
+            {"job-id": MIRROR_JOB, "device": DISK_ID, "target": MIRROR_TARGET,
+             "sync": "full", "copy-mode": "write-blocking"},
+        )  # fmt: skip
+
+    async def progress(self) -> tuple[bool, int, int]:
+        """(ready = copied and now in sync, bytes copied, bytes to copy)."""
+        for job in await self.source.execute("query-block-jobs"):
+            if job.get("device") == MIRROR_JOB:
+                return bool(job.get("ready")), int(job["offset"]), int(job["len"])
+        raise HypervisorError(f"QEMU on {self.source.host_role} has no disk mirror job")
+
+    async def finish(self, abort: bool) -> None:
+        """End the mirror (cancelling a ready mirror completes it without pivoting: the
+        target has it all), then stop the export; idempotent, each step tried regardless."""
+        try:
+            await self._end_job(abort)
+        except HypervisorError as exc:
+            log.warning("ending the disk mirror: %s", exc)
+        for domain, command, arguments in (
+            (self.source, "blockdev-del", {"node-name": MIRROR_TARGET}),
+            (self.destination, "block-export-del", {"id": EXPORT_ID}),
+            (self.destination, "nbd-server-stop", None),
+        ):
+            if domain.process.poll() is None and not domain.released:
+                try:
+                    await domain.execute(command, arguments)
+                except HypervisorError as exc:
+                    log.info("disk mirror teardown, %s: %s", command, exc)
+
+    async def _end_job(self, abort: bool) -> None:
+        if self.source.released:
+            return
+        if not await self._job_exists():
+            return
+        await self.source.execute("block-job-cancel", {"device": MIRROR_JOB, "force": abort})
+        deadline = time.monotonic() + COMMAND_TIMEOUT_S
+        while time.monotonic() < deadline and await self._job_exists():
+            await asyncio.sleep(0.05)
+
+    async def _job_exists(self) -> bool:
+        jobs = await self.source.execute("query-block-jobs")
+        return any(job.get("device") == MIRROR_JOB for job in jobs)
+
+
+async def _disk_node(domain: QemuDomain) -> str:
+    """The node name of the VM disk's top node (the format node of -drive id=disk0)."""
+    for device in await domain.execute("query-block"):
+        if device.get("device") == DISK_ID and "inserted" in device:
+            return str(device["inserted"]["node-name"])
+    raise HypervisorError(f"QEMU on {domain.host_role} has no disk {DISK_ID!r}")
+
+
+class QemuMigration(Migration):
+    """One attempt: QEMU on the destination was started with `-incoming defer`; it listens
+    only once both ends are configured (multifd and post-copy need that order)."""
+
+    destination: QemuDomain
+
+    def __init__(
+        self,
+        source: QemuDomain,
+        destination: QemuDomain,
+        plan: MigrationPlan,
+        uri: str,
+        mirror: DiskMirror | None,
+    ) -> None:
+        self.source = source
+        self.destination = destination
+        self.plan = plan
+        self.uri = uri
+        self.mirror = mirror
+        self._actions: list[tuple[int, str]] = []
+        self._mirroring = False
+
+    async def configure(self) -> None:
+        """Set capabilities and parameters on both ends, then let the destination listen."""
+        caps, source_params, destination_params = qmp_settings(self.plan)
+        await self.source.set_migration_capabilities(caps)
+        await self.destination.set_migration_capabilities(caps)
+        await self.source.set_migration_parameters(source_params)
+        if destination_params:
+            await self.destination.set_migration_parameters(destination_params)
+        await self.destination.accept_migration(self.uri)
+
+    async def copy_storage(self, timeout_s: float) -> int:
+        """Mirror the disk until it is in sync; the bytes copied.
+
+        :raise MigrationError: not in sync within `timeout_s`."""
+        if self.mirror is None:
+            return 0
+        self._mirroring = True
+        await self.mirror.start()
+        self._actions.append((time.monotonic_ns(), "disk mirror started"))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ready, copied, total = await self.mirror.progress()
+            if ready:
+                self._actions.append((time.monotonic_ns(), "disk mirror ready"))
+                return copied
+            if time.monotonic() > deadline:
+                raise MigrationError(
+                    f"the disk copy did not get in sync within {timeout_s:g} s "
+                    f"({copied} of {total} bytes copied)"
+                )
+            await asyncio.sleep(0.1)
+
+    async def start(self) -> None:
+        await self.source.start_migration(self.uri)
+
+    async def stats(self) -> MigrationStats:
+        return await self.source.migration_stats()
+
+    async def switch_to_postcopy(self) -> None:
+        await self.source.start_postcopy()
+
+    async def set_downtime_limit(self, limit_ms: int) -> None:
+        await self.source.set_migration_parameters({"downtime-limit": limit_ms})
+
+    async def cancel(self) -> None:
+        await self.source.cancel_migration()
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while time.monotonic() < deadline:
+            if (await self.source.migration_stats()).finished:
+                return
+            await asyncio.sleep(0.05)
+        raise HypervisorError(
+            f"the migration did not stop within {CANCEL_WAIT_S:g} s of migrate_cancel"
+        )
+
+    def drain_actions(self) -> list[tuple[int, str]]:
+        actions, self._actions = self._actions, []
+        return actions
+
+    async def conclude(self, completed: bool) -> None:
+        if self._mirroring and self.mirror is not None:
+            self._mirroring = False
+            await self.mirror.finish(abort=not completed)
+        if not completed:
+            await self.destination.shutdown()
