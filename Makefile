@@ -25,7 +25,8 @@ $(UV):
 	python3 -m venv .tools && .tools/bin/pip install --quiet uv
 
 venv: | $(UV)
-	@$(UV) sync --frozen --quiet
+	@$(UV) sync --frozen --quiet || { pkg-config --exists libvirt || echo "venv: libvirt-python \
+	builds against libvirt-dev, which is missing: run \`sudo make host\` first"; exit 1; }
 	@echo "setup: .venv ok ($(BIN)/vmigrate)"
 
 image: host venv

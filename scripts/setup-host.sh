@@ -11,6 +11,22 @@ PACKAGES=(
   iproute2                                      # namespaces, bridges, veth, tap, tbf
   procps iputils-ping                           # ps and ping, for humans and tests
   chromium fonts-dejavu-core                    # headless browser: report.html tests
+  pkg-config python3-dev                        # build libvirt-python from its sdist
+)
+# The libvirt backend: libvirtd with its QEMU driver (no libvirt-daemon-system: it would install
+# and enable the system units), virsh, and the headers libvirt-python builds against. On Debian
+# 12 they come from bookworm-backports, like QEMU (libvirt 9.0 passes QEMU 10 the removed
+# -no-acpi and refuses multifd zstd). Every package that pins the exact libvirt version is
+# listed, so that apt takes exactly these from backports and everything else (systemd!) from
+# the release itself.
+LIBVIRT_PACKAGES=(
+  libvirt0 libvirt-common libvirt-daemon-common libvirt-daemon-log
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
+)
+MIN_LIBVIRT=11.0
+LIBVIRT_UNITS=(
+  libvirtd.service libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket
+  virtlogd.service virtlogd.socket virtlogd-admin.socket libvirt-guests.service
 )
 # QEMU >= 9: QEMU 7.2 (Debian 12's own) loses guest writes when it live-migrates a TCG guest
 # (fixed upstream in 9.0). On Debian 12 these come from bookworm-backports.
@@ -42,6 +58,16 @@ qemu_too_old() {
   [ -z "$version" ] || dpkg --compare-versions "$version" lt "$MIN_QEMU"
 }
 
+libvirt_needed() {  # a libvirt package is missing, or (on bookworm) older than backports'
+  local pkg status version
+  for pkg in "${LIBVIRT_PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    [ "$status" = "install ok installed" ] || return 0
+  done
+  version=$(dpkg-query -W -f='${Version}' libvirt-daemon 2>/dev/null || true)
+  [ "$codename" = bookworm ] && dpkg --compare-versions "$version" lt "$MIN_LIBVIRT"
+}
+
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
@@ -49,9 +75,11 @@ for pkg in "${PACKAGES[@]}"; do
 done
 
 # The guest image build resolves the kernel package through apt's lists: make sure they exist.
-if [ ${#missing[@]} -gt 0 ] || [ "$refresh" = 1 ] || qemu_too_old \
+if [ ${#missing[@]} -gt 0 ] || [ "$refresh" = 1 ] || qemu_too_old || libvirt_needed \
    || ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
-  echo "setup-host: installing ${missing[*]:-nothing new}"
+  news=("${missing[@]}")
+  libvirt_needed && news+=(libvirt)
+  echo "setup-host: installing ${news[*]:-nothing new}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   # policy-rc.d 101: packages must not start their daemons (rpcbind!) in the root namespace.
@@ -66,6 +94,15 @@ if [ ${#missing[@]} -gt 0 ] || [ "$refresh" = 1 ] || qemu_too_old \
     qemu_too_old && apt-get install -y -q --no-install-recommends -t bookworm-backports \
       "${BACKPORTS_PACKAGES[@]}"
   fi
+  if libvirt_needed; then
+    suffix=
+    [ "$codename" = bookworm ] && suffix=/bookworm-backports
+    apt-get install -y -q --no-install-recommends "${LIBVIRT_PACKAGES[@]/%/$suffix}"
+    # The packages enable their units: at the next boot a libvirtd would start in the root
+    # namespace. vmigrate runs its own, one per testbed host. (`systemctl enable` them to
+    # have the machine's own libvirtd.)
+    systemctl disable --quiet "${LIBVIRT_UNITS[@]}" 2>/dev/null || true
+  fi
   if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${missing[@]}"
   fi
@@ -74,4 +111,13 @@ if qemu_too_old; then
   echo "setup-host: QEMU $(dpkg-query -W -f='${Version}' qemu-system-x86) is older than 9.0:" \
        "live migration under TCG would lose guest writes (vmigrate pads guest RAM to avoid it)"
 fi
+# libvirtd wants its QEMU user even when configured to run QEMU as root; Debian's
+# libvirt-daemon-driver-qemu creates it, this is for a machine where it went missing. The
+# directories are the mount points of each testbed daemon's own (bind-mounted) copies.
+if ! getent passwd libvirt-qemu >/dev/null; then
+  getent group kvm >/dev/null || groupadd --system kvm
+  useradd --system --no-create-home --home-dir /var/lib/libvirt --shell /usr/sbin/nologin \
+    --gid kvm libvirt-qemu
+fi
+mkdir -p /etc/libvirt /var/lib/libvirt /var/log/libvirt/qemu /var/cache/libvirt
 echo "setup-host: system packages ok"

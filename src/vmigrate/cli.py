@@ -112,13 +112,16 @@ def testbed_up(
     bandwidth_mbit: Annotated[
         float, typer.Option(help="rate of every host's link (tbf), Mbit/s", min=0.001)
     ] = 1000.0,
+    libvirt: Annotated[
+        bool, typer.Option("--libvirt", help="also run a libvirtd on each hypervisor host")
+    ] = False,
 ) -> None:
     """Create the hosts (namespaces), the switch, the shaped links and the NFS server."""
     from vmigrate.testbed.testbed import Testbed
 
     def body() -> None:
         testbed = Testbed(name)
-        testbed.up(bandwidth_mbit, lambda s: console.print(f"[cyan]•[/cyan] {s}"))
+        testbed.up(bandwidth_mbit, lambda s: console.print(f"[cyan]•[/cyan] {s}"), libvirt)
         _print_status(testbed.status())
 
     guarded(body)
@@ -165,6 +168,8 @@ def _print_status(status: dict[str, Any]) -> None:
     for proc in status["processes"]:
         alive = "alive" if proc["alive"] else "[red]gone[/red]"
         console.print(f"  process {proc['label']} pid {proc['pid']}: {alive}")
+    for role, uri in status.get("libvirt", {}).items():
+        console.print(f"  libvirt {role}: {uri}", soft_wrap=True)
 
 
 def _default_out(name: str) -> Path:

@@ -66,8 +66,14 @@ class NetworkSpec(_Section):
 
 
 class HostsSpec(_Section):
-    """The hypervisor hosts: the CPU each offers (a ceiling stands in for an older host)."""
+    """The hypervisor hosts: which engine runs the VM, and the CPU each host offers (a ceiling
+    stands in for an older host)."""
 
+    backend: Literal["qemu", "libvirt"] = Field(
+        "qemu",
+        description="qemu: vmigrate starts QEMU itself and drives it over QMP; libvirt: one "
+        "libvirtd per host runs the VM and migrates it peer-to-peer",
+    )
     source_cpu: str = Field(
         "",
         description="CPU ceiling of the source host: a QEMU CPU model (Skylake-Client-v4); "
@@ -76,6 +82,15 @@ class HostsSpec(_Section):
     destination_cpu: str = Field(
         "", description="CPU ceiling of the destination host (Westmere); empty: no ceiling"
     )
+
+    @model_validator(mode="after")
+    def _ceilings_need_qemu(self) -> HostsSpec:
+        if self.backend == "libvirt" and (self.source_cpu or self.destination_cpu):
+            raise ValueError(
+                "hosts.source_cpu / destination_cpu (CPU ceilings) are emulated by the qemu "
+                "backend only; with hosts.backend = 'libvirt' remove them"
+            )
+        return self
 
     def cpu(self, role: str) -> str:
         """The CPU ceiling of hypervisor host `role` ("source" or "destination")."""

@@ -1,13 +1,15 @@
 """`vmigrate doctor`: is this machine able to run the testbed? Each finding names its fix.
 
 Kernel features are tried for real (a throwaway namespace with a bridge, a tap and a tbf
-qdisc), not inferred from file names.
+qdisc), and so is libvirtd (a throwaway daemon in private mount and network namespaces), not
+inferred from file names.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +137,45 @@ def _qemu_version() -> Finding:
     )
 
 
+LIBVIRT_FIX = "make setup (libvirt 11 from bookworm-backports, libvirt-python in .venv)"
+#: libvirt 9.0 (Debian 12's own) passes QEMU 10 the removed -no-acpi and refuses multifd zstd.
+MIN_LIBVIRT = (11, 0)
+
+
+def _libvirt_versions() -> Finding:
+    """libvirt's library (as libvirt-python loads it) and libvirtd: present, and >= 11.0."""
+    from vmigrate.errors import VmigrateError
+    from vmigrate.testbed import libvirtd
+
+    name = "libvirt (library, libvirtd)"
+    try:
+        library = libvirtd.library_version()
+        daemon = libvirtd.daemon_version()
+    except (VmigrateError, OSError, subprocess.SubprocessError) as exc:
+        return Finding(name, False, str(exc).split(":")[0], fix=LIBVIRT_FIX, required=False)
+    numbers = tuple(int(x) for x in daemon.split(".")[:2] if x.isdigit())
+    ok = numbers >= MIN_LIBVIRT and library.split(".")[:2] == daemon.split(".")[:2]
+    detail = f"library {library}, libvirtd {daemon}"
+    if numbers < MIN_LIBVIRT:
+        detail += ": too old for QEMU 10 (-no-acpi, multifd zstd)"
+    elif not ok:
+        detail += ": different versions"
+    return Finding(name, ok, detail, fix=LIBVIRT_FIX, required=False)
+
+
+def _libvirtd_starts() -> Finding:
+    """A throwaway libvirtd really starts (private mount and network namespaces) and answers."""
+    from vmigrate.testbed import libvirtd
+
+    try:
+        detail = libvirtd.probe()
+    except Exception as exc:  # TestbedError with its log; libvirtError, OSError: all a "no"
+        lines = str(exc).strip().splitlines()
+        detail = lines[0] + (f" … {lines[-1].strip()}" if len(lines) > 1 else "")
+        return Finding("libvirtd starts", False, detail, fix=LIBVIRT_FIX, required=False)
+    return Finding("libvirtd starts", True, detail, required=False)
+
+
 def _guest_image() -> Finding:
     from vmigrate.guest.image import load_cached_image
 
@@ -170,6 +211,10 @@ def diagnose() -> list[Finding]:
     ]
     if os.geteuid() == 0 and shutil.which("ip") and shutil.which("tc"):
         findings.append(_kernel_networking())
+    libvirt = _libvirt_versions()
+    findings.append(libvirt)
+    if libvirt.ok and os.geteuid() == 0:
+        findings.append(_libvirtd_starts())
     findings.append(_kvm())
     findings.append(_guest_image())
     return findings

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,8 +32,9 @@ from vmigrate.errors import (
 from vmigrate.guest import agent_client
 from vmigrate.guest.image import GuestImage, build_image, kernel_cmdline
 from vmigrate.hypervisor.accel import resolve_accel
-from vmigrate.hypervisor.base import Domain, HostPlace, Hypervisor, RunState, VmConfig
+from vmigrate.hypervisor.base import Backend, Domain, HostPlace, Hypervisor, RunState, VmConfig
 from vmigrate.hypervisor.cpu import load_catalog
+from vmigrate.hypervisor.libvirt_backend import LibvirtHost, LibvirtHypervisor
 from vmigrate.hypervisor.plan import MigrationPlan
 from vmigrate.hypervisor.qemu_backend import QemuHypervisor
 from vmigrate.measure.client import ClientProcess, start_load, start_probe
@@ -46,8 +48,12 @@ from vmigrate.migration.strategy import plan_for
 from vmigrate.proc import run
 from vmigrate.report.html import render_report
 from vmigrate.report.result import build_result, write_result
+from vmigrate.runlog import run_log
+from vmigrate.testbed.libvirtd import IMAGES_DIR
 from vmigrate.testbed.netns import call_in_netns
 from vmigrate.testbed.testbed import Testbed
+
+log = logging.getLogger(__name__)
 
 BOOT_TIMEOUT_S = 120.0
 DISK_SIZE = "256M"
@@ -226,7 +232,10 @@ class Experiment:
             ctx.preflight.skipped = self.skip_preflight
             owns_testbed = not testbed.is_healthy()
             await asyncio.to_thread(
-                testbed.up, scenario.network.bandwidth_mbit, self.observer.stage
+                testbed.up,
+                scenario.network.bandwidth_mbit,
+                self.observer.stage,
+                self._libvirt,
             )
             self._start_sampler()
             disks = self._create_disks()
@@ -369,6 +378,21 @@ class Experiment:
     def _hypervisor(self, disks: dict[str, Path]) -> Hypervisor:
         """The backend that runs this scenario's VM on the testbed's hypervisor hosts."""
         testbed = self.ctx.testbed
+        if self._libvirt:
+
+            def libvirt_host(role: str) -> LibvirtHost:
+                return LibvirtHost(
+                    role,
+                    uri=testbed.libvirt_uri(role),
+                    peer_uri=testbed.libvirt_tcp_uri(role),
+                    migration_uri=testbed.libvirt_migration_uri(role),
+                    root=testbed.libvirt_root(role),
+                    tap=testbed.hosts[role].tap or "",
+                )
+
+            return LibvirtHypervisor(
+                libvirt_host("source"), libvirt_host("destination"), self.ctx.out_dir
+            )
 
         def place(role: str) -> HostPlace:
             host = testbed.hosts[role]
@@ -447,6 +471,8 @@ class Experiment:
         name = f"{self.ctx.scenario.name}-{stamp}-{os.getpid()}.qcow2"
         if self.ctx.scenario.storage.mode == "shared-nfs":
             places = {"source": testbed.export_dir}
+        elif self._libvirt:
+            places = {r: testbed.libvirt_images_dir(r) for r in ("source", "destination")}
         else:
             places = {role: testbed.local_disk_dir(role) for role in ("source", "destination")}
         disks = {}
@@ -456,6 +482,17 @@ class Experiment:
             testbed.state.add_path(disks[role])
             create_disk(disks[role])
         return disks
+
+    @property
+    def _libvirt(self) -> bool:
+        return Backend(self.ctx.scenario.hosts.backend) == Backend.LIBVIRT
+
+    def _disk_url(self, disk: Path) -> str:
+        """How the hypervisor opens `disk`: over NFS, or as a local file (under libvirt at the
+        path its daemons see, the same on every host)."""
+        if self.ctx.scenario.storage.mode == "shared-nfs":
+            return self.ctx.testbed.nfs_url(disk)
+        return f"{IMAGES_DIR}/{disk.name}" if self._libvirt else str(disk)
 
     def _vm_config(self, image: GuestImage, disk: Path) -> VmConfig:
         scenario, testbed = self.ctx.scenario, self.ctx.testbed
@@ -471,7 +508,7 @@ class Experiment:
             kernel=image.kernel,
             initrd=image.initrd,
             kernel_cmdline=guest_cmdline(scenario, testbed.guest_ip),
-            disk_url=testbed.nfs_url(disk) if scenario.storage.mode == "shared-nfs" else str(disk),
+            disk_url=self._disk_url(disk),
             mac=testbed.guest_mac,
         )
 
@@ -559,11 +596,14 @@ class Experiment:
 
     @staticmethod
     async def _where_is_it(source: Domain, destination: Domain) -> str:
-        """Which host runs the VM now (by the hypervisors' own word)."""
-        if await destination.run_state() == RunState.RUNNING:
-            return "destination"
-        if await source.run_state() == RunState.RUNNING:
-            return "source"
+        """Which host runs the VM now (by the hypervisors' own word; a host whose hypervisor
+        does not answer any more does not run it, as far as anyone can tell)."""
+        for role, domain in (("destination", destination), ("source", source)):
+            try:
+                if await domain.run_state() == RunState.RUNNING:
+                    return role
+            except HypervisorError as exc:
+                log.warning("asking the %s where the VM runs: %s", role, exc)
         return "none"
 
 
@@ -577,11 +617,14 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run one scenario to its result document (also written to out_dir/result.json)."""
     experiment = Experiment(scenario, out_dir, testbed, observer, skip_preflight, unsafe)
-    return asyncio.run(experiment.run())
+    with run_log(out_dir):
+        return asyncio.run(experiment.run())
 
 
 def run_preflight(
     scenario: Scenario, out_dir: Path, testbed: Testbed, observer: ExperimentObserver, unsafe: bool
 ) -> Preflight:
     """Only the pre-flight checks of a scenario (the guest boots on the source, nothing moves)."""
-    return asyncio.run(Experiment(scenario, out_dir, testbed, observer, unsafe=unsafe).preflight())
+    with run_log(out_dir):
+        experiment = Experiment(scenario, out_dir, testbed, observer, unsafe=unsafe)
+        return asyncio.run(experiment.preflight())

@@ -396,7 +396,7 @@ class Throttled(Stalling):
 
 
 def test_on_stall_auto_converge_restarts_with_the_throttle_on_a_fresh_destination() -> None:
-    record, source, hv = run(
+    record, _, hv = run(
         [], Throttled, on_stall="auto-converge", stall_iterations=2, cpu_throttle_initial_pct=40
     )
     assert record.outcome == Outcome.COMPLETED

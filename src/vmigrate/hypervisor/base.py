@@ -105,6 +105,9 @@ class MigrationStats:
     disk_total_bytes: int = 0
     error: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The backend's own figures beyond the normalised ones (libvirt's job statistics), each
+    # named with its unit; empty where the normalised counters say it all (QEMU).
+    report: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def finished(self) -> bool:

@@ -64,7 +64,7 @@ class CpuCatalog:
         name, *flags = cpu_model.split(",")
         features = set(self.model(name, what).features)
         for flag in flags:
-            feature, on = _flag(flag)
+            feature, on = feature_switch(flag)
             if feature not in self.known_features:
                 raise UsageError(
                     f"{what} = {cpu_model!r}: {feature!r} is not a CPU feature QEMU knows; "
@@ -103,7 +103,7 @@ class Baseline:
         return ",".join([self.model, *(f"{f}=on" for f in self.extra_features)])
 
 
-def _flag(text: str) -> tuple[str, bool]:
+def feature_switch(text: str) -> tuple[str, bool]:
     """One feature switch of a `-cpu` string: "+f", "-f", "f=on", "f=off" (or bare "f")."""
     if text.startswith(("+", "-")):
         return text[1:], text[0] == "+"

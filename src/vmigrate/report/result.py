@@ -40,6 +40,7 @@ def migration_figures(
             "stall_detected": False,
             "disk_copy_bytes": 0,
             "attempts": record.attempts if record else 0,
+            "hypervisor_report": {},
             "actions": [],
         }
     final = record.final
@@ -60,6 +61,7 @@ def migration_figures(
         "stall_detected": record.stall_detected,
         "disk_copy_bytes": record.disk_copy_bytes,
         "attempts": record.attempts,
+        "hypervisor_report": dict(final.report),
         "actions": [
             {"t_s": _round((t_ns - t0_ns) / 1e9, 6), "action": action}
             for t_ns, action in record.actions

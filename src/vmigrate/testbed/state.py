@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -17,8 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vmigrate.errors import TestbedError
 from vmigrate.pids import is_same_process, process_start_ticks, terminate
 from vmigrate.proc import run
+from vmigrate.testbed import libvirtd
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,9 @@ def tear_down(state: StateFile) -> list[str]:
     problems: list[str] = []
     resources = state.resources()
     for res in reversed(resources):
+        if res.kind == "process" and res.name.startswith(libvirtd.LABEL_PREFIX):
+            stop_libvirtd(res)
+    for res in reversed(resources):
         if res.kind == "process":
             terminate(res.pid, res.start_ticks)
     namespaces = [r.name for r in resources if r.kind == "netns"]
@@ -151,3 +159,22 @@ def tear_down(state: StateFile) -> list[str]:
         elif res.kind == "process" and is_same_process(res.pid, res.start_ticks):
             problems.append(f"process {res.name} (pid {res.pid}) survived SIGKILL")
     return problems
+
+
+def stop_libvirtd(res: Resource) -> None:
+    """Destroy a recorded libvirtd's domains, then stop it. Never raises: a daemon that does not
+    answer is stopped all the same, and its QEMUs go with its namespace's processes."""
+    if not is_same_process(res.pid, res.start_ticks):
+        return
+    try:
+        if not libvirtd.is_isolated_daemon(res.pid):
+            raise TestbedError("not a libvirtd in a mount namespace of its own")
+        removed = libvirtd.destroy_domains(libvirtd.unix_uri(res.pid))
+        if removed:
+            log.info("%s (pid %d): destroyed %s", res.name, res.pid, ", ".join(removed))
+    except Exception as exc:  # libvirt.libvirtError, TimeoutError, TestbedError
+        log.warning("%s (pid %d): domains not destroyed: %s", res.name, res.pid, exc)
+    try:
+        libvirtd.stop(res.pid, res.start_ticks)
+    except Exception as exc:
+        log.warning("%s (pid %d): not stopped: %s", res.name, res.pid, exc)

@@ -1,5 +1,8 @@
 """The embedded testbed: four namespaced hosts, a switch, shaped links and a real NFS server.
 
+With `libvirt=True` (or `start_libvirt()` later) each hypervisor host also runs its own libvirtd
+(testbed/libvirtd.py), reached from here at `libvirt_uri(role)`.
+
 `Testbed(name).up()` builds it and records every piece in a state file as it goes; `down()`
 removes every recorded piece (also those of a vmigrate that was killed); `status()` tells
 what is there. Names of namespaces and interfaces start with the testbed's name, so two
@@ -17,10 +20,10 @@ from typing import Any
 from vmigrate.errors import TestbedError, UsageError
 from vmigrate.paths import state_root
 from vmigrate.pids import is_same_process
-from vmigrate.testbed import network
-from vmigrate.testbed.network import GUEST_IP, GUEST_MAC, Host
+from vmigrate.testbed import libvirtd, network
+from vmigrate.testbed.network import GUEST_IP, GUEST_MAC, HYPERVISOR_ROLES, Host
 from vmigrate.testbed.nfs import start_nfs_server
-from vmigrate.testbed.state import StateFile, netns_exists, tear_down
+from vmigrate.testbed.state import Resource, StateFile, netns_exists, stop_libvirtd, tear_down
 
 DEFAULT_NAME = "vmig"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,7}$")
@@ -71,7 +74,7 @@ class Testbed:
         return self.state.path.exists()
 
     def is_healthy(self) -> bool:
-        """Every namespace present and the NFS server's processes alive."""
+        """Every namespace present; the NFS server's (and any libvirtd's) processes alive."""
         if not self.exists() or not self.state.facts().get("complete"):
             return False
         resources = self.state.resources()
@@ -79,25 +82,130 @@ class Testbed:
         procs_ok = all(
             is_same_process(r.pid, r.start_ticks)
             for r in resources
-            if r.kind == "process" and r.name.startswith("nfs")
+            if r.kind == "process" and r.name.startswith(("nfs", libvirtd.LABEL_PREFIX))
         )
         return namespaces_ok and procs_ok
 
-    def up(self, bandwidth_mbit: float, progress: Progress = _quiet) -> None:
-        """Build the testbed (or re-shape a healthy one); on any failure, remove what was made."""
+    def up(self, bandwidth_mbit: float, progress: Progress = _quiet, libvirt: bool = False) -> None:
+        """Build the testbed (or re-shape a healthy one); on any failure, remove what was made.
+
+        `libvirt`: also run a libvirtd on each hypervisor host (started on a healthy testbed
+        that has none yet; a testbed that has them keeps them either way).
+        """
         if self.is_healthy():
             self.shape(bandwidth_mbit)
             progress(f"testbed {self.name} already up; links set to {bandwidth_mbit:g} Mbit/s")
+            if libvirt and not self.has_libvirt():
+                self.start_libvirt(progress)
             return
         if self.exists():
             progress(f"testbed {self.name}: removing leftovers of an earlier run")
             self.down()
         _check_tools()
+        if libvirt:
+            libvirtd.libvirtd_binary()  # fail early, with the fix, before building anything
         try:
             self._build(bandwidth_mbit, progress)
+            if libvirt:
+                self.start_libvirt(progress)
         except BaseException:
             self.down()
             raise
+
+    # -- libvirt ---------------------------------------------------------------------------
+
+    def _libvirtd_records(self) -> dict[str, Resource]:
+        """The recorded libvirtd processes by host role."""
+        if not self.exists():
+            return {}
+        return {
+            r.name.removeprefix(libvirtd.LABEL_PREFIX): r
+            for r in self.state.resources()
+            if r.kind == "process" and r.name.startswith(libvirtd.LABEL_PREFIX)
+        }
+
+    def has_libvirt(self) -> bool:
+        """True when a libvirtd runs on every hypervisor host."""
+        records = self._libvirtd_records()
+        return all(
+            role in records and is_same_process(records[role].pid, records[role].start_ticks)
+            for role in HYPERVISOR_ROLES
+        )
+
+    def libvirt_dir(self, role: str) -> Path:
+        """Host `role`'s libvirt directories (etc, lib, log, cache) and its libvirtd.log."""
+        return self.dir / "libvirt" / role
+
+    def start_libvirt(self, progress: Progress = _quiet) -> None:
+        """Start a libvirtd on each hypervisor host of this (up) testbed; return once they answer.
+
+        Daemons recorded earlier are stopped first (their domains destroyed). On failure nothing
+        of the new ones is left (the rest of the testbed stays as it was).
+        """
+        specs = [
+            libvirtd.DaemonSpec(
+                label=f"{libvirtd.LABEL_PREFIX}{role}",
+                work_dir=self.libvirt_dir(role),
+                netns=self.hosts[role].netns,
+                address=self.hosts[role].ip,
+                host_uuid=libvirtd.host_uuid(self.name, role),
+            )
+            for role in HYPERVISOR_ROLES
+        ]
+        self._forget_libvirtd()
+        for spec in specs:  # an earlier daemon's domain definitions and runtime state
+            shutil.rmtree(spec.work_dir / "lib", ignore_errors=True)
+            shutil.rmtree(spec.work_dir / "etc", ignore_errors=True)
+        progress("starting libvirtd on the hypervisor hosts (" + ", ".join(HYPERVISOR_ROLES) + ")")
+        try:
+            libvirtd.start_daemons(specs, lambda d: self.state.add_process(d.pid, d.spec.label))
+        except BaseException:
+            self._forget_libvirtd()
+            raise
+        self.state.set_facts(libvirt=True)
+
+    def _forget_libvirtd(self) -> None:
+        """Stop (domains first) and forget every recorded libvirtd, alive or not."""
+        for record in self._libvirtd_records().values():
+            if is_same_process(record.pid, record.start_ticks):
+                stop_libvirtd(record)
+            libvirtd.release(record.pid)
+            self.state.forget(record)
+
+    def _libvirtd_pid(self, role: str) -> int:
+        record = self._libvirtd_records().get(role)
+        if record is None or not is_same_process(record.pid, record.start_ticks):
+            raise TestbedError(
+                f"no libvirtd runs on host {role!r} of testbed {self.name!r}: run "
+                f"`vmigrate testbed up --libvirt --testbed {self.name}`"
+            )
+        return record.pid
+
+    def libvirt_uri(self, role: str) -> str:
+        """The URI through which this (root) namespace reaches host `role`'s libvirtd."""
+        return libvirtd.unix_uri(self._libvirtd_pid(role))
+
+    def libvirt_images_dir(self, role: str) -> Path:
+        """Where host `role`'s libvirtd keeps local disks, seen from here; the daemon (and its
+        QEMU) sees the same files at `libvirtd.IMAGES_DIR`, a path equal on every host, as
+        libvirt's non-shared-storage migration wants it."""
+        return self.libvirt_dir(role) / "lib" / "images"
+
+    def libvirt_root(self, role: str) -> Path:
+        """Host `role`'s libvirtd's view of the filesystem, from here: /proc/PID/root (its
+        private /run, its /var/log/libvirt, ...). Valid while that daemon runs."""
+        return libvirtd.root_of(self._libvirtd_pid(role))
+
+    def libvirt_tcp_uri(self, role: str) -> str:
+        """The URI through which another host's libvirtd (peer-to-peer migration) reaches
+        host `role`'s: qemu+tcp://HOST_IP/system."""
+        return libvirtd.tcp_uri(self.hosts[role].ip)
+
+    def libvirt_migration_uri(self, role: str) -> str:
+        """Where QEMU on host `role` takes an incoming migration stream: tcp://HOST_IP."""
+        return libvirtd.migration_uri(self.hosts[role].ip)
+
+    # ---------------------------------------------------------------------------------------
 
     def _build(self, bandwidth_mbit: float, progress: Progress) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +269,9 @@ class Testbed:
             "hosts": {
                 role: {"netns": h.netns, "ip": h.ip, "present": netns_exists(h.netns)}
                 for role, h in self.hosts.items()
+            },
+            "libvirt": {
+                role: self.libvirt_uri(role) for role in HYPERVISOR_ROLES if self.has_libvirt()
             },
             "processes": [
                 {"label": r.name, "pid": r.pid, "alive": is_same_process(r.pid, r.start_ticks)}
