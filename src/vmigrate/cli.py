@@ -189,6 +189,7 @@ def _run_scenario(
     from vmigrate.experiment import run_experiment
     from vmigrate.hypervisor.cpu import load_catalog
     from vmigrate.migration.preflight import check_names
+    from vmigrate.own_hosts import run_own_hosts
     from vmigrate.report.terminal import TerminalObserver, summary_table
     from vmigrate.testbed.testbed import Testbed
 
@@ -198,9 +199,16 @@ def _run_scenario(
             if path is not None
             else validate_scenario({"name": "demo"}, "built-in demo")
         )
+        out_dir = out or _default_out(scenario.name)
+        if scenario.hosts.real:  # the user's own hosts: no testbed, no guest of ours
+            console.print(f"[bold]vmigrate[/bold] {scenario.name} (your own hosts) → {out_dir}")
+            observer = TerminalObserver(console)
+            try:
+                return run_own_hosts(scenario, out_dir, observer), out_dir
+            finally:
+                observer.close()
         check_names(scenario, load_catalog("tcg"))  # model names are the same under KVM
         bed = Testbed(testbed)
-        out_dir = out or _default_out(scenario.name)
         console.print(f"[bold]vmigrate[/bold] {scenario.name} → {out_dir}")
         observer = TerminalObserver(console)
         try:

@@ -7,6 +7,7 @@ validation, so they are checked exactly like the file.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import ErrorDetails
 
 from vmigrate.errors import ScenarioError
+
+LIBVIRT_URI = re.compile(
+    r"^qemu(\+(ssh|libssh|libssh2|tcp|tls|unix|ext))?://[^\s]*/(system|session)\b"
+)
 
 
 class _Section(BaseModel):
@@ -83,14 +88,69 @@ class HostsSpec(_Section):
         "", description="CPU ceiling of the destination host (Westmere); empty: no ceiling"
     )
 
+    source_uri: str = Field(
+        "",
+        description="your own hosts: the source's libvirt URI (qemu+ssh://root@host1/system, "
+        "qemu+tcp://..., qemu:///system); set with destination_uri and domain, no testbed is "
+        "built and no guest booted",
+    )
+    destination_uri: str = Field("", description="your own hosts: the destination's libvirt URI")
+    destination_peer_uri: str = Field(
+        "",
+        description="how the source's libvirtd reaches the destination's (peer-to-peer); "
+        "empty: destination_uri",
+    )
+    migration_uri: str = Field(
+        "",
+        description="where the destination's QEMU takes the stream (tcp://host2); empty: "
+        "libvirt decides",
+    )
+    domain: str = Field("", description="your own hosts: the running domain to migrate")
+    ssh: bool = Field(
+        False,
+        description="your own hosts: also sample each host's /proc over ssh (the URIs' "
+        "user@host; key-based login)",
+    )
+
     @model_validator(mode="after")
-    def _ceilings_need_qemu(self) -> HostsSpec:
+    def _consistent(self) -> HostsSpec:
         if self.backend == "libvirt" and (self.source_cpu or self.destination_cpu):
             raise ValueError(
                 "hosts.source_cpu / destination_cpu (CPU ceilings) are emulated by the qemu "
                 "backend only; with hosts.backend = 'libvirt' remove them"
             )
+        real = {"source_uri": self.source_uri, "destination_uri": self.destination_uri,
+                "domain": self.domain}  # fmt: skip
+        if any(real.values()):
+            missing = [f"hosts.{key}" for key, value in real.items() if not value]
+            if missing:
+                raise ValueError(
+                    f"your own hosts need hosts.source_uri, destination_uri and domain "
+                    f"together: set {', '.join(missing)}"
+                )
+            if self.backend != "libvirt":
+                raise ValueError(
+                    "your own hosts are reached through libvirt: set hosts.backend = 'libvirt'"
+                )
+        for key in ("source_uri", "destination_uri", "destination_peer_uri"):
+            uri = getattr(self, key)
+            if uri and not LIBVIRT_URI.match(uri):
+                raise ValueError(
+                    f"hosts.{key}: {uri!r} is not a libvirt URI for QEMU; use qemu:///system, "
+                    "qemu+ssh://user@host/system, qemu+tcp://host/system, qemu+tls://... or "
+                    "qemu+unix:///system?socket=PATH"
+                )
+        if self.migration_uri and not re.match(r"^(tcp|rdma|unix)://", self.migration_uri):
+            raise ValueError(
+                f"hosts.migration_uri: {self.migration_uri!r} is not a migration URI; use "
+                "tcp://HOST[:PORT]"
+            )
         return self
+
+    @property
+    def real(self) -> bool:
+        """True when the scenario names the user's own hosts (no testbed)."""
+        return bool(self.source_uri)
 
     def cpu(self, role: str) -> str:
         """The CPU ceiling of hypervisor host `role` ("source" or "destination")."""
@@ -181,6 +241,20 @@ class MigrationSpec(_Section):
         return self
 
 
+class ServiceSpec(_Section):
+    """Your own hosts: the VM's service, as the machine running vmigrate reaches it."""
+
+    address: str = Field(
+        "",
+        description="what the downtime probe pings (the VM's address); required with hosts.domain",
+    )
+    http_url: str = Field(
+        "",
+        description="what the load generator requests (http://ADDRESS[:PORT]/); empty: "
+        "no load, only the probe",
+    )
+
+
 class PhasesSpec(_Section):
     """Measurement windows around the migration."""
 
@@ -221,10 +295,25 @@ class Scenario(_Section):
     hosts: HostsSpec = HostsSpec()
     network: NetworkSpec = NetworkSpec()
     storage: StorageSpec = StorageSpec()
+    service: ServiceSpec = ServiceSpec()
     migration: MigrationSpec = MigrationSpec()
     phases: PhasesSpec = PhasesSpec()
     load: LoadSpec = LoadSpec()
     measure: MeasureSpec = MeasureSpec()
+
+    @model_validator(mode="after")
+    def _service_for_real_hosts(self) -> Scenario:
+        if self.hosts.real and not self.service.address:
+            raise ValueError(
+                "service.address: your own hosts need the VM's address, which the probe pings "
+                "(and service.http_url for the load, optional)"
+            )
+        if self.service.address and not self.hosts.real:
+            raise ValueError(
+                "service.address is for your own hosts (with hosts.source_uri, destination_uri "
+                "and domain); the testbed's guest has its own"
+            )
+        return self
 
     @model_validator(mode="after")
     def _working_set_fits(self) -> Scenario:

@@ -42,7 +42,13 @@ from vmigrate.measure.progress import record_migration
 from vmigrate.measure.recorder import Recorder
 from vmigrate.measure.resources import ResourceSampler, WatchedHost
 from vmigrate.migration import preflight as checks
-from vmigrate.migration.orchestrator import MigrationObserver, MigrationRecord, Outcome, migrate
+from vmigrate.migration.orchestrator import (
+    MigrationObserver,
+    MigrationRecord,
+    Outcome,
+    migrate,
+    where_it_runs,
+)
 from vmigrate.migration.preflight import Check, Preflight
 from vmigrate.migration.strategy import plan_for
 from vmigrate.proc import run
@@ -559,7 +565,7 @@ class Experiment:
         )
         ctx.mark("migration_end")
         record_migration(self.recorder, ctx.record)
-        ctx.running_on = await self._where_is_it(source, ctx.record.destination or job.destination)
+        ctx.running_on = await where_it_runs(source, ctx.record.destination or job.destination)
         if ctx.record.outcome == Outcome.COMPLETED:
             await source.shutdown()
         if ctx.record.error:
@@ -593,18 +599,6 @@ class Experiment:
         self.ctx.mark("after_end")
         await self.stop_clients()
         self.ctx.after = await ask_guest(self.ctx.testbed, with_checksum=True)
-
-    @staticmethod
-    async def _where_is_it(source: Domain, destination: Domain) -> str:
-        """Which host runs the VM now (by the hypervisors' own word; a host whose hypervisor
-        does not answer any more does not run it, as far as anyone can tell)."""
-        for role, domain in (("destination", destination), ("source", source)):
-            try:
-                if await domain.run_state() == RunState.RUNNING:
-                    return role
-            except HypervisorError as exc:
-                log.warning("asking the %s where the VM runs: %s", role, exc)
-        return "none"
 
 
 def run_experiment(

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+from vmigrate.errors import UsageError
 
 LOG_FILE = "vmigrate.log"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -14,7 +17,9 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 @contextlib.contextmanager
 def run_log(out_dir: Path, level: int = logging.INFO) -> Iterator[Path]:
-    """Send every `vmigrate.*` log record to out_dir/vmigrate.log while the block runs."""
+    """Send every `vmigrate.*` log record to out_dir/vmigrate.log while the block runs. Bad
+    input (a UsageError) leaves nothing behind: a run directory made here is removed again."""
+    made = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / LOG_FILE
     handler = logging.FileHandler(path)
@@ -25,6 +30,10 @@ def run_log(out_dir: Path, level: int = logging.INFO) -> Iterator[Path]:
     logger.setLevel(level)
     try:
         yield path
+    except UsageError:
+        if made:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous)

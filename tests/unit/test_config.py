@@ -176,3 +176,46 @@ def test_on_stall_auto_converge_takes_the_throttle_knobs() -> None:
 def test_on_stall_auto_converge_is_refused_where_it_means_nothing(strategy: str, why: str) -> None:
     with pytest.raises(ScenarioError, match=why):
         validate_scenario({"migration": {"strategy": strategy, "on_stall": "auto-converge"}})
+
+
+OWN_HOSTS = {
+    "hosts": {
+        "backend": "libvirt",
+        "source_uri": "qemu+ssh://root@host1/system",
+        "destination_uri": "qemu+tcp://host2/system",
+        "domain": "web01",
+    },
+    "service": {"address": "192.0.2.10"},
+}
+
+
+def test_own_hosts_need_the_two_uris_the_domain_and_the_service_address() -> None:
+    assert validate_scenario(OWN_HOSTS).hosts.real
+    for key in ("destination_uri", "domain"):
+        hosts = {k: v for k, v in OWN_HOSTS["hosts"].items() if k != key}
+        with pytest.raises(ScenarioError, match=f"set hosts.{key}"):
+            validate_scenario({**OWN_HOSTS, "hosts": hosts})
+    with pytest.raises(ScenarioError, match="service.address"):
+        validate_scenario({"hosts": OWN_HOSTS["hosts"]})
+    with pytest.raises(ScenarioError, match="service.address is for your own hosts"):
+        validate_scenario({"service": {"address": "192.0.2.10"}})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("source_uri", "xen+ssh://root@host/system", "not a libvirt URI for QEMU"),
+        ("destination_uri", "qemu+ssh://host", "not a libvirt URI for QEMU"),
+        ("backend", "qemu", "set hosts.backend = 'libvirt'"),
+        ("migration_uri", "http://host2", "not a migration URI"),
+    ],
+)
+def test_own_hosts_bad_input_names_the_key(key: str, value: str, says: str) -> None:
+    data = {**OWN_HOSTS, "hosts": {**OWN_HOSTS["hosts"], key: value}}
+    with pytest.raises(ScenarioError, match=says):
+        validate_scenario(data)
+
+
+def test_cpu_ceilings_are_refused_with_libvirt() -> None:
+    with pytest.raises(ScenarioError, match="qemu backend only"):
+        validate_scenario({"hosts": {"backend": "libvirt", "destination_cpu": "Westmere"}})

@@ -120,6 +120,33 @@ class LibvirtHypervisor(Hypervisor):
         await source.call("start the domain", dom.create)
         return source
 
+    async def attach(self, name: str) -> LibvirtDomain:
+        """A domain that already runs on the source (a user's: never changed, only moved).
+
+        :raise HypervisorError: the source has no such domain, or the destination has one."""
+        await self.connect()
+        self.name = name
+        source = self._domain("source", name, owned=False)
+        dom = await source.call(f"look up domain {name}", source.lookup)
+        if dom is None:
+            raise HypervisorError(
+                f"the source ({self.hosts['source'].uri}) has no domain {name!r}: "
+                f"`virsh -c {self.hosts['source'].uri} list --all` lists its domains"
+            )
+        info = await source.call("read the domain's size", dom.info)
+        source.memory_mib = int(info[2]) // 1024
+        destination = LibvirtDomain(self.conns["destination"], name, "destination", owned=False)
+        try:
+            found = await destination.call(f"look up domain {name}", destination.lookup)
+        finally:
+            await destination.shutdown()
+        if found is not None:
+            raise HypervisorError(
+                f"the destination ({self.hosts['destination'].uri}) already has a domain "
+                f"{name!r}: remove it there first, or migrate another domain"
+            )
+        return source
+
     async def prepare_migration(self, source: Domain, plan: MigrationPlan) -> Migration:
         if not isinstance(source, LibvirtDomain):
             raise HypervisorError("the libvirt backend migrates only libvirt domains")

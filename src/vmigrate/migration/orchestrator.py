@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from vmigrate.config import MigrationSpec
+from vmigrate.errors import HypervisorError
 from vmigrate.hypervisor.base import (
     Domain,
     Hypervisor,
@@ -116,6 +117,21 @@ class MigrationRecord:
 
     def act(self, what: str) -> None:
         self.actions.append((time.monotonic_ns(), what))
+
+
+async def where_it_runs(source: Domain, destination: Domain | None) -> str:
+    """Which host runs the VM now, by the hypervisors' own word: "destination", "source" or
+    "none" (a host whose hypervisor does not answer any more does not run it, as far as anyone
+    can tell)."""
+    for role, domain in (("destination", destination), ("source", source)):
+        if domain is None:
+            continue
+        try:
+            if await domain.run_state() == RunState.RUNNING:
+                return role
+        except HypervisorError as exc:
+            log.warning("asking the %s where the VM runs: %s", role, exc)
+    return "none"
 
 
 async def _wait_state(domain: Domain, wanted: set[RunState], timeout_s: float) -> RunState:

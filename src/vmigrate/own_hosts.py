@@ -1,0 +1,256 @@
+"""One scenario on the user's own hosts: an existing libvirt domain, migrated between two hosts
+vmigrate did not create, and measured from the machine vmigrate runs on.
+
+No testbed is built and no guest booted. The probe pings `service.address`, the load requests
+`service.http_url`; libvirt's domain statistics stand in for the hosts' /proc. vmigrate changes
+nothing but the migration: the domain is neither defined, started, stopped nor undefined, and
+after a completed run it stays running on the destination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from vmigrate import __version__
+from vmigrate.analysis import analyze
+from vmigrate.config import Scenario
+from vmigrate.errors import HypervisorError, UsageError, VmigrateError
+from vmigrate.experiment import ExperimentObserver
+from vmigrate.hypervisor.base import RunState
+from vmigrate.hypervisor.libvirt_backend import LibvirtHost, LibvirtHypervisor
+from vmigrate.hypervisor.libvirt_domain import LibvirtDomain
+from vmigrate.measure.client import ClientProcess, start_load, start_probe
+from vmigrate.measure.domstats import DomainStatsSampler
+from vmigrate.measure.progress import record_migration
+from vmigrate.measure.recorder import Recorder
+from vmigrate.migration.orchestrator import MigrationRecord, Outcome, migrate, where_it_runs
+from vmigrate.migration.strategy import plan_for
+from vmigrate.report.html import render_report
+from vmigrate.report.result import build_result, write_result
+from vmigrate.runlog import run_log
+
+log = logging.getLogger(__name__)
+
+HTTP_TIMEOUT_S = 3.0
+
+
+def hypervisor_for(scenario: Scenario, out_dir: Path) -> LibvirtHypervisor:
+    """The libvirt backend on the hosts the scenario names."""
+    hosts = scenario.hosts
+    return LibvirtHypervisor(
+        LibvirtHost("source", uri=hosts.source_uri),
+        LibvirtHost(
+            "destination",
+            uri=hosts.destination_uri,
+            peer_uri=hosts.destination_peer_uri or hosts.destination_uri,
+            migration_uri=hosts.migration_uri or None,
+        ),
+        log_dir=out_dir,
+    )
+
+
+class OwnHostsExperiment:
+    """Runs a scenario with hosts.source_uri / destination_uri / domain."""
+
+    def __init__(self, scenario: Scenario, out_dir: Path, observer: ExperimentObserver) -> None:
+        self.scenario = scenario
+        self.out_dir = out_dir
+        self.observer = observer
+        self.recorder = Recorder(out_dir)
+        self.t0_ns = time.monotonic_ns()
+        self.started_at = dt.datetime.now(dt.UTC).isoformat()
+        self.marks_ns: dict[str, int] = {}
+        self.clients: dict[str, ClientProcess] = {}
+        self.hypervisor = hypervisor_for(scenario, out_dir)
+
+    def mark(self, name: str) -> None:
+        self.marks_ns[name] = time.monotonic_ns()
+
+    async def attach(self) -> LibvirtDomain:
+        """Connect to both daemons and find the running domain on the source.
+
+        :raise UsageError: a host does not answer, or the domain is not there and running."""
+        hosts = self.scenario.hosts
+        try:
+            await self.hypervisor.connect()
+            source = await self.hypervisor.attach(hosts.domain)
+        except HypervisorError as exc:
+            raise UsageError(str(exc)) from exc
+        state = await source.run_state()
+        if state != RunState.RUNNING:
+            raise UsageError(
+                f"domain {hosts.domain!r} is {state.value} on the source ({hosts.source_uri}), "
+                "not running: start it there first (virsh start)"
+            )
+        return source
+
+    async def run(self) -> dict[str, Any]:
+        """Probe and load the service, baseline, migrate, after window; the result document."""
+        record: MigrationRecord | None = None
+        running_on = "none"
+        source_state: RunState | None = None
+        error: str | None = None
+        sampler: DomainStatsSampler | None = None
+        try:
+            source = await self.attach()
+            sampler = DomainStatsSampler(
+                self.hypervisor.conns,
+                self.scenario.hosts.domain,
+                self.recorder,
+                self.scenario.measure.resource_interval_ms / 1000,
+            )
+            sampler.start()
+            record = await self._measure(source)
+            running_on = await where_it_runs(source, record.destination)
+            source_state = record.source_state_after
+        except VmigrateError as exc:
+            if isinstance(exc, UsageError):
+                raise
+            error = str(exc)
+        finally:
+            await self._stop_clients()
+            if sampler is not None:
+                await asyncio.to_thread(sampler.stop)
+            await self.hypervisor.close()
+        service_ok = await asyncio.to_thread(self._service_answers)
+        versions = await self.hypervisor.versions()
+        result = build_result(
+            scenario=self.scenario,
+            record=record,
+            started_at=self.started_at,
+            t0_ns=self.t0_ns,
+            marks_ns=self.marks_ns,
+            environment={
+                "tool_version": __version__,
+                "testbed": "",
+                "accel": "",
+                "accel_reason": "your own hosts: the domain's own accelerator",
+                "backend": "libvirt",
+                "qemu_version": versions.get("qemu_version", ""),
+                **{k: v for k, v in versions.items() if k != "qemu_version"},
+                "guest_kernel": "",
+                "guest_image_digest": "",
+                "source_uri": self.scenario.hosts.source_uri,
+                "destination_uri": self.scenario.hosts.destination_uri,
+                "resources_measured": "libvirt domain statistics: the domain's QEMU CPU, vCPU "
+                "time, RSS and disk IO on each host; host NICs and other processes are not "
+                "visible through libvirt",
+            },
+            verification={
+                "running_on": running_on,
+                "source_state_after": source_state,
+                "service_ok_after": service_ok,
+                # Without vmigrate's guest agent nothing inside the guest can be checked.
+                "memory_checksum_ok": None,
+                "memory_writes_intact": None,
+                "working_set_pages_checked": 0,
+                "working_set_pages_mismatched": None,
+                "disk_checksum_ok": None,
+                "disk_blocks_checked": 0,
+                "disk_blocks_mismatched": None,
+            },
+            error=error,
+        )
+        result["files"] = {"vmigrate_log": "vmigrate.log"}
+        result = analyze(self.out_dir, result)
+        write_result(self.out_dir, result)
+        render_report(self.out_dir)
+        return result
+
+    async def _measure(self, source: LibvirtDomain) -> MigrationRecord:
+        scenario, phases = self.scenario, self.scenario.phases
+        self.mark("guest_ready")
+        await self._start_clients()
+        self.observer.stage(f"warming up for {phases.warmup_s:g} s")
+        await asyncio.sleep(phases.warmup_s)
+        self.mark("baseline_start")
+        self.observer.stage(f"baseline window: {phases.baseline_s:g} s")
+        await asyncio.sleep(phases.baseline_s)
+        plan = plan_for(scenario.migration, copy_storage=scenario.storage.mode == "local")
+        job = await self.hypervisor.prepare_migration(source, plan)
+        self.observer.stage(f"migrating ({scenario.migration.strategy}) through libvirt")
+        self.mark("migration_start")
+        record = await migrate(
+            self.hypervisor,
+            source,
+            job,
+            plan,
+            scenario.migration,
+            self.observer,
+            poll_interval_s=scenario.measure.progress_interval_ms / 1000,
+        )
+        self.mark("migration_end")
+        record_migration(self.recorder, record)
+        if record.error:
+            self.observer.stage(f"migration {record.outcome}: {record.error}")
+        self.observer.stage(f"after window: {phases.after_s:g} s")
+        await asyncio.sleep(phases.after_s)
+        self.mark("after_end")
+        return record
+
+    async def _start_clients(self) -> None:
+        """The probe (and the load, with service.http_url) from this machine's namespace."""
+        load, service = self.scenario.load, self.scenario.service
+        self.clients["probe"] = await asyncio.to_thread(
+            start_probe,
+            None,
+            service.address,
+            self.recorder.path("probe"),
+            interval_ms=load.probe_interval_ms,
+            icmp=load.probe == "icmp",
+        )
+        if service.http_url and load.rate_rps > 0:
+            url = urlparse(service.http_url)
+            self.clients["load"] = await asyncio.to_thread(
+                start_load,
+                None,
+                url.hostname or service.address,
+                self.recorder.path("requests"),
+                rate_rps=load.rate_rps,
+                timeout_ms=load.timeout_ms,
+                port=url.port or 80,
+                path=url.path or "/",
+            )
+
+    async def _stop_clients(self) -> None:
+        while self.clients:
+            name, client = self.clients.popitem()
+            try:
+                await asyncio.to_thread(client.stop)
+            except Exception as exc:
+                log.warning("stopping the %s: %s", name, exc)
+
+    def _service_answers(self) -> bool:
+        """The service answers from the same address: an HTTP GET of service.http_url, or
+        (without one) an ICMP echo of service.address."""
+        service = self.scenario.service
+        if service.http_url:
+            try:
+                with urllib.request.urlopen(service.http_url, timeout=HTTP_TIMEOUT_S) as reply:
+                    return 200 <= int(reply.status) < 500
+            except OSError as exc:
+                log.warning("the service at %s does not answer: %s", service.http_url, exc)
+                return False
+        ping = ["ping", "-c", "3", "-W", "1", service.address]
+        done = subprocess.run(ping, capture_output=True, text=True, check=False)
+        return done.returncode == 0
+
+
+def run_own_hosts(
+    scenario: Scenario, out_dir: Path, observer: ExperimentObserver
+) -> dict[str, Any]:
+    """Run a scenario on the user's own hosts to its result document (also in result.json)."""
+    with run_log(out_dir):
+        experiment = OwnHostsExperiment(scenario, out_dir, observer)
+        result = asyncio.run(experiment.run())
+    if result["outcome"] == Outcome.COMPLETED.value:
+        log.info("the domain runs on the destination now")
+    return result
