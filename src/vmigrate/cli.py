@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vmigrate import __version__
-from vmigrate.errors import VmigrateError
+from vmigrate.errors import UsageError, VmigrateError
 
 T = TypeVar("T")
 console = Console()
@@ -184,6 +184,7 @@ def _run_scenario(
     testbed: str,
     skip_preflight: bool = False,
     unsafe: bool = False,
+    undefine_source: bool = False,
 ) -> None:
     from vmigrate.config import load_scenario, validate_scenario
     from vmigrate.experiment import run_experiment
@@ -200,11 +201,19 @@ def _run_scenario(
             else validate_scenario({"name": "demo"}, "built-in demo")
         )
         out_dir = out or _default_out(scenario.name)
+        if undefine_source and not scenario.hosts.real:
+            raise UsageError(
+                "--undefine-source is for your own hosts (hosts.source_uri, destination_uri, "
+                "domain); the testbed's guest is vmigrate's and removed after every run anyway"
+            )
         if scenario.hosts.real:  # the user's own hosts: no testbed, no guest of ours
             console.print(f"[bold]vmigrate[/bold] {scenario.name} (your own hosts) → {out_dir}")
             observer = TerminalObserver(console)
             try:
-                return run_own_hosts(scenario, out_dir, observer), out_dir
+                result = run_own_hosts(
+                    scenario, out_dir, observer, skip_preflight, unsafe, undefine_source
+                )
+                return result, out_dir
             finally:
                 observer.close()
         check_names(scenario, load_catalog("tcg"))  # model names are the same under KVM
@@ -255,15 +264,26 @@ def run_command(
         ),
     ] = False,
     unsafe: UnsafeOption = False,
+    undefine_source: Annotated[
+        bool,
+        typer.Option(
+            "--undefine-source",
+            help="your own hosts: once the migration completed, remove the domain's definition "
+            "on the source (libvirt's --undefinesource); by default the source keeps it",
+        ),
+    ] = False,
 ) -> None:
     """Run one scenario: pre-flight, boot, load, migrate, measure; write result.json and logs.
 
     The testbed is brought up if needed and torn down afterwards if this run made it.
     Pre-flight checks run first (see `vmigrate preflight`); a failing one stops the run
     before the guest boots, unless --skip-preflight.
+    With hosts.source_uri, destination_uri and domain (your own hosts, through libvirt) no
+    testbed is built: the running domain is migrated and measured from this machine, and
+    stays on the destination.
     Exit 0 when the migration completed, 1 when it did not, 2 on bad input.
     """
-    _run_scenario(scenario, out, overrides or [], testbed, skip_preflight, unsafe)
+    _run_scenario(scenario, out, overrides or [], testbed, skip_preflight, unsafe, undefine_source)
 
 
 @app.command("preflight")

@@ -23,7 +23,7 @@ from vmigrate import __version__
 from vmigrate.analysis import analyze
 from vmigrate.config import Scenario
 from vmigrate.errors import HypervisorError, UsageError, VmigrateError
-from vmigrate.experiment import ExperimentObserver
+from vmigrate.experiment import ExperimentObserver, PreflightFailed
 from vmigrate.hypervisor.base import RunState
 from vmigrate.hypervisor.libvirt_backend import LibvirtHost, LibvirtHypervisor
 from vmigrate.hypervisor.libvirt_domain import LibvirtDomain
@@ -32,6 +32,8 @@ from vmigrate.measure.domstats import DomainStatsSampler
 from vmigrate.measure.progress import record_migration
 from vmigrate.measure.recorder import Recorder
 from vmigrate.migration.orchestrator import MigrationRecord, Outcome, migrate, where_it_runs
+from vmigrate.migration.preflight import Preflight
+from vmigrate.migration.preflight_hosts import own_hosts_preflight
 from vmigrate.migration.strategy import plan_for
 from vmigrate.report.html import render_report
 from vmigrate.report.result import build_result, write_result
@@ -60,8 +62,20 @@ def hypervisor_for(scenario: Scenario, out_dir: Path) -> LibvirtHypervisor:
 class OwnHostsExperiment:
     """Runs a scenario with hosts.source_uri / destination_uri / domain."""
 
-    def __init__(self, scenario: Scenario, out_dir: Path, observer: ExperimentObserver) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        out_dir: Path,
+        observer: ExperimentObserver,
+        skip_preflight: bool = False,
+        unsafe: bool = False,
+        undefine_source: bool = False,
+    ) -> None:
         self.scenario = scenario
+        self.undefine_source = undefine_source
+        self.skip_preflight = skip_preflight
+        self.unsafe = unsafe
+        self.preflight: Preflight | None = None
         self.out_dir = out_dir
         self.observer = observer
         self.recorder = Recorder(out_dir)
@@ -101,6 +115,7 @@ class OwnHostsExperiment:
         sampler: DomainStatsSampler | None = None
         try:
             source = await self.attach()
+            await self._preflight(source)
             sampler = DomainStatsSampler(
                 self.hypervisor.conns,
                 self.scenario.hosts.domain,
@@ -158,12 +173,30 @@ class OwnHostsExperiment:
                 "disk_blocks_mismatched": None,
             },
             error=error,
+            preflight=self.preflight.as_dict() if self.preflight else None,
         )
         result["files"] = {"vmigrate_log": "vmigrate.log"}
         result = analyze(self.out_dir, result)
         write_result(self.out_dir, result)
         render_report(self.out_dir)
         return result
+
+    async def _preflight(self, source: LibvirtDomain) -> None:
+        """libvirt's word on CPU, memory and cache mode; a failure stops the run before
+        anything moves (unless --skip-preflight)."""
+        self.observer.stage("pre-flight checks (through libvirt)")
+        self.preflight = await own_hosts_preflight(
+            self.scenario, self.hypervisor, source, self.unsafe
+        )
+        self.preflight.skipped = self.skip_preflight
+        for check in self.preflight.checks:
+            self.observer.check(check)
+        if self.preflight.failures and not self.skip_preflight:
+            raise PreflightFailed(
+                "pre-flight failed: "
+                + "; ".join(f"{c.name}: {c.message} — {c.fix}" for c in self.preflight.failures)
+                + " (--skip-preflight goes ahead regardless)"
+            )
 
     async def _measure(self, source: LibvirtDomain) -> MigrationRecord:
         scenario, phases = self.scenario, self.scenario.phases
@@ -174,7 +207,11 @@ class OwnHostsExperiment:
         self.mark("baseline_start")
         self.observer.stage(f"baseline window: {phases.baseline_s:g} s")
         await asyncio.sleep(phases.baseline_s)
-        plan = plan_for(scenario.migration, copy_storage=scenario.storage.mode == "local")
+        plan = plan_for(
+            scenario.migration,
+            copy_storage=scenario.storage.mode == "local",
+            allow_unsafe=self.unsafe,
+        ).model_copy(update={"undefine_source": self.undefine_source})
         job = await self.hypervisor.prepare_migration(source, plan)
         self.observer.stage(f"migrating ({scenario.migration.strategy}) through libvirt")
         self.mark("migration_start")
@@ -245,11 +282,20 @@ class OwnHostsExperiment:
 
 
 def run_own_hosts(
-    scenario: Scenario, out_dir: Path, observer: ExperimentObserver
+    scenario: Scenario,
+    out_dir: Path,
+    observer: ExperimentObserver,
+    skip_preflight: bool = False,
+    unsafe: bool = False,
+    undefine_source: bool = False,
 ) -> dict[str, Any]:
-    """Run a scenario on the user's own hosts to its result document (also in result.json)."""
+    """Run a scenario on the user's own hosts to its result document (also in result.json);
+    `undefine_source`: a completed migration also removes the domain's definition on the
+    source (libvirt's --undefinesource); without it the source keeps it, shut off."""
     with run_log(out_dir):
-        experiment = OwnHostsExperiment(scenario, out_dir, observer)
+        experiment = OwnHostsExperiment(
+            scenario, out_dir, observer, skip_preflight, unsafe, undefine_source
+        )
         result = asyncio.run(experiment.run())
     if result["outcome"] == Outcome.COMPLETED.value:
         log.info("the domain runs on the destination now")

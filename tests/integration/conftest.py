@@ -17,7 +17,8 @@ from vmigrate.pids import is_same_process
 from vmigrate.testbed.state import netns_pids
 from vmigrate.testbed.testbed import Testbed
 
-TESTBED = "vmigt"
+# VMIGRATE_TEST_TESTBED: another name, for two test runs side by side on one machine.
+TESTBED = os.environ.get("VMIGRATE_TEST_TESTBED", "vmigt")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -49,8 +49,21 @@ def test_the_libvirt_example_gets_the_whole_bill(testbed: Testbed, tmp_path: Pat
         {"migration": {"strategy": "auto-converge", "cpu_throttle_initial_pct": 50}},
         {"migration": {"strategy": "multifd", "multifd_compression": "zstd"}},
         {"storage": {"mode": "local"}},
+        {"migration": {"strategy": "hybrid", "postcopy_after_iterations": 2}},
+        {"migration": {"strategy": "xbzrle"}},
+        {"migration": {"strategy": "cold"}},
+        {"migration": {"on_stall": "raise-downtime", "stall_iterations": 1}},
     ],
-    ids=["postcopy", "auto-converge", "multifd-zstd", "local-storage"],
+    ids=[
+        "postcopy",
+        "auto-converge",
+        "multifd-zstd",
+        "local-storage",
+        "hybrid",
+        "xbzrle",
+        "cold",
+        "on-stall-raise-downtime",
+    ],
 )
 def test_strategies_through_libvirt(
     testbed: Testbed, tmp_path: Path, sections: dict[str, Any]
@@ -62,8 +75,13 @@ def test_strategies_through_libvirt(
     assert result["environment"]["backend"] == "libvirt"
     if "storage" in sections:
         assert result["migration"]["disk_copy_bytes"] > 0
-    if sections.get("migration", {}).get("strategy") == "postcopy":
-        assert [a["action"] for a in result["migration"]["actions"]].count("postcopy") == 1
+    strategy = sections.get("migration", {}).get("strategy")
+    actions = [a["action"] for a in result["migration"]["actions"]]
+    if strategy in ("postcopy", "hybrid"):
+        assert actions.count("postcopy") == 1
+    if strategy == "cold":  # paused for the whole move: the pause is the downtime
+        mig = result["migration"]
+        assert mig["downtime_reported_ms"] == pytest.approx(mig["total_time_s"] * 1000, rel=0.01)
 
 
 class KillsTheDestinationDaemon(SilentObserver):

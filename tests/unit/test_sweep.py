@@ -782,10 +782,16 @@ def test_cli_sweep_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.toml"]
 
 
-@pytest.mark.parametrize("name", ["strategies.toml", "sweep-quick.toml"])
+@pytest.mark.parametrize("name", ["strategies.toml", "sweep-quick.toml", "backends.toml"])
 def test_the_example_sweeps_are_valid(name: str) -> None:
     sweep = load_sweep(EXAMPLES / name)
     assert sweep.cells
+    if name == "backends.toml":  # the two backends side by side, cell for cell
+        backends = [c.scenario.hosts.backend for c in sweep.cells]
+        assert backends == ["qemu"] * 3 + ["libvirt"] * 3
+        strategies = [c.scenario.migration.strategy for c in sweep.cells]
+        assert strategies[:3] == strategies[3:] == ["precopy", "postcopy", "auto-converge"]
+        assert len(sweep.runs()) == 18
     if name == "strategies.toml":
         assert [c.scenario.migration.strategy for c in sweep.cells] == [
             "precopy", "postcopy", "hybrid", "auto-converge", "xbzrle", "multifd", "cold",
@@ -798,7 +804,7 @@ def test_the_example_sweeps_are_valid(name: str) -> None:
         base = sweep.cells[0].scenario
         assert base.network.bandwidth_mbit == 100 and base.migration.timeout_s == 120
         assert base.workload.dirty_rate_mib_s * 8 > base.network.bandwidth_mbit
-    else:
+    elif name == "sweep-quick.toml":
         assert len(sweep.runs()) == 4
 
 

@@ -57,6 +57,10 @@ def libvirt_settings(plan: MigrationPlan, migration_uri: str | None) -> tuple[in
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = max(1, plan.max_bandwidth_bytes_s // MIB)
     if plan.copy_storage:
         flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+    if plan.allow_unsafe:
+        flags |= libvirt.VIR_MIGRATE_UNSAFE
+    if plan.undefine_source:
+        flags |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
     return flags, params
 
 

@@ -9,8 +9,11 @@ from vmigrate.hypervisor.plan import MigrationPlan, Multifd, Throttle
 MIB = 1024 * 1024
 
 
-def plan_for(spec: MigrationSpec, copy_storage: bool = False) -> MigrationPlan:
-    """Translate a migration section into a plan (`copy_storage`: the disk is not shared)."""
+def plan_for(
+    spec: MigrationSpec, copy_storage: bool = False, allow_unsafe: bool = False
+) -> MigrationPlan:
+    """Translate a migration section into a plan (`copy_storage`: the disk is not shared;
+    `allow_unsafe`: the user said --unsafe)."""
     postcopy_after: int | None = None
     if spec.strategy == "postcopy":
         postcopy_after = 1
@@ -32,6 +35,7 @@ def plan_for(spec: MigrationSpec, copy_storage: bool = False) -> MigrationPlan:
         else None,
         downtime_limit_ms=spec.downtime_limit_ms,
         copy_storage=copy_storage,
+        allow_unsafe=allow_unsafe,
     )
 
 
