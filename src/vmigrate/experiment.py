@@ -29,14 +29,12 @@ from vmigrate.errors import (
     UsageError,
     VmigrateError,
 )
-from vmigrate.guest import agent_client
-from vmigrate.guest.image import GuestImage, build_image, kernel_cmdline
+from vmigrate.guest.facts import GuestFacts, ask_guest, wait_for_agent
+from vmigrate.guest.image import GuestImage, build_image
 from vmigrate.hypervisor.accel import resolve_accel
-from vmigrate.hypervisor.base import Backend, Domain, HostPlace, Hypervisor, RunState, VmConfig
+from vmigrate.hypervisor.base import Domain, Hypervisor, RunState, VmConfig
 from vmigrate.hypervisor.cpu import load_catalog
-from vmigrate.hypervisor.libvirt_backend import LibvirtHost, LibvirtHypervisor
 from vmigrate.hypervisor.plan import MigrationPlan
-from vmigrate.hypervisor.qemu_backend import QemuHypervisor
 from vmigrate.measure.client import ClientProcess, start_load, start_probe
 from vmigrate.measure.progress import record_migration
 from vmigrate.measure.recorder import Recorder
@@ -51,18 +49,13 @@ from vmigrate.migration.orchestrator import (
 )
 from vmigrate.migration.preflight import Check, Preflight
 from vmigrate.migration.strategy import plan_for
-from vmigrate.proc import run
+from vmigrate.placement import Placement
 from vmigrate.report.html import render_report
 from vmigrate.report.result import build_result, write_result
 from vmigrate.runlog import run_log
-from vmigrate.testbed.libvirtd import IMAGES_DIR
-from vmigrate.testbed.netns import call_in_netns
 from vmigrate.testbed.testbed import Testbed
 
 log = logging.getLogger(__name__)
-
-BOOT_TIMEOUT_S = 120.0
-DISK_SIZE = "256M"
 
 
 class ExperimentObserver(MigrationObserver, Protocol):
@@ -91,20 +84,6 @@ class SilentObserver:
 
 
 @dataclass
-class GuestFacts:
-    """What the guest said about itself at one moment: identity, service, memory checksum."""
-
-    boot_id: str | None = None
-    service_ok: bool = False
-    checksum: str | None = None
-    pages_checked: int = 0
-    pages_mismatched: int | None = None
-    disk_blocks_checked: int = 0
-    disk_blocks_mismatched: int | None = None
-    error: str | None = None
-
-
-@dataclass
 class RunContext:
     """Everything one run knows; filled in as the run goes."""
 
@@ -129,69 +108,6 @@ class RunContext:
         self.marks_ns[name] = time.monotonic_ns()
 
 
-def guest_cmdline(scenario: Scenario, guest_ip: str) -> str:
-    """The guest's kernel command line: console, address and workload for its agent."""
-    wl = scenario.workload
-    return kernel_cmdline(
-        f"{guest_ip}/24",
-        workload=wl.kind,
-        working_set_mib=wl.working_set_mib,
-        dirty_rate_mib_s=wl.dirty_rate_mib_s if wl.kind == "memory" else 0,
-        extra=("quiet", "panic=-1"),
-    )
-
-
-def create_disk(path: Path) -> None:
-    """An empty qcow2 disk of the guest's size (replacing whatever was there)."""
-    run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), DISK_SIZE])
-
-
-async def wait_for_agent(domain: Domain, timeout_s: float = BOOT_TIMEOUT_S) -> None:
-    """Wait until the guest agent announces itself on the serial console (or fails)."""
-    console_log = domain.console_log
-    if console_log is None:
-        raise GuestError(f"the VM on {domain.host_role} has no serial console to watch")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            console = console_log.read_text(errors="replace")
-            if agent_client.parse_ready(console):
-                return
-            failure = agent_client.console_failure(console)
-            if failure:
-                raise GuestError(f"the guest failed to start: {failure} (see {console_log})")
-        exited = domain.exit_reason()
-        if exited is not None:
-            raise GuestError(f"the VM stopped while the guest booted: {exited}")
-        await asyncio.sleep(0.1)
-    raise GuestError(f"the guest did not report ready within {timeout_s:.0f} s; see {console_log}")
-
-
-async def ask_guest(testbed: Testbed, with_checksum: bool) -> GuestFacts:
-    """Ask the guest, from the client host, for its identity, service answer and checksum."""
-    client_ns = testbed.hosts["client"].netns
-    facts = GuestFacts()
-    try:
-        reply = await asyncio.to_thread(
-            call_in_netns, client_ns, agent_client.http_get, testbed.guest_ip
-        )
-        facts.boot_id = str(reply.get("boot_id"))
-        facts.service_ok = True
-        if with_checksum:
-            facts.checksum = await asyncio.to_thread(
-                call_in_netns, client_ns, agent_client.checksum, testbed.guest_ip
-            )
-            facts.pages_checked, facts.pages_mismatched = await asyncio.to_thread(
-                call_in_netns, client_ns, agent_client.verify, testbed.guest_ip
-            )
-            facts.disk_blocks_checked, facts.disk_blocks_mismatched = await asyncio.to_thread(
-                call_in_netns, client_ns, agent_client.disk_verify, testbed.guest_ip
-            )
-    except VmigrateError as exc:
-        facts.error = str(exc)
-    return facts
-
-
 class Experiment:
     """Runs one scenario. `await Experiment(...).run()` returns the result document."""
 
@@ -209,6 +125,7 @@ class Experiment:
         self.skip_preflight = skip_preflight
         self.unsafe = unsafe
         self.hypervisor: Hypervisor | None = None
+        self.placement = Placement(scenario, testbed, out_dir)
         self.recorder = Recorder(out_dir)
         self.sampler: ResourceSampler | None = None
         self.clients: dict[str, ClientProcess] = {}
@@ -241,11 +158,11 @@ class Experiment:
                 testbed.up,
                 scenario.network.bandwidth_mbit,
                 self.observer.stage,
-                self._libvirt,
+                self.placement.libvirt,
             )
             self._start_sampler()
-            disks = self._create_disks()
-            self.hypervisor = self._hypervisor(disks)
+            disks = self.placement.create_disks()
+            self.hypervisor = self.placement.hypervisor(disks)
             if not self.skip_preflight:
                 self.observer.stage("pre-flight checks")
                 ctx.preflight.checks += [
@@ -264,7 +181,13 @@ class Experiment:
                 ]
                 for check in ctx.preflight.checks:
                     self.observer.check(check)
-            yield self._vm_config(ctx.image, disks["source"])
+            yield self.placement.vm_config(
+                ctx.image,
+                disks["source"],
+                ctx.accel,
+                ctx.preflight.cpu_model,
+                ctx.preflight.machine,
+            )
         finally:
             await self.stop_clients()
             if self.sampler is not None:
@@ -381,45 +304,6 @@ class Experiment:
         scenario = self.ctx.scenario
         return plan_for(scenario.migration, copy_storage=scenario.storage.mode == "local")
 
-    def _hypervisor(self, disks: dict[str, Path]) -> Hypervisor:
-        """The backend that runs this scenario's VM on the testbed's hypervisor hosts."""
-        testbed = self.ctx.testbed
-        if self._libvirt:
-
-            def libvirt_host(role: str) -> LibvirtHost:
-                return LibvirtHost(
-                    role,
-                    uri=testbed.libvirt_uri(role),
-                    peer_uri=testbed.libvirt_tcp_uri(role),
-                    migration_uri=testbed.libvirt_migration_uri(role),
-                    root=testbed.libvirt_root(role),
-                    tap=testbed.hosts[role].tap or "",
-                )
-
-            return LibvirtHypervisor(
-                libvirt_host("source"), libvirt_host("destination"), self.ctx.out_dir
-            )
-
-        def place(role: str) -> HostPlace:
-            host = testbed.hosts[role]
-            assert host.tap is not None
-            return HostPlace(role, host.netns, host.tap, host.ip, self.ctx.scenario.hosts.cpu(role))
-
-        def destination_disk() -> str:
-            """A fresh empty disk for the destination (each attempt starts its copy over)."""
-            create_disk(disks["destination"])
-            return str(disks["destination"])
-
-        return QemuHypervisor(
-            place("source"),
-            place("destination"),
-            log_dir=self.ctx.out_dir,
-            socket_dir=testbed.dir / "run",
-            on_start=testbed.state.add_process,
-            on_exit=testbed.state.forget_process,
-            destination_disk=destination_disk if "destination" in disks else None,
-        )
-
     def _start_sampler(self) -> None:
         """Sample CPU, memory, disk and network of the source, destination and storage hosts."""
         hosts = [
@@ -467,56 +351,6 @@ class Experiment:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(client.stop)
             self.ctx.testbed.state.forget_process(client.pid)
-
-    def _create_disks(self) -> dict[str, Path]:
-        """Fresh qcow2 disks for this run (recorded, so `testbed down` removes them too): one in
-        the NFS export for shared storage; one per hypervisor host for local storage (the
-        destination's stays empty until the migration copies the source's into it)."""
-        testbed = self.ctx.testbed
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        name = f"{self.ctx.scenario.name}-{stamp}-{os.getpid()}.qcow2"
-        if self.ctx.scenario.storage.mode == "shared-nfs":
-            places = {"source": testbed.export_dir}
-        elif self._libvirt:
-            places = {r: testbed.libvirt_images_dir(r) for r in ("source", "destination")}
-        else:
-            places = {role: testbed.local_disk_dir(role) for role in ("source", "destination")}
-        disks = {}
-        for role, directory in places.items():
-            directory.mkdir(parents=True, exist_ok=True)
-            disks[role] = directory / name
-            testbed.state.add_path(disks[role])
-            create_disk(disks[role])
-        return disks
-
-    @property
-    def _libvirt(self) -> bool:
-        return Backend(self.ctx.scenario.hosts.backend) == Backend.LIBVIRT
-
-    def _disk_url(self, disk: Path) -> str:
-        """How the hypervisor opens `disk`: over NFS, or as a local file (under libvirt at the
-        path its daemons see, the same on every host)."""
-        if self.ctx.scenario.storage.mode == "shared-nfs":
-            return self.ctx.testbed.nfs_url(disk)
-        return f"{IMAGES_DIR}/{disk.name}" if self._libvirt else str(disk)
-
-    def _vm_config(self, image: GuestImage, disk: Path) -> VmConfig:
-        scenario, testbed = self.ctx.scenario, self.ctx.testbed
-        assert self.ctx.preflight is not None
-        return VmConfig(
-            name=scenario.name,
-            memory_mib=scenario.vm.memory_mib,
-            vcpus=scenario.vm.vcpus,
-            cpu_model=self.ctx.preflight.cpu_model,
-            machine=self.ctx.preflight.machine,
-            disk_cache=scenario.vm.disk_cache,
-            accel=self.ctx.accel,
-            kernel=image.kernel,
-            initrd=image.initrd,
-            kernel_cmdline=guest_cmdline(scenario, testbed.guest_ip),
-            disk_url=self._disk_url(disk),
-            mac=testbed.guest_mac,
-        )
 
     async def boot_source(self, config: VmConfig) -> Domain:
         """Boot the guest on the source host and wait until its service answers."""

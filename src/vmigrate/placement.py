@@ -1,0 +1,128 @@
+"""Where the testbed's VM lives: its disks (one on the NFS export, or one per host), the
+configuration both hosts run it with, and the backend that runs it there (QEMU started by
+vmigrate, or the hosts' libvirtd)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+from vmigrate.config import Scenario
+from vmigrate.guest.facts import guest_cmdline
+from vmigrate.guest.image import GuestImage
+from vmigrate.hypervisor.base import Backend, HostPlace, Hypervisor, VmConfig
+from vmigrate.hypervisor.libvirt_backend import LibvirtHost, LibvirtHypervisor
+from vmigrate.hypervisor.qemu_backend import QemuHypervisor
+from vmigrate.proc import run
+from vmigrate.testbed.libvirtd import IMAGES_DIR
+from vmigrate.testbed.testbed import Testbed
+
+DISK_SIZE = "256M"
+
+
+def create_disk(path: Path) -> None:
+    """An empty qcow2 disk of the guest's size (replacing whatever was there)."""
+    run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), DISK_SIZE])
+
+
+class Placement:
+    """The scenario's VM on the testbed's hypervisor hosts."""
+
+    def __init__(self, scenario: Scenario, testbed: Testbed, out_dir: Path) -> None:
+        self.scenario = scenario
+        self.testbed = testbed
+        self.out_dir = out_dir
+
+    def hypervisor(self, disks: dict[str, Path]) -> Hypervisor:
+        """The backend that runs this scenario's VM on the testbed's hypervisor hosts."""
+        testbed = self.testbed
+        if self.libvirt:
+
+            def libvirt_host(role: str) -> LibvirtHost:
+                return LibvirtHost(
+                    role,
+                    uri=testbed.libvirt_uri(role),
+                    peer_uri=testbed.libvirt_tcp_uri(role),
+                    migration_uri=testbed.libvirt_migration_uri(role),
+                    root=testbed.libvirt_root(role),
+                    tap=testbed.hosts[role].tap or "",
+                )
+
+            return LibvirtHypervisor(
+                libvirt_host("source"), libvirt_host("destination"), self.out_dir
+            )
+
+        def place(role: str) -> HostPlace:
+            host = testbed.hosts[role]
+            assert host.tap is not None
+            return HostPlace(role, host.netns, host.tap, host.ip, self.scenario.hosts.cpu(role))
+
+        def destination_disk() -> str:
+            """A fresh empty disk for the destination (each attempt starts its copy over)."""
+            create_disk(disks["destination"])
+            return str(disks["destination"])
+
+        return QemuHypervisor(
+            place("source"),
+            place("destination"),
+            log_dir=self.out_dir,
+            socket_dir=testbed.dir / "run",
+            on_start=testbed.state.add_process,
+            on_exit=testbed.state.forget_process,
+            destination_disk=destination_disk if "destination" in disks else None,
+        )
+
+    def create_disks(self) -> dict[str, Path]:
+        """Fresh qcow2 disks for this run (recorded, so `testbed down` removes them too): one in
+        the NFS export for shared storage; one per hypervisor host for local storage (the
+        destination's stays empty until the migration copies the source's into it)."""
+        testbed = self.testbed
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = f"{self.scenario.name}-{stamp}-{os.getpid()}.qcow2"
+        if self.scenario.storage.mode == "shared-nfs":
+            places = {"source": testbed.export_dir}
+        elif self.libvirt:
+            places = {r: testbed.libvirt_images_dir(r) for r in ("source", "destination")}
+        else:
+            places = {role: testbed.local_disk_dir(role) for role in ("source", "destination")}
+        disks = {}
+        for role, directory in places.items():
+            directory.mkdir(parents=True, exist_ok=True)
+            disks[role] = directory / name
+            testbed.state.add_path(disks[role])
+            create_disk(disks[role])
+        return disks
+
+    @property
+    def libvirt(self) -> bool:
+        """True when libvirt runs the VM (hosts.backend = libvirt)."""
+        return Backend(self.scenario.hosts.backend) == Backend.LIBVIRT
+
+    def disk_url(self, disk: Path) -> str:
+        """How the hypervisor opens `disk`: over NFS, or as a local file (under libvirt at the
+        path its daemons see, the same on every host)."""
+        if self.scenario.storage.mode == "shared-nfs":
+            return self.testbed.nfs_url(disk)
+        return f"{IMAGES_DIR}/{disk.name}" if self.libvirt else str(disk)
+
+    def vm_config(
+        self, image: GuestImage, disk: Path, accel: str, cpu_model: str, machine: str
+    ) -> VmConfig:
+        """The VM both hosts run: the scenario's size, the settled CPU model and machine type,
+        our kernel and initrd, the guest's address, its disk."""
+        scenario, testbed = self.scenario, self.testbed
+        return VmConfig(
+            name=scenario.name,
+            memory_mib=scenario.vm.memory_mib,
+            vcpus=scenario.vm.vcpus,
+            cpu_model=cpu_model,
+            machine=machine,
+            disk_cache=scenario.vm.disk_cache,
+            accel=accel,
+            kernel=image.kernel,
+            initrd=image.initrd,
+            kernel_cmdline=guest_cmdline(scenario, testbed.guest_ip),
+            disk_url=self.disk_url(disk),
+            mac=testbed.guest_mac,
+        )
