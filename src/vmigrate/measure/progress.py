@@ -15,7 +15,7 @@ MIGRATION_COLUMNS = [
     "dirty_rate_mib_s", "throughput_mbit_s", "iterations", "expected_downtime_ms",
     "cpu_throttle_pct", "attempt",
 ]  # fmt: skip
-EVENT_COLUMNS = ["t_ns", "host", "event", "detail"]
+EVENT_COLUMNS = ["t_ns", "host", "event", "name", "detail"]
 
 
 def record_migration(recorder: Recorder, record: MigrationRecord) -> None:
@@ -46,5 +46,7 @@ def record_migration(recorder: Recorder, record: MigrationRecord) -> None:
         )
     events = recorder.series("events", EVENT_COLUMNS)
     for event in record.events:
-        events.append((event.t_ns, event.host, event.name, json.dumps(event.data)))
+        events.append(
+            (event.t_ns, event.host, event.kind.value, event.name, json.dumps(event.data))
+        )
     recorder.flush()

@@ -683,6 +683,7 @@ def _run_details(result: dict[str, Any]) -> str:
             fmt("x_s", e.get("t_s")),
             _esc(e.get("host", "")),
             f"<code>{_esc(e.get('event', ''))}</code>",
+            f"<code>{_esc(e.get('name', ''))}</code>",
             f"<code>{_esc(json.dumps(e.get('data', {}), sort_keys=True))}</code>",
         ]
         for e in events
@@ -696,7 +697,9 @@ def _run_details(result: dict[str, Any]) -> str:
         f"{_kv_table(marks, 'kv compact')}</div>"
         "</div>"
         f"<details><summary>Hypervisor events ({len(events)})</summary>"
-        + _grid_table(["t (s)", "host", "event", "data"], event_rows, "grid compact")
+        + _grid_table(
+            ["t (s)", "host", "event", "as the backend says", "data"], event_rows, "grid compact"
+        )
         + "</details></section>"
     )
 
