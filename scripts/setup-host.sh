@@ -12,6 +12,7 @@ PACKAGES=(
   procps iputils-ping                           # ps and ping, for humans and tests
   chromium fonts-dejavu-core                    # headless browser: report.html tests
   pkg-config python3-dev                        # build libvirt-python from its sdist
+  openssh-server                                # sshd inside test hosts (hosts.ssh test only)
 )
 # The libvirt backend: libvirtd with its QEMU driver (no libvirt-daemon-system: it would install
 # and enable the system units), virsh, and the headers libvirt-python builds against. On Debian
@@ -28,6 +29,9 @@ LIBVIRT_UNITS=(
   libvirtd.service libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket
   virtlogd.service virtlogd.socket virtlogd-admin.socket libvirt-guests.service
 )
+# openssh-server is for the tests of `hosts.ssh`, which start their own sshd inside a testbed
+# host: the machine's own sshd must not start (policy-rc.d below) nor be enabled for the boot.
+SSH_UNITS=(ssh.service ssh.socket)
 # QEMU >= 9: QEMU 7.2 (Debian 12's own) loses guest writes when it live-migrates a TCG guest
 # (fixed upstream in 9.0). On Debian 12 these come from bookworm-backports.
 BACKPORTS_PACKAGES=(qemu-system-x86 qemu-utils qemu-block-extra)
@@ -105,6 +109,9 @@ if [ ${#missing[@]} -gt 0 ] || [ "$refresh" = 1 ] || qemu_too_old || libvirt_nee
   fi
   if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${missing[@]}"
+    if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
+      systemctl disable --quiet "${SSH_UNITS[@]}" 2>/dev/null || true
+    fi
   fi
 fi
 if qemu_too_old; then

@@ -11,6 +11,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
@@ -108,8 +109,11 @@ class HostsSpec(_Section):
     domain: str = Field("", description="your own hosts: the running domain to migrate")
     ssh: bool = Field(
         False,
-        description="your own hosts: also sample each host's /proc over ssh (the URIs' "
-        "user@host; key-based login)",
+        description="your own hosts: sample each host's /proc over ssh, as testbed hosts are "
+        "(every process's CPU, RSS, disk IO; QEMU's threads; the NIC routing to the peer host), "
+        "instead of libvirt's domain statistics; logs in as the URI says (qemu+ssh: its user, "
+        "keyfile, no_verify; other URIs: their host, as the current user); the hosts need sh, "
+        "awk, grep and ip",
     )
 
     @model_validator(mode="after")
@@ -140,6 +144,18 @@ class HostsSpec(_Section):
                     "qemu+ssh://user@host/system, qemu+tcp://host/system, qemu+tls://... or "
                     "qemu+unix:///system?socket=PATH"
                 )
+        if self.ssh:
+            if not self.real:
+                raise ValueError(
+                    "hosts.ssh samples your own hosts over ssh (with hosts.source_uri, "
+                    "destination_uri and domain); the testbed's hosts are sampled directly"
+                )
+            for key in ("source_uri", "destination_uri"):
+                if not urlparse(getattr(self, key)).hostname:
+                    raise ValueError(
+                        f"hosts.ssh logs in to the host of hosts.{key}, and "
+                        f"{getattr(self, key)!r} names none: use qemu+ssh://user@host/system"
+                    )
         if self.migration_uri and not re.match(r"^(tcp|rdma|unix)://", self.migration_uri):
             raise ValueError(
                 f"hosts.migration_uri: {self.migration_uri!r} is not a migration URI; use "

@@ -2,7 +2,9 @@
 vmigrate did not create, and measured from the machine vmigrate runs on.
 
 No testbed is built and no guest booted. The probe pings `service.address`, the load requests
-`service.http_url`; libvirt's domain statistics stand in for the hosts' /proc. vmigrate changes
+`service.http_url`. The hosts are measured through libvirt's domain statistics, or with
+`hosts.ssh = true` through their /proc over ssh, like testbed hosts (never both: each series
+has one source, so QEMU is not counted twice). vmigrate changes
 nothing but the migration: the domain is neither defined, started, stopped nor undefined, and
 after a completed run it stays running on the destination.
 """
@@ -21,7 +23,7 @@ from urllib.parse import urlparse
 
 from vmigrate import __version__
 from vmigrate.analysis import analyze
-from vmigrate.config import Scenario
+from vmigrate.config import HostsSpec, Scenario
 from vmigrate.errors import HypervisorError, UsageError, VmigrateError
 from vmigrate.experiment import ExperimentObserver, PreflightFailed
 from vmigrate.hypervisor.base import RunState
@@ -31,6 +33,8 @@ from vmigrate.measure.client import ClientProcess, start_load, start_probe
 from vmigrate.measure.domstats import DomainStatsSampler
 from vmigrate.measure.progress import record_migration
 from vmigrate.measure.recorder import Recorder
+from vmigrate.measure.remote_proc import RemoteProcSampler, start_remote_samplers
+from vmigrate.measure.ssh import uri_host
 from vmigrate.migration.orchestrator import MigrationRecord, Outcome, migrate, where_it_runs
 from vmigrate.migration.preflight import Preflight
 from vmigrate.migration.preflight_hosts import own_hosts_preflight
@@ -42,6 +46,11 @@ from vmigrate.runlog import run_log
 log = logging.getLogger(__name__)
 
 HTTP_TIMEOUT_S = 3.0
+DOMAIN_STATS_MEASURED = (
+    "libvirt domain statistics: the domain's QEMU CPU, vCPU time, RSS and disk IO on each host; "
+    "host NICs and other processes are not visible through libvirt"
+)
+Sampler = DomainStatsSampler | RemoteProcSampler
 
 
 def hypervisor_for(scenario: Scenario, out_dir: Path) -> LibvirtHypervisor:
@@ -57,6 +66,14 @@ def hypervisor_for(scenario: Scenario, out_dir: Path) -> LibvirtHypervisor:
         ),
         log_dir=out_dir,
     )
+
+
+def peer_hosts(hosts: HostsSpec) -> dict[str, str]:
+    """Whom each host's migration traffic goes to, as the hosts name it (their uplink is the
+    interface routing there): the source sends to the destination (migration_uri's host when
+    set, else the peer URI's, else destination_uri's), the destination hears from the source."""
+    to = hosts.migration_uri or hosts.destination_peer_uri or hosts.destination_uri
+    return {"source": uri_host(to), "destination": uri_host(hosts.source_uri)}
 
 
 class OwnHostsExperiment:
@@ -84,6 +101,7 @@ class OwnHostsExperiment:
         self.marks_ns: dict[str, int] = {}
         self.clients: dict[str, ClientProcess] = {}
         self.hypervisor = hypervisor_for(scenario, out_dir)
+        self.remote: list[RemoteProcSampler] = []
 
     def mark(self, name: str) -> None:
         self.marks_ns[name] = time.monotonic_ns()
@@ -112,17 +130,12 @@ class OwnHostsExperiment:
         running_on = "none"
         source_state: RunState | None = None
         error: str | None = None
-        sampler: DomainStatsSampler | None = None
+        samplers: list[Sampler] = []
         try:
             source = await self.attach()
             await self._preflight(source)
-            sampler = DomainStatsSampler(
-                self.hypervisor.conns,
-                self.scenario.hosts.domain,
-                self.recorder,
-                self.scenario.measure.resource_interval_ms / 1000,
-            )
-            sampler.start()
+            samplers = self._samplers()
+            await asyncio.to_thread(self._start_samplers, samplers)
             record = await self._measure(source)
             running_on = await where_it_runs(source, record.destination)
             source_state = record.source_state_after
@@ -132,7 +145,7 @@ class OwnHostsExperiment:
             error = str(exc)
         finally:
             await self._stop_clients()
-            if sampler is not None:
+            for sampler in samplers:
                 await asyncio.to_thread(sampler.stop)
             await self.hypervisor.close()
         service_ok = await asyncio.to_thread(self._service_answers)
@@ -155,9 +168,7 @@ class OwnHostsExperiment:
                 "guest_image_digest": "",
                 "source_uri": self.scenario.hosts.source_uri,
                 "destination_uri": self.scenario.hosts.destination_uri,
-                "resources_measured": "libvirt domain statistics: the domain's QEMU CPU, vCPU "
-                "time, RSS and disk IO on each host; host NICs and other processes are not "
-                "visible through libvirt",
+                "resources_measured": self._resources_measured(),
             },
             verification={
                 "running_on": running_on,
@@ -197,6 +208,49 @@ class OwnHostsExperiment:
                 + "; ".join(f"{c.name}: {c.message} — {c.fix}" for c in self.preflight.failures)
                 + " (--skip-preflight goes ahead regardless)"
             )
+
+    def _samplers(self) -> list[Sampler]:
+        """With hosts.ssh, each host's /proc over ssh (every process, QEMU's threads, the NIC);
+        else libvirt's domain statistics. Not both: libvirt reads the same /proc counters of
+        the same QEMU, and the analysis sums a host's `processes` rows, so both would count
+        QEMU twice. :raise UsageError: a URI names no host to log in to."""
+        hosts = self.scenario.hosts
+        interval_s = self.scenario.measure.resource_interval_ms / 1000
+        if not hosts.ssh:
+            conns = self.hypervisor.conns
+            return [DomainStatsSampler(conns, hosts.domain, self.recorder, interval_s)]
+        peers = peer_hosts(hosts)
+        self.remote = [
+            RemoteProcSampler(role, uri, peers[role], self.recorder, interval_s)
+            for role, uri in (("source", hosts.source_uri), ("destination", hosts.destination_uri))
+        ]
+        return list(self.remote)
+
+    def _start_samplers(self, samplers: list[Sampler]) -> None:
+        """Start sampling; with ssh, log in to both hosts first (UsageError if one refuses)."""
+        if self.remote:
+            start_remote_samplers(self.remote)
+        for sampler in samplers:
+            if isinstance(sampler, DomainStatsSampler):
+                sampler.start()
+
+    def _resources_measured(self) -> str:
+        """What the `processes`, `threads` and `links` series hold, for result.json."""
+        if not self.remote:
+            return DOMAIN_STATS_MEASURED
+        hosts = []
+        for sampler in self.remote:
+            scope = sampler.hello.get("scope") == "netns"
+            uplink = sampler.uplink or f"none found (no route to {sampler.peer})"
+            hosts.append(
+                f"{sampler.role} ({sampler.target.display}, {sampler.hello.get('host', '?')}): "
+                f"{'the processes of its network namespace' if scope else 'all processes'}, "
+                f"uplink {uplink}"
+            )
+        return (
+            "each host's /proc over ssh: every process's CPU, RSS and disk IO, QEMU's threads "
+            "by class, the counters of the interface routing to the peer host — " + "; ".join(hosts)
+        )
 
     async def _measure(self, source: LibvirtDomain) -> MigrationRecord:
         scenario, phases = self.scenario, self.scenario.phases

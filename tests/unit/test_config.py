@@ -219,3 +219,12 @@ def test_own_hosts_bad_input_names_the_key(key: str, value: str, says: str) -> N
 def test_cpu_ceilings_are_refused_with_libvirt() -> None:
     with pytest.raises(ScenarioError, match="qemu backend only"):
         validate_scenario({"hosts": {"backend": "libvirt", "destination_cpu": "Westmere"}})
+
+
+def test_hosts_ssh_needs_your_own_hosts_with_host_names() -> None:
+    assert validate_scenario({**OWN_HOSTS, "hosts": {**OWN_HOSTS["hosts"], "ssh": True}})
+    with pytest.raises(ScenarioError, match="testbed's hosts are sampled directly"):
+        validate_scenario({"hosts": {"ssh": True}})
+    local = {**OWN_HOSTS["hosts"], "ssh": True, "destination_uri": "qemu:///system"}
+    with pytest.raises(ScenarioError, match="hosts.destination_uri, and 'qemu:///system' names"):
+        validate_scenario({**OWN_HOSTS, "hosts": local})

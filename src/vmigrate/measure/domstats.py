@@ -4,7 +4,8 @@ CPU, vCPU time, memory and disk IO on each host, from libvirt's domain statistic
 It writes the same `processes` and `threads` series as the /proc sampler (one "process" per
 host: the domain's QEMU, as libvirt accounts it), so the analysis bills both alike. What
 libvirt cannot give — other processes of the host, the host's NIC — is not made up: the
-`links` series stays empty and the result says so.
+`links` series stays empty and the result says so. With `hosts.ssh` this sampler does not run:
+the hosts' /proc over ssh (remote_proc.py) measures the same QEMU, and everything else.
 """
 
 from __future__ import annotations

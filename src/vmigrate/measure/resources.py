@@ -5,6 +5,8 @@ A host is a network namespace, so "the processes of a host" are exactly the proc
 /proc/PID/ns/net is that namespace: nothing has to register, and a QEMU started mid-run is
 picked up on the next sample. Link counters are read from /proc/net/dev files opened once from
 inside each namespace (the open file stays bound to it), so a sample forks nothing.
+The texts of /proc become rows in `process_row`, `thread_row` and `parse_net_dev`, shared with
+remote_proc.py, which reads the same files of a real host over ssh.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from vmigrate.measure.recorder import Recorder
+from vmigrate.measure.recorder import Recorder, Row
 from vmigrate.testbed.netns import call_in_netns
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -24,7 +26,7 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 PROCESS_COLUMNS = ["t_ns", "host", "pid", "name", "cpu_s", "rss_bytes", "read_bytes", "write_bytes"]
 THREAD_COLUMNS = ["t_ns", "host", "pid", "tid", "thread", "thread_class", "cpu_s"]
 LINK_COLUMNS = ["t_ns", "host", "rx_bytes", "tx_bytes", "rx_packets", "tx_packets"]
-QEMU_COMM = "qemu-system-x86"
+QEMU_COMM_PREFIX = "qemu-system"  # comm is cut to 15 characters: "qemu-system-x86"
 
 
 @dataclass(frozen=True)
@@ -36,22 +38,72 @@ class WatchedHost:
     uplink: str
 
 
+def is_qemu(comm: str) -> bool:
+    """Whether a process (by its comm) is a QEMU system emulator, whose threads are sampled."""
+    return comm.startswith(QEMU_COMM_PREFIX)
+
+
 def thread_class(name: str) -> str:
     """QEMU thread name → vcpu | migration | main | other (needs -name ...,debug-threads=on)."""
     if name.startswith("CPU ") and ("/TCG" in name or "/KVM" in name):
         return "vcpu"
     if name.startswith(("live_migration", "multifd", "mig/", "return path", "postcopy")):
         return "migration"
-    if name.startswith(QEMU_COMM):
+    if is_qemu(name):
         return "main"
     return "other"
 
 
-def _stat_cpu_s(stat: str) -> tuple[str, float]:
+def stat_cpu_s(stat: str, clk_tck: int = CLK_TCK) -> tuple[str, float]:
     """(comm, utime+stime in seconds) from the text of a /proc/.../stat file."""
     comm = stat[stat.index("(") + 1 : stat.rindex(")")]
     fields = stat[stat.rindex(")") + 2 :].split()
-    return comm, (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return comm, (int(fields[11]) + int(fields[12])) / clk_tck
+
+
+def parse_io(text: str) -> tuple[int, int]:
+    """Block-device (read_bytes, write_bytes) from the text of /proc/PID/io ((0, 0) if empty)."""
+    values = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+    return int(values.get("read_bytes", 0)), int(values.get("write_bytes", 0))
+
+
+def statm_rss_bytes(statm: str, page_size: int = PAGE_SIZE) -> int:
+    """Resident set size from the text of /proc/PID/statm (0 if empty)."""
+    fields = statm.split()
+    return int(fields[1]) * page_size if len(fields) > 1 else 0
+
+
+def parse_net_dev(text: str, interface: str) -> tuple[int, int, int, int] | None:
+    """(rx_bytes, tx_bytes, rx_packets, tx_packets) of one interface from /proc/net/dev."""
+    for line in text.splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        if name.strip() == interface:
+            f = rest.split()
+            return int(f[0]), int(f[8]), int(f[1]), int(f[9])
+    return None
+
+
+def process_row(
+    t_ns: int,
+    role: str,
+    pid: int,
+    texts: tuple[str, str, str],
+    clk_tck: int = CLK_TCK,
+    page_size: int = PAGE_SIZE,
+) -> Row:
+    """A `processes` row from the texts of a process's (stat, statm, io) files."""
+    stat, statm, io = texts
+    comm, cpu_s = stat_cpu_s(stat, clk_tck)
+    read_b, write_b = parse_io(io)
+    rss = statm_rss_bytes(statm, page_size)
+    return (t_ns, role, pid, comm, round(cpu_s, 2), rss, read_b, write_b)
+
+
+def thread_row(t_ns: int, role: str, pid: int, stat: str, clk_tck: int = CLK_TCK) -> Row:
+    """A `threads` row from the text of /proc/PID/task/TID/stat."""
+    name, cpu_s = stat_cpu_s(stat, clk_tck)
+    tid = int(stat.split(" ", 1)[0])
+    return (t_ns, role, pid, tid, name, thread_class(name), round(cpu_s, 2))
 
 
 def _read(path: str) -> str | None:
@@ -60,28 +112,6 @@ def _read(path: str) -> str | None:
             return handle.read()
     except OSError:
         return None
-
-
-def _io_bytes(pid: int) -> tuple[int, int]:
-    """Block-device read/write bytes of a process (0, 0 if unreadable)."""
-    text = _read(f"/proc/{pid}/io") or ""
-    values = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
-    return int(values.get("read_bytes", 0)), int(values.get("write_bytes", 0))
-
-
-def _rss_bytes(pid: int) -> int:
-    statm = _read(f"/proc/{pid}/statm")
-    return int(statm.split()[1]) * PAGE_SIZE if statm else 0
-
-
-def _parse_net_dev(text: str, interface: str) -> tuple[int, int, int, int] | None:
-    """(rx_bytes, tx_bytes, rx_packets, tx_packets) of one interface from /proc/net/dev."""
-    for line in text.splitlines()[2:]:
-        name, _, rest = line.partition(":")
-        if name.strip() == interface:
-            f = rest.split()
-            return int(f[0]), int(f[8]), int(f[1]), int(f[9])
-    return None
 
 
 def _open_net_dev() -> IO[bytes]:
@@ -156,12 +186,10 @@ class ResourceSampler:
             if stat is None:
                 continue
             t_ns = time.monotonic_ns()
-            comm, cpu_s = _stat_cpu_s(stat)
-            read_b, write_b = _io_bytes(pid)
-            self._processes.append(
-                (t_ns, role, pid, comm, round(cpu_s, 2), _rss_bytes(pid), read_b, write_b)
-            )
-            if comm == QEMU_COMM:
+            texts = (stat, _read(f"/proc/{pid}/statm") or "", _read(f"/proc/{pid}/io") or "")
+            row = process_row(t_ns, role, pid, texts)
+            self._processes.append(row)
+            if is_qemu(str(row[3])):
                 self._sample_threads(t_ns, role, pid)
         for host in self.hosts:
             handle = self._net_dev.get(host.role)
@@ -169,7 +197,7 @@ class ResourceSampler:
                 continue
             handle.seek(0)
             t_ns = time.monotonic_ns()
-            counters = _parse_net_dev(handle.read().decode(), host.uplink)
+            counters = parse_net_dev(handle.read().decode(), host.uplink)
             if counters is not None:
                 self._links.append((t_ns, host.role, *counters))
         self.samples += 1
@@ -183,7 +211,4 @@ class ResourceSampler:
             stat = _read(f"/proc/{pid}/task/{tid}/stat")
             if stat is None:
                 continue
-            name, cpu_s = _stat_cpu_s(stat)
-            self._threads.append(
-                (t_ns, role, pid, int(tid), name, thread_class(name), round(cpu_s, 2))
-            )
+            self._threads.append(thread_row(t_ns, role, pid, stat))
