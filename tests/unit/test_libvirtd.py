@@ -258,3 +258,12 @@ def test_doctor_says_why_libvirtd_did_not_start(monkeypatch: pytest.MonkeyPatch)
     assert found.fix == doctor.LIBVIRT_FIX
     monkeypatch.setattr(libvirtd, "probe", lambda: "libvirtd 11.3.0 started in 0.2 s")
     assert doctor._libvirtd_starts().ok
+
+
+def test_a_missing_libvirtd_is_bad_input_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmigrate.errors import EnvironmentProblem
+
+    monkeypatch.setattr(libvirtd.shutil, "which", lambda _name: None)
+    with pytest.raises(EnvironmentProblem, match="make setup") as caught:
+        libvirtd.libvirtd_binary(search=())
+    assert caught.value.exit_code == 2

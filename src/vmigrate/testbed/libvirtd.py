@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vmigrate import libvirt_client
-from vmigrate.errors import TestbedError
+from vmigrate.errors import EnvironmentProblem, TestbedError
 from vmigrate.libvirt_client import bounded, version_string
 from vmigrate.paths import cache_dir
 from vmigrate.pids import is_same_process, process_start_ticks, terminate
@@ -236,13 +236,15 @@ class Daemon:
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def libvirtd_binary() -> str:
-    """The absolute path of libvirtd, or TestbedError naming the package."""
+def libvirtd_binary(search: tuple[str, ...] = ("/usr/sbin", "/sbin")) -> str:
+    """The absolute path of libvirtd (on PATH or in `search`).
+
+    :raise EnvironmentProblem: not installed (bad input: exit 2), naming the package."""
     found = shutil.which("libvirtd") or next(
-        (str(p) for d in ("/usr/sbin", "/sbin") if (p := Path(d, "libvirtd")).exists()), None
+        (str(p) for d in search if (p := Path(d, "libvirtd")).exists()), None
     )
     if found is None:
-        raise TestbedError(
+        raise EnvironmentProblem(
             "libvirtd is not installed: run `make setup` (apt-get install libvirt-daemon "
             "libvirt-daemon-driver-qemu, from bookworm-backports on Debian 12)"
         )

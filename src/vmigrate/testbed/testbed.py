@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vmigrate import libvirt_client
 from vmigrate.errors import TestbedError, UsageError
 from vmigrate.paths import state_root
 from vmigrate.pids import is_same_process
@@ -104,6 +105,7 @@ class Testbed:
         _check_tools()
         if libvirt:
             libvirtd.libvirtd_binary()  # fail early, with the fix, before building anything
+            libvirt_client.load()
         try:
             self._build(bandwidth_mbit, progress)
             if libvirt:
