@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from vmigrate.pids import is_same_process
-from vmigrate.testbed.state import netns_pids
+from vmigrate.testbed.netns import netns_pids
 from vmigrate.testbed.testbed import Testbed
 
 # VMIGRATE_TEST_TESTBED: another name, for two test runs side by side on one machine.

@@ -194,7 +194,7 @@ def test_libvirtd_per_host_migrates_a_live_domain_peer_to_peer(image: GuestImage
 CHILD = """
 import sys, time
 from pathlib import Path
-from vmigrate.testbed import libvirtd
+from vmigrate import libvirt_client
 from vmigrate.testbed.testbed import Testbed
 
 name, xml_file, ready_file = sys.argv[1:4]
@@ -225,7 +225,7 @@ def test_down_after_sigkill_removes_daemons_and_their_domains(
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, name, str(xml_file) if xml_file.exists() else "", str(ready)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=open(tmp_path / "child.err", "w"),  # noqa: SIM115 - the child keeps it
     )
     deadline = time.monotonic() + 120
     try:
@@ -237,7 +237,10 @@ def test_down_after_sigkill_removes_daemons_and_their_domains(
                 if any(label.startswith(libvirtd.LABEL_PREFIX) for label in labels):
                     break
             time.sleep(0.02)
-        assert proc.poll() is None, "the child died before it could be killed"
+        assert proc.poll() is None, (
+            "the child died before it could be killed: "
+            + (tmp_path / "child.err").read_text()[-1500:]
+        )
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -22,7 +22,7 @@ from vmigrate import libvirt_client
 from vmigrate.guest.image import GuestImage, build_image
 from vmigrate.measure.recorder import load_series
 from vmigrate.measure.remote_proc import SAMPLER_NAME
-from vmigrate.testbed.state import netns_pids
+from vmigrate.testbed.netns import netns_pids
 from vmigrate.testbed.testbed import Testbed
 
 VMIGRATE = str(Path(sys.executable).with_name("vmigrate"))

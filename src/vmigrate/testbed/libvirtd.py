@@ -47,6 +47,7 @@ from vmigrate.libvirt_client import bounded, version_string
 from vmigrate.paths import cache_dir
 from vmigrate.pids import is_same_process, process_start_ticks, terminate
 from vmigrate.proc import in_netns
+from vmigrate.testbed.netns import netns_pids
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -486,6 +487,22 @@ def destroy_domains(uri: str, timeout_s: float = CALL_TIMEOUT_S) -> list[str]:
         with contextlib.suppress(Exception):
             bounded(conn.close, 2.0, "close")
     return removed
+
+
+def orphaned_qemus(netns: str) -> list[int]:
+    """QEMU processes in testbed host `netns` that a libvirtd started (they live in a mount
+    namespace other than ours, the daemon's) — after the daemon died, nobody owns them."""
+    own_mnt = os.stat("/proc/self/ns/mnt").st_ino
+    found = []
+    for pid in netns_pids(netns):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            mnt = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+        except OSError:
+            continue
+        if comm.startswith("qemu-system") and mnt != own_mnt:
+            found.append(pid)
+    return found
 
 
 def stop(pid: int, start_ticks: int | None, grace_s: float = STOP_GRACE_S) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from vmigrate.errors import TestbedError
+from vmigrate.proc import run
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -56,3 +57,16 @@ def call_in_netns(name: str, fn: Callable[..., T], *args: object) -> T:
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box["value"]  # type: ignore[return-value]
+
+
+def netns_exists(name: str) -> bool:
+    """True when network namespace `name` exists (ip netns add made it)."""
+    return Path("/run/netns", name).exists()
+
+
+def netns_pids(name: str) -> list[int]:
+    """PIDs of every process living in network namespace `name` (all of them ours)."""
+    if not netns_exists(name):
+        return []
+    done = run(["ip", "netns", "pids", name], check=False)
+    return [int(tok) for tok in done.stdout.split() if tok.isdigit()]

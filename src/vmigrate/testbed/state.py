@@ -22,6 +22,7 @@ from vmigrate.errors import TestbedError
 from vmigrate.pids import is_same_process, process_start_ticks, terminate
 from vmigrate.proc import run
 from vmigrate.testbed import libvirtd
+from vmigrate.testbed.netns import netns_exists, netns_pids
 
 log = logging.getLogger(__name__)
 
@@ -115,18 +116,6 @@ class StateFile:
             data["resources"] = [
                 r for r in data["resources"] if not (r["kind"] == "process" and r["pid"] == pid)
             ]
-
-
-def netns_exists(name: str) -> bool:
-    return Path("/run/netns", name).exists()
-
-
-def netns_pids(name: str) -> list[int]:
-    """PIDs of every process living in network namespace `name` (all of them ours)."""
-    if not netns_exists(name):
-        return []
-    done = run(["ip", "netns", "pids", name], check=False)
-    return [int(tok) for tok in done.stdout.split() if tok.isdigit()]
 
 
 def tear_down(state: StateFile) -> list[str]:

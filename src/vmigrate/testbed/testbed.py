@@ -11,6 +11,7 @@ testbeds never collide.
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from collections.abc import Callable
@@ -20,11 +21,14 @@ from typing import Any
 from vmigrate import libvirt_client
 from vmigrate.errors import TestbedError, UsageError
 from vmigrate.paths import state_root
-from vmigrate.pids import is_same_process
+from vmigrate.pids import is_same_process, terminate
 from vmigrate.testbed import libvirtd, network
+from vmigrate.testbed.netns import netns_exists
 from vmigrate.testbed.network import GUEST_IP, GUEST_MAC, HYPERVISOR_ROLES, Host
 from vmigrate.testbed.nfs import start_nfs_server
-from vmigrate.testbed.state import Resource, StateFile, netns_exists, stop_libvirtd, tear_down
+from vmigrate.testbed.state import Resource, StateFile, stop_libvirtd, tear_down
+
+log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "vmig"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,7}$")
@@ -75,7 +79,8 @@ class Testbed:
         return self.state.path.exists()
 
     def is_healthy(self) -> bool:
-        """Every namespace present; the NFS server's (and any libvirtd's) processes alive."""
+        """Every namespace present and the NFS server's processes alive. (The libvirt daemons
+        are apart — `has_libvirt`: a dead one is restarted alone, the testbed stays.)"""
         if not self.exists() or not self.state.facts().get("complete"):
             return False
         resources = self.state.resources()
@@ -83,7 +88,7 @@ class Testbed:
         procs_ok = all(
             is_same_process(r.pid, r.start_ticks)
             for r in resources
-            if r.kind == "process" and r.name.startswith(("nfs", libvirtd.LABEL_PREFIX))
+            if r.kind == "process" and r.name.startswith("nfs")
         )
         return namespaces_ok and procs_ok
 
@@ -96,6 +101,9 @@ class Testbed:
         if self.is_healthy():
             self.shape(bandwidth_mbit)
             progress(f"testbed {self.name} already up; links set to {bandwidth_mbit:g} Mbit/s")
+            if self._libvirtd_records() and not self.has_libvirt():
+                progress("a libvirtd of this testbed died: removing what it left behind")
+                self._forget_libvirtd()
             if libvirt and not self.has_libvirt():
                 self.start_libvirt(progress)
             return
@@ -167,12 +175,17 @@ class Testbed:
         self.state.set_facts(libvirt=True)
 
     def _forget_libvirtd(self) -> None:
-        """Stop (domains first) and forget every recorded libvirtd, alive or not."""
-        for record in self._libvirtd_records().values():
+        """Stop (domains first) and forget every recorded libvirtd, alive or not; QEMUs a dead
+        daemon left behind in its host go too (they would hold the host's tap)."""
+        for role, record in self._libvirtd_records().items():
             if is_same_process(record.pid, record.start_ticks):
                 stop_libvirtd(record)
             libvirtd.release(record.pid)
             self.state.forget(record)
+            if role in self.hosts:
+                for pid in libvirtd.orphaned_qemus(self.hosts[role].netns):
+                    log.warning("stopping QEMU %d that a dead libvirtd left on %s", pid, role)
+                    terminate(pid, None)
 
     def _libvirtd_pid(self, role: str) -> int:
         record = self._libvirtd_records().get(role)
