@@ -128,6 +128,21 @@ def test_a_users_domain_moves_and_is_billed(
     assert time.monotonic() - started < 120
 
 
+def test_undefine_source_removes_only_the_sources_definition(
+    testbed: Testbed, users_vm: dict[str, Any], tmp_path: Path
+) -> None:
+    conns = users_vm
+    before = {role: domains(conn) for role, conn in conns.items()}
+    scenario = scenario_file(tmp_path, testbed)
+    done = vmigrate_from_client(
+        testbed, "run", str(scenario), "-o", str(tmp_path / "run"), "--undefine-source"
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    after = {role: domains(conn) for role, conn in conns.items()}
+    assert after["source"] == {k: v for k, v in before["source"].items() if k != DOMAIN}
+    assert after["destination"] == {**before["destination"], DOMAIN: (True, True)}
+
+
 @pytest.mark.parametrize(
     ("hosts", "says"),
     [

@@ -24,6 +24,7 @@ from vmigrate.hypervisor.plan import MigrationPlan
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 15.0
+MIGRATION_PORT_MIN = 49152  # libvirt's default migration_port_min
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,10 @@ class LibvirtHypervisor(Hypervisor):
         )
 
     def listen_ports(self, plan: MigrationPlan) -> dict[str, int]:
-        return {}  # libvirt picks a free port of its migration range itself
+        """libvirt takes free ports of its migration range (qemu.conf migration_port_min..max,
+        49152-49215 by default; a second one for the disk copy): its first must be free for
+        a first migration to get it."""
+        return {"migration": MIGRATION_PORT_MIN}
 
     async def versions(self) -> dict[str, str]:
         return dict(self._versions)
