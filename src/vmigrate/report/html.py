@@ -215,6 +215,8 @@ def _header(result: dict[str, Any], run_dir: Path) -> str:
         ("QEMU", _esc(env.get("qemu_version", "—"))),
         ("vmigrate", _esc(env.get("tool_version", "—"))),
     ]
+    if env.get("backend") == "libvirt":
+        meta.insert(1, ("backend", "libvirt " + _esc(env.get("libvirt_version", ""))))
     vm = _d(scenario.get("vm"))
     work = _d(scenario.get("workload"))
     net = _d(scenario.get("network"))
