@@ -21,11 +21,13 @@ from typing import Any, Protocol
 
 from vmigrate import __version__
 from vmigrate.analysis import analyze
+from vmigrate.cleanup import Step, each
 from vmigrate.config import Scenario
 from vmigrate.errors import (
     EnvironmentProblem,
     GuestError,
     HypervisorError,
+    TestbedError,
     UsageError,
     VmigrateError,
 )
@@ -189,16 +191,31 @@ class Experiment:
                 ctx.preflight.machine,
             )
         finally:
-            await self.stop_clients()
-            if self.sampler is not None:
-                await asyncio.to_thread(self.sampler.stop)
-            if self.hypervisor is not None:
-                await self.hypervisor.close()
+            await each(self._teardown(disks, owns_testbed), "ending the run")
+
+    def _teardown(self, disks: dict[str, Path], owns_testbed: bool) -> list[Step]:
+        """What ending a run undoes, in order; each step runs whatever the one before did."""
+
+        async def remove_disks() -> None:
             for disk in disks.values():
                 disk.unlink(missing_ok=True)
-            if owns_testbed:
-                self.observer.stage("tearing the testbed down")
-                await asyncio.to_thread(testbed.down)
+
+        async def tear_down_testbed() -> None:
+            self.observer.stage("tearing the testbed down")
+            problems = await asyncio.to_thread(self.ctx.testbed.down)
+            if problems:
+                raise TestbedError("; ".join(problems))
+
+        sampler, hypervisor = self.sampler, self.hypervisor
+        steps: list[Step] = [("stopping the probe and the load", self.stop_clients)]
+        if sampler is not None:
+            steps.append(("stopping the resource sampler", lambda: asyncio.to_thread(sampler.stop)))
+        if hypervisor is not None:
+            steps.append(("stopping the VMs", hypervisor.close))
+        steps.append(("removing the run's disks", remove_disks))
+        if owns_testbed:
+            steps.append(("tearing the testbed down", tear_down_testbed))
+        return steps
 
     async def run(self) -> dict[str, Any]:
         """The experiment: boot, load, baseline, migrate, after window, verify; the result."""
@@ -347,9 +364,11 @@ class Experiment:
     async def stop_clients(self) -> None:
         """Stop the probe and the load; they write their records on the way out."""
         while self.clients:
-            _, client = self.clients.popitem()
-            with contextlib.suppress(Exception):
+            name, client = self.clients.popitem()
+            try:
                 await asyncio.to_thread(client.stop)
+            except Exception as exc:  # the other client is stopped all the same
+                log.warning("stopping the %s: %s", name, exc)
             self.ctx.testbed.state.forget_process(client.pid)
 
     async def boot_source(self, config: VmConfig) -> Domain:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import subprocess
 import time
@@ -23,6 +24,7 @@ from urllib.parse import urlparse
 
 from vmigrate import __version__
 from vmigrate.analysis import analyze
+from vmigrate.cleanup import Step, each
 from vmigrate.config import HostsSpec, Scenario
 from vmigrate.errors import HypervisorError, UsageError, VmigrateError
 from vmigrate.experiment import ExperimentObserver, PreflightFailed
@@ -144,10 +146,13 @@ class OwnHostsExperiment:
                 raise
             error = str(exc)
         finally:
-            await self._stop_clients()
-            for sampler in samplers:
-                await asyncio.to_thread(sampler.stop)
-            await self.hypervisor.close()
+            steps: list[Step] = [("stopping the probe and the load", self._stop_clients)]
+            steps += [
+                ("stopping a resource sampler", functools.partial(asyncio.to_thread, s.stop))
+                for s in samplers
+            ]
+            steps.append(("closing the libvirt connections", self.hypervisor.close))
+            await each(steps, "ending the run")
         service_ok = await asyncio.to_thread(self._service_answers)
         versions = await self.hypervisor.versions()
         result = build_result(

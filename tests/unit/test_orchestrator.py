@@ -438,3 +438,41 @@ def test_a_failed_migration_concludes_as_failed() -> None:
     assert record.outcome == Outcome.FAILED
     assert hv.jobs[0].calls[-1] == "conclude failed"
     assert source.state == RunState.RUNNING
+
+
+class CancelTimesOut(FakeMigration):
+    """A job whose statistics break mid-way and whose cancel then fails too."""
+
+    async def stats(self) -> MigrationStats:
+        if self.polls >= 2:
+            raise RuntimeError("the backend went away")
+        return await super().stats()
+
+    async def cancel(self) -> None:
+        self.calls.append("cancel")
+        raise RuntimeError("migration did not stop within 15 s")
+
+
+class ConcludeFails(CancelTimesOut):
+    async def conclude(self, completed: bool) -> None:
+        self.calls.append("conclude failed")
+        raise RuntimeError("the destination does not answer")
+
+
+@pytest.mark.parametrize("job_type", [CancelTimesOut, ConcludeFails])
+def test_a_failing_cleanup_step_does_not_skip_the_rollback(
+    job_type: type[FakeMigration], caplog: pytest.LogCaptureFixture
+) -> None:
+    class Paused(job_type):  # type: ignore[valid-type, misc]
+        async def start(self) -> None:
+            await super().start()
+            self.source.state = RunState.MIGRATED  # as if in its stop-and-copy
+
+    with caplog.at_level("WARNING", logger="vmigrate"):
+        record, source, hv = run([S.ACTIVE] * 10, Paused)
+    assert record.outcome == Outcome.FAILED
+    assert hv.jobs[0].calls[:2] == ["start", "cancel"]
+    assert "conclude failed" in hv.jobs[0].calls  # tried although the cancel failed
+    assert source.state == RunState.RUNNING  # and the source resumed all the same
+    assert "resume" in source.calls
+    assert "cancelling failed: migration did not stop" in caplog.text

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from vmigrate.cleanup import Step, each
 from vmigrate.config import MigrationSpec
 from vmigrate.errors import HypervisorError
 from vmigrate.hypervisor.base import (
@@ -340,19 +341,12 @@ class _Run:
             Outcome.CANCELLED if isinstance(exc, asyncio.CancelledError) else Outcome.FAILED
         )
         record.error = record.error or str(exc) or type(exc).__name__
-        if self.active:
-            try:
-                await self.cancel()
-            except Exception as error:
-                log.warning("after a failed migration, cancelling: %s", error)
-        try:
-            await self.job.conclude(completed=False)
-        except Exception as error:
-            log.warning("after a failed migration, dropping the destination: %s", error)
-        try:
-            await self.roll_back()
-        except Exception as error:
-            log.warning("after a failed migration, resuming the source: %s", error)
+        steps: list[Step] = [("cancelling", self.cancel)] if self.active else []
+        steps += [
+            ("dropping the destination", lambda: self.job.conclude(completed=False)),
+            ("resuming the source", self.roll_back),
+        ]
+        await each(steps, "after a failed migration")
 
 
 async def migrate(

@@ -33,8 +33,27 @@ def load_result(run_dir: Path) -> dict[str, Any]:
     return result
 
 
+# What damaged recorded data (a hand-edited result.json, a truncated series) raises in the
+# analysis: bad input, said in one line, not a traceback.
+DAMAGE = (KeyError, TypeError, ValueError, IndexError, AttributeError, ArithmeticError)
+
+
+def reanalyse(run_dir: Path) -> dict[str, Any]:
+    """A run's result, its cost sections recomputed from RUN/series.
+
+    :raise UsageError: not a run directory, or its files are damaged."""
+    result = load_result(run_dir)
+    try:
+        return analyze(run_dir, result)
+    except DAMAGE as exc:
+        raise UsageError(
+            f"{run_dir} cannot be re-analysed: its result.json or series/ are damaged "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); re-run the experiment"
+        ) from exc
+
+
 def rebuild(run_dir: Path) -> tuple[dict[str, Any], Path]:
     """Recompute result.json from the recorded series and write report.html beside it."""
-    result = analyze(run_dir, load_result(run_dir))
+    result = reanalyse(run_dir)
     write_result(run_dir, result)
     return result, render_report(run_dir)
