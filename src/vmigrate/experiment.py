@@ -170,6 +170,7 @@ class Experiment:
                 ctx.preflight.checks += [
                     checks.cpu_check(scenario, catalog, ctx.preflight.cpu_model),
                     checks.cache_check(scenario, self.unsafe),
+                    checks.postcopy_risk_check(scenario),
                     *await asyncio.to_thread(
                         checks.compatibility_checks, testbed, ctx.accel, scenario
                     ),

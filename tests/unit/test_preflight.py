@@ -151,3 +151,23 @@ def test_touched_memory_is_the_resident_part_of_the_ram_mapping() -> None:
         assert guest_ram_resident_bytes(os.getpid(), 999 * MIB) is None  # no mapping that size
     finally:
         ram.close()
+
+
+@pytest.mark.parametrize(
+    ("migration", "status"),
+    [
+        ({}, "pass"),
+        ({"strategy": "auto-converge"}, "pass"),
+        ({"strategy": "postcopy"}, "warn"),
+        ({"strategy": "hybrid"}, "warn"),
+        ({"on_stall": "postcopy"}, "warn"),
+    ],
+)
+def test_postcopy_is_a_risk_pre_flight_names(migration: dict[str, str], status: str) -> None:
+    from vmigrate.config import validate_scenario
+    from vmigrate.migration.preflight import postcopy_risk_check
+
+    check = postcopy_risk_check(validate_scenario({"migration": migration}))
+    assert check.status == status
+    if status == "warn":
+        assert "the VM is lost" in check.message and "pre-copy with auto-converge" in check.fix

@@ -181,6 +181,29 @@ def cpu_check(scenario: Scenario, catalog: CpuCatalog, cpu_model: str) -> Check:
     )
 
 
+def postcopy_risk_check(scenario: Scenario) -> Check:
+    """Post-copy splits the VM's memory between both hosts until the copy ends: say so."""
+    spec = scenario.migration
+    armed = spec.strategy in ("postcopy", "hybrid") or spec.on_stall == "postcopy"
+    if not armed:
+        return Check(
+            "postcopy_risk",
+            "pass",
+            "no post-copy: the source keeps the whole VM until the switch-over, so a fault "
+            "before it leaves the VM running there",
+        )
+    return Check(
+        "postcopy_risk",
+        "warn",
+        "post-copy: once the VM runs on the destination, pages it has not fetched yet exist "
+        "only on the source — if either host dies before the copy ends, the VM is lost (a cut "
+        "link can be recovered: the migration pauses until it is back)",
+        "keep both hosts up until the migration completes; where losing the VM is not "
+        "acceptable, use pre-copy with auto-converge instead",
+        {"strategy": spec.strategy, "on_stall": spec.on_stall},
+    )
+
+
 def cache_check(scenario: Scenario, unsafe: bool) -> Check:
     """Shared storage must not be cached on the source: the destination would read stale data."""
     cache = scenario.vm.disk_cache

@@ -10,7 +10,13 @@ from vmigrate.config import Scenario
 from vmigrate.hypervisor.libvirt_backend import LibvirtHypervisor
 from vmigrate.hypervisor.libvirt_domain import LibvirtDomain
 from vmigrate.hypervisor.libvirt_hosts import cpu_verdict, domain_size, free_memory_bytes
-from vmigrate.migration.preflight import QEMU_OVERHEAD_MIB, SAFE_SHARED_CACHE, Check, Preflight
+from vmigrate.migration.preflight import (
+    QEMU_OVERHEAD_MIB,
+    SAFE_SHARED_CACHE,
+    Check,
+    Preflight,
+    postcopy_risk_check,
+)
 
 MIB = 1024 * 1024
 
@@ -36,6 +42,7 @@ async def own_hosts_preflight(
     dom = await source.virdomain()
     xml = await source.call("read the domain XML", lambda: dom.XMLDesc(0))
     report.checks.append(cache_check(xml, scenario.storage.mode, unsafe))
+    report.checks.append(postcopy_risk_check(scenario))
     # Ports: libvirt picks one of the destination's migration range; whether the network
     # between the hosts lets it through shows only when the migration starts.
     return report
