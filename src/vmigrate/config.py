@@ -295,6 +295,50 @@ class LoadSpec(_Section):
     timeout_ms: int = Field(2000, ge=10, le=600000, description="a request is a timeout after")
 
 
+FAULT_AT = re.compile(r"^(?P<value>\d+(\.\d+)?)\s*(?P<unit>%|s)$")
+
+
+class FaultSpec(_Section):
+    """A fault injected, for real, while the VM migrates (testbed only)."""
+
+    kind: Literal["none", "kill-destination", "freeze-source", "link-down"] = Field(
+        "none",
+        description="kill-destination: SIGKILL the destination's QEMU; freeze-source: SIGSTOP "
+        "the source's QEMU for duration_ms, then SIGCONT; link-down: the source host's uplink "
+        "down for duration_ms (0: for good)",
+    )
+    at: str = Field(
+        "50%",
+        description='when: a share of the bytes to send ("40%") or seconds after the '
+        'migration started ("2.5s")',
+    )
+    duration_ms: int = Field(
+        0, ge=0, le=600000, description="how long a freeze or a link cut lasts (0: for good)"
+    )
+
+    @model_validator(mode="after")
+    def _when_and_how_long(self) -> FaultSpec:
+        match = FAULT_AT.match(self.at.strip())
+        if match is None or (match["unit"] == "%" and float(match["value"]) > 100):
+            raise ValueError(
+                f'fault.at: {self.at!r} is neither a share of the bytes ("40%", at most 100%) '
+                'nor seconds after the migration started ("2.5s")'
+            )
+        if self.kind == "freeze-source" and self.duration_ms == 0:
+            raise ValueError(
+                "fault.duration_ms: a freeze needs a duration (a source frozen for good is a "
+                "hung host; use kill-destination or link-down for lasting faults)"
+            )
+        return self
+
+    def due(self, elapsed_s: float, percent_sent: float) -> bool:
+        """True once the migration reached `at`."""
+        match = FAULT_AT.match(self.at.strip())
+        assert match is not None
+        value = float(match["value"])
+        return percent_sent >= value if match["unit"] == "%" else elapsed_s >= value
+
+
 class MeasureSpec(_Section):
     """How often the samplers read the hypervisor and the hosts."""
 
@@ -316,6 +360,16 @@ class Scenario(_Section):
     phases: PhasesSpec = PhasesSpec()
     load: LoadSpec = LoadSpec()
     measure: MeasureSpec = MeasureSpec()
+    fault: FaultSpec = FaultSpec()
+
+    @model_validator(mode="after")
+    def _faults_on_the_testbed(self) -> Scenario:
+        if self.fault.kind != "none" and self.hosts.real:
+            raise ValueError(
+                "fault: faults are injected on the testbed only; vmigrate does not kill or cut "
+                "anything on your own hosts"
+            )
+        return self
 
     @model_validator(mode="after")
     def _service_for_real_hosts(self) -> Scenario:

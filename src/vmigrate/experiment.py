@@ -42,6 +42,7 @@ from vmigrate.measure.progress import record_migration
 from vmigrate.measure.recorder import Recorder
 from vmigrate.measure.resources import ResourceSampler, WatchedHost
 from vmigrate.migration import preflight as checks
+from vmigrate.migration.faults import FaultInjector, FaultTargets
 from vmigrate.migration.orchestrator import (
     MigrationObserver,
     MigrationRecord,
@@ -127,6 +128,7 @@ class Experiment:
         self.skip_preflight = skip_preflight
         self.unsafe = unsafe
         self.hypervisor: Hypervisor | None = None
+        self.injector: FaultInjector | None = None
         self.placement = Placement(scenario, testbed, out_dir)
         self.recorder = Recorder(out_dir)
         self.sampler: ResourceSampler | None = None
@@ -207,8 +209,11 @@ class Experiment:
             if problems:
                 raise TestbedError("; ".join(problems))
 
-        sampler, hypervisor = self.sampler, self.hypervisor
-        steps: list[Step] = [("stopping the probe and the load", self.stop_clients)]
+        sampler, hypervisor, injector = self.sampler, self.hypervisor, self.injector
+        steps: list[Step] = []
+        if injector is not None:
+            steps.append(("undoing the fault", lambda: asyncio.to_thread(injector.close)))
+        steps.append(("stopping the probe and the load", self.stop_clients))
         if sampler is not None:
             steps.append(("stopping the resource sampler", lambda: asyncio.to_thread(sampler.stop)))
         if hypervisor is not None:
@@ -270,6 +275,9 @@ class Experiment:
             },
             error=ctx.error,
         )
+        if self.injector is not None:
+            started = ctx.marks_ns.get("migration_start")
+            result["fault"] = self.injector.as_dict(ctx.t0_ns, started)
         result = analyze(ctx.out_dir, result)
         write_result(ctx.out_dir, result)
         render_report(ctx.out_dir)
@@ -407,6 +415,7 @@ class Experiment:
             await self._refused(source, exc)
             return
         self.observer.stage(f"migrating ({ctx.scenario.migration.strategy})")
+        self.injector = self._fault_injector(source, job.destination)
         ctx.mark("migration_start")
         ctx.record = await migrate(
             hypervisor,
@@ -414,10 +423,13 @@ class Experiment:
             job,
             plan,
             ctx.scenario.migration,
-            self.observer,
+            self.injector or self.observer,
             poll_interval_s=ctx.scenario.measure.progress_interval_ms / 1000,
         )
         ctx.mark("migration_end")
+        if self.injector is not None:  # a cut link comes back, a frozen QEMU runs again
+            self.injector.close()
+            ctx.record.actions = sorted(ctx.record.actions + self.injector.actions)
         record_migration(self.recorder, ctx.record)
         ctx.running_on = await where_it_runs(source, ctx.record.destination or job.destination)
         if ctx.record.outcome == Outcome.COMPLETED:
@@ -425,6 +437,16 @@ class Experiment:
         if ctx.record.error:
             self.observer.stage(f"migration {ctx.record.outcome}: {ctx.record.error}")
         await self._after_window()
+
+    def _fault_injector(self, source: Domain, destination: Domain) -> FaultInjector | None:
+        """The scenario's fault, armed against this run's VMs and the source host's uplink."""
+        spec = self.ctx.scenario.fault
+        if spec.kind == "none":
+            return None
+        host = self.ctx.testbed.hosts["source"]
+        targets = FaultTargets(source.process_id, destination.process_id, host.netns, host.uplink)
+        self.observer.stage(f"fault armed: {spec.kind} at {spec.at}")
+        return FaultInjector(spec, targets, self.observer)
 
     async def _refused(self, source: Domain, exc: HypervisorError) -> None:
         """The destination would not start the VM: record a failed migration, keep measuring

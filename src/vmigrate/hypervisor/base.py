@@ -193,6 +193,11 @@ class Domain(abc.ABC):
 
         :raise HypervisorError: the backend cannot measure it."""
 
+    def process_id(self) -> int | None:
+        """The PID of the process that runs this VM on this host, where the backend can tell
+        (the testbed injects faults into it); None elsewhere."""
+        return None
+
     @abc.abstractmethod
     def exit_reason(self) -> str | None:
         """Why the instance is gone, when it died on its own (None while it lives)."""

@@ -188,6 +188,9 @@ class LibvirtDomain(Domain):
             f"libvirt on {self.host_role} did not finish measuring the dirty rate"
         )
 
+    def process_id(self) -> int | None:
+        return self._qemu_pid() if self._qemu_pid is not None else None
+
     def exit_reason(self) -> str | None:
         return self._died
 

@@ -371,6 +371,9 @@ class QemuDomain(Domain):
         reply = await self.execute("query-status")
         return RUN_STATES.get(str(reply["status"]), RunState.OTHER)
 
+    def process_id(self) -> int | None:
+        return None if self._released or self.process.poll() is not None else self.process.pid
+
     def exit_reason(self) -> str | None:
         if self.process.poll() is None:
             return None
