@@ -247,3 +247,20 @@ def test_each_inconsistency_is_caught(
 ) -> None:
     checks = consistency_checks(result_for_checks(*args))  # type: ignore[arg-type]
     assert [c["name"] for c in checks if c["ok"] is False] == [failing]
+
+
+@pytest.mark.parametrize(
+    ("observed", "reported", "stop_s", "resume_s", "ok"),
+    [
+        (126.9, 134.0, 1.8219, 1.9368, True),  # libvirt's bookkeeping over the vCPUs' pause
+        (110.0, 134.0, 1.8219, 1.9368, False),  # less than even the vCPUs were stopped
+        (126.9, 134.0, None, None, False),  # without events: the reported figure is the floor
+    ],
+)
+def test_the_downtime_floor_is_the_vcpus_pause_when_the_events_show_a_shorter_one(
+    observed: float, reported: float, stop_s: float | None, resume_s: float | None, ok: bool
+) -> None:
+    result = result_for_checks(1.05e8, observed, reported, 1.0)
+    result["phases"] = {"stop_and_copy_s": stop_s, "resume_on_destination_s": resume_s}
+    checks = {c["name"]: c for c in consistency_checks(result)}  # type: ignore[arg-type]
+    assert checks["observed_downtime_covers_reported"]["ok"] is ok
