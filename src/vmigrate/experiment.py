@@ -37,7 +37,7 @@ from vmigrate.hypervisor.accel import resolve_accel
 from vmigrate.hypervisor.base import Domain, Hypervisor, RunState, VmConfig
 from vmigrate.hypervisor.cpu import load_catalog
 from vmigrate.hypervisor.plan import MigrationPlan
-from vmigrate.measure.client import ClientProcess, start_load, start_probe
+from vmigrate.measure.client import ClientProcess, start_load, start_probe, stop_clients
 from vmigrate.measure.progress import record_migration
 from vmigrate.measure.recorder import Recorder
 from vmigrate.measure.resources import ResourceSampler, WatchedHost
@@ -372,13 +372,7 @@ class Experiment:
 
     async def stop_clients(self) -> None:
         """Stop the probe and the load; they write their records on the way out."""
-        while self.clients:
-            name, client = self.clients.popitem()
-            try:
-                await asyncio.to_thread(client.stop)
-            except Exception as exc:  # the other client is stopped all the same
-                log.warning("stopping the %s: %s", name, exc)
-            self.ctx.testbed.state.forget_process(client.pid)
+        await stop_clients(self.clients, self.ctx.testbed.state.forget_process)
 
     async def boot_source(self, config: VmConfig) -> Domain:
         """Boot the guest on the source host and wait until its service answers."""

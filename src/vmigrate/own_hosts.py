@@ -31,7 +31,7 @@ from vmigrate.experiment import ExperimentObserver, PreflightFailed
 from vmigrate.hypervisor.base import RunState
 from vmigrate.hypervisor.libvirt_backend import LibvirtHost, LibvirtHypervisor
 from vmigrate.hypervisor.libvirt_domain import LibvirtDomain
-from vmigrate.measure.client import ClientProcess, start_load, start_probe
+from vmigrate.measure.client import ClientProcess, start_load, start_probe, stop_clients
 from vmigrate.measure.domstats import DomainStatsSampler
 from vmigrate.measure.progress import record_migration
 from vmigrate.measure.recorder import Recorder
@@ -317,12 +317,7 @@ class OwnHostsExperiment:
             )
 
     async def _stop_clients(self) -> None:
-        while self.clients:
-            name, client = self.clients.popitem()
-            try:
-                await asyncio.to_thread(client.stop)
-            except Exception as exc:
-                log.warning("stopping the %s: %s", name, exc)
+        await stop_clients(self.clients)
 
     def _service_answers(self) -> bool:
         """The service answers from the same address: an HTTP GET of service.http_url, or

@@ -10,9 +10,11 @@ wrote; `ClientProcess.cpu_s()` tells what the meter itself cost.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import selectors
 import shutil
@@ -36,6 +38,8 @@ from vmigrate.proc import in_netns
 CLIENT_SOURCE = Path(__file__).with_name("client.c")
 CLIENT_CFLAGS: tuple[str, ...] = ("-O2", "-Wall", "-Wextra")
 BINARY_NAME = "vmigrate-client"
+log = logging.getLogger(__name__)
+
 READY_TIMEOUT_S = 5.0
 PROBE_COLUMNS = ("seq", "send_ns", "recv_ns")
 REQUEST_COLUMNS = ("intended_ns", "sent_ns", "done_ns", "status", "error")
@@ -294,6 +298,22 @@ def _wait_ready(client: ClientProcess, popen: subprocess.Popen[bytes], argv: lis
             first = seen.split(b"\n", 1)[0][:200]
             problem = f"said {first!r} instead of READY"
     raise ClientToolError(f"`{' '.join(argv)}` {problem}: {client._last_words()}")
+
+
+async def stop_clients(
+    clients: dict[str, ClientProcess], on_stopped: Callable[[int], None] | None = None
+) -> None:
+    """Stop every client (each writes its records on the way out) and empty `clients`; one
+    that fails to stop is logged and the others are stopped all the same. `on_stopped(pid)`
+    runs for each."""
+    while clients:
+        name, client = clients.popitem()
+        try:
+            await asyncio.to_thread(client.stop)
+        except Exception as exc:
+            log.warning("stopping the %s: %s", name, exc)
+        if on_stopped is not None:
+            on_stopped(client.pid)
 
 
 def start_probe(
