@@ -202,8 +202,9 @@ class MigrationSpec(_Section):
 
     strategy: Strategy = Field(
         "precopy",
-        description="precopy; postcopy (switch right after the first pass); hybrid (pre-copy, "
-        "then post-copy after postcopy_after_iterations passes); auto-converge (throttle the "
+        description="precopy; postcopy (switch at once: the VM runs on the destination, which "
+        "pulls its pages); hybrid (pre-copy, then post-copy after postcopy_after_iterations "
+        "passes); auto-converge (throttle the "
         "vCPUs); xbzrle (send deltas of re-dirtied pages); multifd (parallel channels, "
         "optional compression); cold (pause, move, resume)",
     )

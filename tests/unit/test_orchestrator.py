@@ -120,6 +120,12 @@ class FakeMigration(Migration):
     async def set_downtime_limit(self, limit_ms: int) -> None:
         self.calls.append(f"downtime {limit_ms}")
 
+    async def pause_postcopy(self) -> None:
+        self.calls.append("pause postcopy")
+
+    async def recover_postcopy(self) -> None:
+        self.calls.append("recover postcopy")
+
     async def cancel(self) -> None:
         self.calls.append("cancel")
         self.status = S.CANCELLED
@@ -275,7 +281,7 @@ def test_the_plan_in_qmp_terms_passes_the_bandwidth_cap_in_bytes() -> None:
     assert qmp_settings(plan_for(MigrationSpec()))[1]["max-bandwidth"] == UNLIMITED_BYTES_S
 
 
-@pytest.mark.parametrize(("strategy", "after"), [("postcopy", 1), ("hybrid", 3)])
+@pytest.mark.parametrize(("strategy", "after"), [("postcopy", 0), ("hybrid", 3)])
 def test_postcopy_switches_after_the_configured_passes(strategy: str, after: int) -> None:
     record, _, hv = run([S.ACTIVE] * 6 + [S.POSTCOPY, S.COMPLETED], strategy=strategy)
     assert record.outcome == Outcome.COMPLETED

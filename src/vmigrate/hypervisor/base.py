@@ -51,7 +51,8 @@ class MigrationStatus(StrEnum):
     SETUP = "setup"
     ACTIVE = "active"
     POSTCOPY = "postcopy-active"
-    POSTCOPY_PAUSED = "postcopy-paused"
+    POSTCOPY_PAUSED = "postcopy-paused"  # the stream broke after the switch: resumable
+    POSTCOPY_RECOVER = "postcopy-recover"  # reconnecting a paused post-copy
     DEVICE = "device"  # stop-and-copy of the device state
     CANCELLING = "cancelling"
     COMPLETED = "completed"
@@ -237,6 +238,21 @@ class Migration(abc.ABC):
     @abc.abstractmethod
     async def switch_to_postcopy(self) -> None:
         """Move the VM now and pull the remaining pages on demand (the plan armed post-copy)."""
+
+    @abc.abstractmethod
+    async def pause_postcopy(self) -> None:
+        """Break off a post-copy stream that stopped moving (a dead link TCP has not noticed
+        yet), so that both ends are paused and it can be resumed over a new connection.
+
+        :raise HypervisorError: refused."""
+
+    @abc.abstractmethod
+    async def recover_postcopy(self) -> None:
+        """Resume a paused post-copy migration over a new connection; returns once the
+        reconnection is under way (its status then says whether it took).
+
+        :raise HypervisorError: refused or not possible now (the link is still down): try
+            again later."""
 
     @abc.abstractmethod
     async def set_downtime_limit(self, limit_ms: int) -> None:

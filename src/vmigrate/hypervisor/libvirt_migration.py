@@ -160,6 +160,7 @@ class LibvirtMigration(Migration):
         self._task: asyncio.Task[None] | None = None
         self._aborted = False
         self._switched = False
+        self._pausing = False  # post-copy pause asked for; libvirt's call has yet to return
         self._final: MigrationStats | None = None
         self._actions: list[tuple[int, str]] = []
 
@@ -167,16 +168,23 @@ class LibvirtMigration(Migration):
         return 0  # libvirt copies a non-shared disk inside the migration (NON_SHARED_DISK)
 
     async def start(self) -> None:
+        dom = await self._migrate(resume=False)
+        self._actions.append((time.monotonic_ns(), "libvirt migration started"))
+        await self._apply_downtime_limit(dom)
+
+    async def _migrate(self, resume: bool) -> Any:
+        """Run migrateToURI3 in a thread (`resume`: reconnect a paused post-copy)."""
         libvirt = libvirt_client.load()
         flags, params = libvirt_settings(self.plan, self.migration_uri)
-        if self.destination_xml is not None:
+        if resume:
+            flags |= libvirt.VIR_MIGRATE_POSTCOPY_RESUME
+        if self.destination_xml is not None and not resume:
             params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = self.destination_xml
         dom = await self.source.virdomain()
         self._task = asyncio.create_task(
             asyncio.to_thread(dom.migrateToURI3, self.peer_uri, params, flags)
         )
-        self._actions.append((time.monotonic_ns(), "libvirt migration started"))
-        await self._apply_downtime_limit(dom)
+        return dom
 
     async def _apply_downtime_limit(self, dom: Any) -> None:
         """libvirt takes the downtime limit only once the job exists: wait for it (briefly)."""
@@ -207,6 +215,8 @@ class LibvirtMigration(Migration):
         if self._task is None:
             return MigrationStats(status=MigrationStatus.NONE)
         if self._task.done():
+            if await self._postcopy_paused():
+                return MigrationStats(status=MigrationStatus.POSTCOPY_PAUSED)
             self._final = await self._outcome()
             return self._final
         libvirt = libvirt_client.load()
@@ -221,11 +231,47 @@ class LibvirtMigration(Migration):
                 raise
             self._final = await self._outcome()
             return self._final
-        if job.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+        if self._pausing:
+            status = MigrationStatus.POSTCOPY_PAUSED
+        elif job.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
             status = MigrationStatus.SETUP
         else:
             status = MigrationStatus.POSTCOPY if self._switched else MigrationStatus.ACTIVE
         return stats_from_job(job, status)
+
+    async def _postcopy_paused(self) -> bool:
+        """The call failed after the switch and the source waits, paused, to be resumed."""
+        assert self._task is not None
+        if not self._switched or self._aborted or self._task.exception() is None:
+            return False
+        libvirt = libvirt_client.load()
+        try:
+            dom = await self.source.virdomain()
+            state, reason = await self.source.call("read the domain state", dom.state)
+        except HypervisorError as exc:
+            log.info("is post-copy paused? %s", exc)
+            return False
+        return bool(
+            state == libvirt.VIR_DOMAIN_PAUSED
+            and reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED
+        )
+
+    async def pause_postcopy(self) -> None:
+        """abortJob with the post-copy flag: libvirt pauses the migration instead of ending it."""
+        libvirt = libvirt_client.load()
+        dom = await self.source.virdomain()
+        flags = libvirt.VIR_DOMAIN_ABORT_JOB_POSTCOPY
+        await self.source.call("pause post-copy", lambda: dom.abortJobFlags(flags))
+        self._pausing = True
+
+    async def recover_postcopy(self) -> None:
+        """migrateToURI3 again, with POSTCOPY_RESUME (once the failed call has returned)."""
+        if self._task is not None and not self._task.done():
+            return
+        if self._task is not None and self._task.exception() is not None:
+            log.info("libvirt's post-copy call ended with: %s", self._task.exception())
+        self._pausing = False
+        await self._migrate(resume=True)
 
     async def _outcome(self) -> MigrationStats:
         """The ended job: completed with libvirt's final statistics, or failed/cancelled with

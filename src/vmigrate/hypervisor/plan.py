@@ -35,7 +35,7 @@ class MigrationPlan(_Frozen):
     strategy: str  # the scenario's name for it, for the record
     live: bool = True  # False: pause the VM first, move it, resume it (cold)
     postcopy: bool = False  # post-copy armed (a switch may follow)
-    postcopy_after_passes: int | None = None  # switch once this many passes ended
+    postcopy_after_passes: int | None = None  # switch once this many passes ended (0: at once)
     throttle: Throttle | None = None
     xbzrle_cache_bytes: int | None = None
     multifd: Multifd | None = None

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from vmigrate.errors import HypervisorError, MigrationError
-from vmigrate.hypervisor.base import Migration, MigrationStats
+from vmigrate.hypervisor.base import Migration, MigrationStats, MigrationStatus
 from vmigrate.hypervisor.plan import MigrationPlan
 from vmigrate.hypervisor.qemu import COMMAND_TIMEOUT_S, DISK_ID, QemuDomain
 
@@ -192,6 +192,25 @@ class QemuMigration(Migration):
 
     async def switch_to_postcopy(self) -> None:
         await self.source.start_postcopy()
+
+    async def pause_postcopy(self) -> None:
+        """migrate-pause on both ends: each shuts its side of the stream down and goes to
+        postcopy-paused (an end already paused refuses, which is fine)."""
+        for domain in (self.source, self.destination):
+            try:
+                await domain.execute("migrate-pause")
+            except HypervisorError as exc:
+                log.info("migrate-pause: %s", exc)
+
+    async def recover_postcopy(self) -> None:
+        """The destination listens again (migrate-recover), then the source reconnects
+        (migrate with resume); each end is asked only while it is paused."""
+        destination = await self.destination.migration_stats()
+        if destination.status == MigrationStatus.POSTCOPY_PAUSED:
+            await self.destination.execute("migrate-recover", {"uri": self.uri})
+        source = await self.source.migration_stats()
+        if source.status == MigrationStatus.POSTCOPY_PAUSED:
+            await self.source.execute("migrate", {"uri": self.uri, "resume": True})
 
     async def set_downtime_limit(self, limit_ms: int) -> None:
         await self.source.set_migration_parameters({"downtime-limit": limit_ms})

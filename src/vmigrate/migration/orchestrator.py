@@ -28,6 +28,7 @@ from vmigrate.hypervisor.base import (
     RunState,
 )
 from vmigrate.hypervisor.plan import MigrationPlan
+from vmigrate.migration.postcopy_recovery import PostcopyPause, PostcopyWatch, VmLost
 from vmigrate.migration.stall import StallDetector
 from vmigrate.migration.strategy import throttle_of
 
@@ -43,6 +44,7 @@ class Outcome(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     TIMEOUT = "timeout"
+    VM_LOST = "vm_lost"  # neither host runs the VM, nor can any more
 
 
 class MigrationObserver(Protocol):
@@ -77,6 +79,7 @@ class MigrationRecord:
     source_state_after: RunState | None = None
     stall_detected: bool = False
     switched_to_postcopy: bool = False
+    postcopy_pauses: list[PostcopyPause] = field(default_factory=list)
     disk_copy_bytes: int = 0
     attempts: int = 1
     earlier_attempts_bytes: int = 0  # what cancelled attempts sent before the last one began
@@ -170,6 +173,15 @@ class _Run:
         self.deadline_s = spec.timeout_s
         self.attempt_started_ns = 0
         self.active = False  # a job runs on the hypervisor and must be cancelled on the way out
+        self.postcopy = PostcopyWatch(job, source, spec.timeout_s) if plan.postcopy else None
+        if self.postcopy is not None:
+            self.record.postcopy_pauses = self.postcopy.pauses
+
+    @property
+    def past_the_switch(self) -> bool:
+        """The VM has run on the destination: the source's copy is stale and must never be
+        resumed (post-copy, even a paused one)."""
+        return self.postcopy is not None and self.postcopy.entered
 
     async def start(self) -> None:
         """Copy a non-shared disk, pause the VM for a cold migration, and start sending."""
@@ -192,6 +204,15 @@ class _Run:
             record.actions += self.job.drain_actions()
             if self.observer is not None:
                 self.observer.migration_progress((now - record.started_ns) / 1e9, stats)
+            if self.postcopy is not None:
+                try:
+                    await self.postcopy.observe(stats, now)
+                except VmLost as exc:
+                    self.active = False
+                    record.outcome, record.error = Outcome.VM_LOST, str(exc)
+                    return
+                finally:
+                    record.actions += self.postcopy.drain_actions()
             if stats.status == MigrationStatus.COMPLETED:
                 record.completed_ns = now
                 self.active = False
@@ -203,7 +224,8 @@ class _Run:
                 return
             await self._maybe_switch_to_postcopy(stats)
             timed_out = (now - self.attempt_started_ns) / 1e9 > self.deadline_s
-            if not (record.stall_detected or record.switched_to_postcopy) and (
+            in_postcopy = record.switched_to_postcopy or self.past_the_switch
+            if not (record.stall_detected or in_postcopy) and (
                 self.stall.observe(stats) or timed_out
             ):
                 record.stall_detected = True
@@ -224,7 +246,7 @@ class _Run:
                 if await self._act_on_stall(stats) and timed_out:
                     self.deadline_s += spec.timeout_s  # the remedy gets its own time
                     timed_out = False
-            if timed_out and not record.switched_to_postcopy:  # post-copy must finish
+            if timed_out and not in_postcopy:  # post-copy must finish (or recover)
                 record.outcome = Outcome.TIMEOUT
                 record.error = f"not finished after {self.deadline_s:g} s (migration.timeout_s)"
                 await self.cancel()
@@ -270,6 +292,8 @@ class _Run:
         record.earlier_attempts_bytes += stats.transferred_bytes
         self.plan = self.plan.with_throttle(throttle_of(self.spec))
         self.job = await self.hypervisor.prepare_migration(self.source, self.plan)
+        if self.postcopy is not None:
+            self.postcopy.job = self.job
         record.attempts += 1
         record.act("restart with auto-converge")
         await self.start()
@@ -297,7 +321,20 @@ class _Run:
         if completed:
             await self._check_destination()
         else:
+            if self.past_the_switch:
+                record.outcome = Outcome.VM_LOST
             await self.roll_back()
+
+    async def settle(self) -> None:
+        """After a migration that did not complete: a VM that runs on neither host is lost
+        (its source died before the hand-over), and the record says so."""
+        record = self.record
+        if record.outcome in (Outcome.COMPLETED, Outcome.VM_LOST):
+            return
+        if await where_it_runs(self.source, self.job.destination) == "none":
+            why = self.source.exit_reason() or "the source does not run it"
+            record.outcome = Outcome.VM_LOST
+            record.error = f"{record.error}; the VM runs on neither host: {why}"
 
     async def _check_destination(self) -> None:
         """Make sure the VM runs on the destination (a cold migration resumes it there), and
@@ -326,7 +363,11 @@ class _Run:
         record.outcome = Outcome.COMPLETED
 
     async def roll_back(self) -> None:
-        """After a migration that did not complete: keep (or get) the source running."""
+        """After a migration that did not complete: keep (or get) the source running —
+        unless the VM already ran on the destination (its source copy is stale)."""
+        if self.past_the_switch:
+            log.warning("post-copy had moved the VM: its stale source copy is not resumed")
+            return
         state = await self.source.run_state()
         if state in (RunState.PAUSED, RunState.MIGRATED, RunState.FINISHING):
             await self.source.resume()
@@ -341,6 +382,8 @@ class _Run:
             Outcome.CANCELLED if isinstance(exc, asyncio.CancelledError) else Outcome.FAILED
         )
         record.error = record.error or str(exc) or type(exc).__name__
+        if self.past_the_switch:
+            record.outcome = Outcome.VM_LOST
         steps: list[Step] = [("cancelling", self.cancel)] if self.active else []
         steps += [
             ("dropping the destination", lambda: self.job.conclude(completed=False)),
@@ -373,6 +416,7 @@ async def migrate(
         if not isinstance(exc, Exception):
             raise
     finally:
+        await each([("checking where the VM runs", run.settle)], "after the migration")
         record.ended_ns = time.monotonic_ns()
         record.destination = run.job.destination
         record.events += source.drain_events() + run.job.destination.drain_events()

@@ -16,7 +16,7 @@ def plan_for(
     `allow_unsafe`: the user said --unsafe)."""
     postcopy_after: int | None = None
     if spec.strategy == "postcopy":
-        postcopy_after = 1
+        postcopy_after = 0  # switch at once: the VM runs on the destination from the start
     elif spec.strategy == "hybrid":
         postcopy_after = spec.postcopy_after_iterations
     return MigrationPlan(

@@ -21,6 +21,27 @@ def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, digits)
 
 
+def _pauses(record: MigrationRecord | None, t0_ns: int) -> list[dict[str, Any]]:
+    """Each interval post-copy spent paused (a broken link): when, why, how long, how many
+    reconnections it took (recovered_at_s null: it never recovered)."""
+    if record is None:
+        return []
+    return [
+        {
+            "paused_at_s": _round((p.paused_ns - t0_ns) / 1e9, 6),
+            "recovered_at_s": None
+            if p.recovered_ns is None
+            else _round((p.recovered_ns - t0_ns) / 1e9, 6),
+            "paused_ms": None
+            if p.recovered_ns is None
+            else _round((p.recovered_ns - p.paused_ns) / 1e6),
+            "cause": p.cause,
+            "reconnections": p.attempts,
+        }
+        for p in record.postcopy_pauses
+    ]
+
+
 def migration_figures(
     record: MigrationRecord | None, guest_ram_bytes: int, t0_ns: int = 0
 ) -> dict[str, Any]:
@@ -40,6 +61,7 @@ def migration_figures(
             "stall_detected": False,
             "disk_copy_bytes": 0,
             "attempts": record.attempts if record else 0,
+            "postcopy_pauses": _pauses(record, t0_ns),
             "hypervisor_report": {},
             "actions": [],
         }
@@ -61,6 +83,7 @@ def migration_figures(
         "stall_detected": record.stall_detected,
         "disk_copy_bytes": record.disk_copy_bytes,
         "attempts": record.attempts,
+        "postcopy_pauses": _pauses(record, t0_ns),
         "hypervisor_report": dict(final.report),
         "actions": [
             {"t_s": _round((t_ns - t0_ns) / 1e9, 6), "action": action}
