@@ -9,6 +9,7 @@ PACKAGES=(
   busybox-static cpio gzip xz-utils zstd kmod   # guest initramfs
   gcc libc6-dev                                 # the static guest agent, the client tool
   iproute2                                      # namespaces, bridges, veth, tap, tbf
+  iptables                                      # the link-loss fault (statistic match)
   procps iputils-ping                           # ps and ping, for humans and tests
   chromium fonts-dejavu-core                    # headless browser: report.html tests
   pkg-config python3-dev                        # build libvirt-python from its sdist

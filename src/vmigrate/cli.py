@@ -6,6 +6,7 @@ SIGTERM unwind through the same clean-up paths as an error, then exit 130.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import shutil
@@ -138,6 +139,39 @@ def testbed_down(name: TestbedName = "vmig") -> None:
             err_console.print(f"[red]vmigrate: could not remove:[/red] {line}")
         raise typer.Exit(1)
     console.print(f"testbed {name}: nothing left")
+
+
+@testbed_app.command("recover")
+def testbed_recover(
+    name: TestbedName = "vmig",
+    wait_s: Annotated[
+        float, typer.Option(help="how long the migration may go on without us first", min=0)
+    ] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Find the VM after vmigrate died mid-run, and settle it on one host.
+
+    The hypervisor finishes (or, after --wait-s, cancels) the migration the dead run started;
+    the stale copy and the dead run's clients are stopped; the guest is asked whether it serves
+    and whether its memory and disk writes survived. The testbed stays up (`vmigrate testbed
+    down` removes it). Exit 0 when the VM runs on a host and is intact, 1 otherwise.
+    """
+    from vmigrate.recover import recover
+    from vmigrate.testbed.testbed import Testbed
+
+    found = guarded(lambda: asyncio.run(recover(Testbed(name), wait_s)))
+    if as_json:
+        print(json.dumps(found.as_dict(), indent=2))
+    else:
+        for action in found.actions:
+            console.print(f"[cyan]•[/cyan] {action}", highlight=False)
+        console.print(
+            f"the VM runs on: [bold]{found.vm_on}[/bold]; memory and disk intact: "
+            + ("[green]yes[/green]" if found.intact else "[red]no[/red]"),
+            highlight=False,
+        )
+    if found.vm_on == "none" or not found.intact:
+        raise typer.Exit(1)
 
 
 @testbed_app.command("status")

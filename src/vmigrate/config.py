@@ -299,14 +299,32 @@ class LoadSpec(_Section):
 FAULT_AT = re.compile(r"^(?P<value>\d+(\.\d+)?)\s*(?P<unit>%|s)$")
 
 
+FaultKind = Literal[
+    "none",
+    "kill-destination",
+    "kill-source",
+    "freeze-source",
+    "link-down",
+    "link-loss",
+    "nfs-stall",
+    "cancel",
+    "kill-vmigrate",
+]
+#: Faults that last until undone: they need a duration (0 would mean a hung host for good).
+NEEDS_DURATION = ("freeze-source", "nfs-stall")
+
+
 class FaultSpec(_Section):
     """A fault injected, for real, while the VM migrates (testbed only)."""
 
-    kind: Literal["none", "kill-destination", "freeze-source", "link-down"] = Field(
+    kind: FaultKind = Field(
         "none",
-        description="kill-destination: SIGKILL the destination's QEMU; freeze-source: SIGSTOP "
-        "the source's QEMU for duration_ms, then SIGCONT; link-down: the source host's uplink "
-        "down for duration_ms (0: for good)",
+        description="kill-destination / kill-source: SIGKILL that host's QEMU; freeze-source: "
+        "SIGSTOP the source's QEMU for duration_ms, then SIGCONT; link-down: the source host's "
+        "uplink down for duration_ms (0: for good); link-loss: drop loss_pct of the source "
+        "host's packets for duration_ms (0: for good); nfs-stall: SIGSTOP the storage host's NFS "
+        "server for duration_ms, then SIGCONT; cancel: the user cancels the migration; "
+        "kill-vmigrate: SIGKILL vmigrate itself (then `vmigrate testbed recover` finds the VM)",
     )
     at: str = Field(
         "50%",
@@ -314,8 +332,9 @@ class FaultSpec(_Section):
         'migration started ("2.5s")',
     )
     duration_ms: int = Field(
-        0, ge=0, le=600000, description="how long a freeze or a link cut lasts (0: for good)"
+        0, ge=0, le=600000, description="how long a freeze, stall, cut or loss lasts (0: for good)"
     )
+    loss_pct: float = Field(10, gt=0, le=100, description="link-loss: share of packets dropped")
 
     @model_validator(mode="after")
     def _when_and_how_long(self) -> FaultSpec:
@@ -325,10 +344,11 @@ class FaultSpec(_Section):
                 f'fault.at: {self.at!r} is neither a share of the bytes ("40%", at most 100%) '
                 'nor seconds after the migration started ("2.5s")'
             )
-        if self.kind == "freeze-source" and self.duration_ms == 0:
+        if self.kind in NEEDS_DURATION and self.duration_ms == 0:
             raise ValueError(
-                "fault.duration_ms: a freeze needs a duration (a source frozen for good is a "
-                "hung host; use kill-destination or link-down for lasting faults)"
+                f"fault.duration_ms: {self.kind} needs a duration (a process stopped for good "
+                "is a hung host; use kill-destination, kill-source or link-down for lasting "
+                "faults)"
             )
         return self
 

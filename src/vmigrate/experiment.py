@@ -409,7 +409,8 @@ class Experiment:
             await self._refused(source, exc)
             return
         self.observer.stage(f"migrating ({ctx.scenario.migration.strategy})")
-        self.injector = self._fault_injector(source, job.destination)
+        cancel = asyncio.Event()
+        self.injector = self._fault_injector(source, job.destination, cancel)
         ctx.mark("migration_start")
         ctx.record = await migrate(
             hypervisor,
@@ -419,6 +420,7 @@ class Experiment:
             ctx.scenario.migration,
             self.injector or self.observer,
             poll_interval_s=ctx.scenario.measure.progress_interval_ms / 1000,
+            cancel=cancel,
         )
         ctx.mark("migration_end")
         if self.injector is not None:  # a cut link comes back, a frozen QEMU runs again
@@ -432,13 +434,26 @@ class Experiment:
             self.observer.stage(f"migration {ctx.record.outcome}: {ctx.record.error}")
         await self._after_window()
 
-    def _fault_injector(self, source: Domain, destination: Domain) -> FaultInjector | None:
-        """The scenario's fault, armed against this run's VMs and the source host's uplink."""
+    def _fault_injector(
+        self, source: Domain, destination: Domain, cancel: asyncio.Event
+    ) -> FaultInjector | None:
+        """The scenario's fault, armed against this run's VMs, the source host's link, the NFS
+        server and the migration's cancel."""
         spec = self.ctx.scenario.fault
         if spec.kind == "none":
             return None
-        host = self.ctx.testbed.hosts["source"]
-        targets = FaultTargets(source.process_id, destination.process_id, host.netns, host.uplink)
+        testbed = self.ctx.testbed
+        host = testbed.hosts["source"]
+        targets = FaultTargets(
+            source.process_id,
+            destination.process_id,
+            host.netns,
+            host.uplink,
+            source_interface=host.interface,
+            loss_pct=spec.loss_pct,
+            nfs_pid=testbed.nfs_server_pid,
+            cancel=cancel.set,
+        )
         self.observer.stage(f"fault armed: {spec.kind} at {spec.at}")
         return FaultInjector(spec, targets, self.observer)
 

@@ -26,7 +26,8 @@ def test_bad_fault_input_is_refused() -> None:
     for fault, says in [
         ({"at": "soon"}, "neither a share"),
         ({"at": "101%"}, "at most 100%"),
-        ({"kind": "freeze-source"}, "a freeze needs a duration"),
+        ({"kind": "freeze-source"}, "freeze-source needs a duration"),
+        ({"kind": "nfs-stall"}, "nfs-stall needs a duration"),
         ({"kind": "unplug"}, "choose one of"),
     ]:
         with pytest.raises(ScenarioError, match=says):

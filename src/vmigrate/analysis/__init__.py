@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vmigrate.analysis.checks import consistency_checks
+from vmigrate.analysis.fault import fault_effect
 from vmigrate.analysis.migration import data_section, phases_section
 from vmigrate.analysis.resources import resources_section, table
 from vmigrate.analysis.service import service_section
@@ -43,5 +44,10 @@ def analyze(run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
         scenario["measure"]["resource_interval_ms"],
     )
     analysed["data"] = data_section(progress, result["migration"]["guest_ram_bytes"])
+    if "fault" in result:
+        analysed["fault"] = {
+            **result["fault"],
+            **fault_effect(result["fault"], result["verification"], probe, windows),
+        }
     analysed["checks"] = consistency_checks(analysed)
     return analysed

@@ -1,8 +1,13 @@
-"""Faults injected for real while a VM migrates on the testbed: the destination's QEMU killed,
-the source's QEMU frozen, the source host's uplink cut. Each kind is one entry of a registry
-(what it does, and what undoes it); an injector fires it when the migration reaches the
-scenario's `fault.at` and undoes it after `fault.duration_ms` — or, at the latest, when the run
-ends, whatever happened meanwhile."""
+"""Faults injected for real while a VM migrates on the testbed: a host's QEMU killed, the
+source's QEMU frozen, the source host's uplink cut or lossy, the NFS server stalled, the user
+cancelling, vmigrate itself killed. Each kind is one entry of a registry (what it does, and what
+undoes it); an injector fires it when the migration reaches the scenario's `fault.at` and undoes
+it after `fault.duration_ms` — or, at the latest, when the run ends, whatever happened
+meanwhile.
+
+Packet loss without netem (this kernel has none): an iptables `statistic` match in the source
+host's namespace drops a random share of the host's own packets both ways (the migration
+stream, NBD, libvirt's connection); frames the host's bridge forwards for a guest pass."""
 
 from __future__ import annotations
 
@@ -24,15 +29,23 @@ from vmigrate.proc import run
 log = logging.getLogger(__name__)
 
 
+def _nobody() -> int | None:
+    return None
+
+
 @dataclass(frozen=True)
 class FaultTargets:
-    """What a fault acts on: the QEMU processes (PIDs, asked at the moment of the fault) and
-    the source host's uplink."""
+    """What a fault acts on: the QEMU processes and the NFS server (PIDs, asked at the moment
+    of the fault), the source host's uplink and address interface, and the user's cancel."""
 
     source_pid: Callable[[], int | None]
     destination_pid: Callable[[], int | None]
     source_netns: str
     source_uplink: str
+    source_interface: str = ""
+    loss_pct: float = 10.0
+    nfs_pid: Callable[[], int | None] = _nobody
+    cancel: Callable[[], None] | None = None
 
 
 def _pid(which: str, pid: int | None) -> int:
@@ -47,6 +60,12 @@ def _kill_destination(t: FaultTargets) -> str:
     return f"SIGKILL to the destination's QEMU (pid {pid})"
 
 
+def _kill_source(t: FaultTargets) -> str:
+    pid = _pid("source", t.source_pid())
+    os.kill(pid, signal.SIGKILL)
+    return f"SIGKILL to the source's QEMU (pid {pid})"
+
+
 def _freeze_source(t: FaultTargets) -> str:
     pid = _pid("source", t.source_pid())
     os.kill(pid, signal.SIGSTOP)
@@ -57,6 +76,54 @@ def _thaw_source(t: FaultTargets) -> str:
     pid = _pid("source", t.source_pid())
     os.kill(pid, signal.SIGCONT)
     return f"SIGCONT to the source's QEMU (pid {pid})"
+
+
+def _stall_nfs(t: FaultTargets) -> str:
+    pid = t.nfs_pid()
+    if pid is None:
+        raise MigrationError("no NFS server process to stall")
+    os.kill(pid, signal.SIGSTOP)
+    return f"SIGSTOP to the NFS server (ganesha.nfsd, pid {pid})"
+
+
+def _resume_nfs(t: FaultTargets) -> str:
+    pid = t.nfs_pid()
+    if pid is None:
+        raise MigrationError("no NFS server process to resume")
+    os.kill(pid, signal.SIGCONT)
+    return f"SIGCONT to the NFS server (pid {pid})"
+
+
+def _loss_rules(t: FaultTargets, verb: str) -> None:
+    probability = f"{t.loss_pct / 100:.4f}"
+    interface = t.source_interface or t.source_uplink
+    for chain, direction in (("OUTPUT", "-o"), ("INPUT", "-i")):
+        run(["ip", "netns", "exec", t.source_netns, "iptables", "-w", verb, chain,
+             direction, interface, "-m", "statistic", "--mode", "random",
+             "--probability", probability, "-j", "DROP"])  # fmt: skip
+
+
+def _lossy(t: FaultTargets) -> str:
+    _loss_rules(t, "-A")
+    return f"source host drops {t.loss_pct:g}% of its packets (iptables statistic)"
+
+
+def _lossless(t: FaultTargets) -> str:
+    _loss_rules(t, "-D")
+    return "source host drops no packets any more"
+
+
+def _cancel(t: FaultTargets) -> str:
+    if t.cancel is None:
+        raise MigrationError("this run cannot be cancelled")
+    t.cancel()
+    return "the user cancels the migration"
+
+
+def _kill_vmigrate(t: FaultTargets) -> str:
+    logging.shutdown()  # what was logged so far reaches RUN/vmigrate.log
+    os.kill(os.getpid(), signal.SIGKILL)
+    return "unreachable"
 
 
 def _link(state: str) -> Callable[[FaultTargets], str]:
@@ -77,8 +144,13 @@ class Fault:
 
 FAULTS: dict[str, Fault] = {
     "kill-destination": Fault(_kill_destination),
+    "kill-source": Fault(_kill_source),
     "freeze-source": Fault(_freeze_source, _thaw_source),
     "link-down": Fault(_link("down"), _link("up")),
+    "link-loss": Fault(_lossy, _lossless),
+    "nfs-stall": Fault(_stall_nfs, _resume_nfs),
+    "cancel": Fault(_cancel),
+    "kill-vmigrate": Fault(_kill_vmigrate),
 }
 
 

@@ -160,8 +160,10 @@ class _Run:
         spec: MigrationSpec,
         observer: MigrationObserver | None,
         poll_interval_s: float,
+        cancel: asyncio.Event | None = None,
     ) -> None:
         self.hypervisor = hypervisor
+        self.cancel_requested = cancel
         self.source = source
         self.job = job
         self.plan = plan
@@ -217,6 +219,8 @@ class _Run:
                 record.completed_ns = now
                 self.active = False
                 return
+            if await self._cancelled_by_the_user():
+                return
             if stats.status in (MigrationStatus.FAILED, MigrationStatus.CANCELLED):
                 self.active = False
                 record.outcome = Outcome(stats.status.value)
@@ -252,6 +256,20 @@ class _Run:
                 await self.cancel()
                 return
             await asyncio.sleep(self.poll_interval_s)
+
+    async def _cancelled_by_the_user(self) -> bool:
+        """Cancel when the user asked to; post-copy can only finish (the VM already runs on the
+        destination), so there the request is recorded and refused."""
+        if self.cancel_requested is None or not self.cancel_requested.is_set():
+            return False
+        self.cancel_requested.clear()
+        if self.record.switched_to_postcopy or self.past_the_switch:
+            self.record.act("cancel refused: post-copy moved the VM already; it can only finish")
+            return False
+        self.record.act("cancelled by the user")
+        self.record.outcome, self.record.error = Outcome.CANCELLED, "cancelled by the user"
+        await self.cancel()
+        return True
 
     async def _maybe_switch_to_postcopy(self, stats: MigrationStats) -> None:
         after = self.plan.postcopy_after_passes
@@ -334,7 +352,7 @@ class _Run:
         if await where_it_runs(self.source, self.job.destination) == "none":
             why = self.source.exit_reason() or "the source does not run it"
             record.outcome = Outcome.VM_LOST
-            record.error = f"{record.error}; the VM runs on neither host: {why}"
+            record.error = f"the VM runs on neither host: {why} (the migration: {record.error})"
 
     async def _check_destination(self) -> None:
         """Make sure the VM runs on the destination (a cold migration resumes it there), and
@@ -400,11 +418,13 @@ async def migrate(
     spec: MigrationSpec,
     observer: MigrationObserver | None = None,
     poll_interval_s: float = 0.1,
+    cancel: asyncio.Event | None = None,
 ) -> MigrationRecord:
     """Move the VM from `source` with the prepared `job` (from `hypervisor.prepare_migration`
     with `plan`); `spec` says how long to wait and what to do on a stall. The hypervisor
-    prepares a fresh attempt when on_stall = auto-converge restarts the migration."""
-    run = _Run(hypervisor, source, job, plan, spec, observer, poll_interval_s)
+    prepares a fresh attempt when on_stall = auto-converge restarts the migration; setting
+    `cancel` cancels it (the user's request; refused once post-copy moved the VM)."""
+    run = _Run(hypervisor, source, job, plan, spec, observer, poll_interval_s, cancel)
     record = run.record
     try:
         await run.start()

@@ -25,7 +25,7 @@ from vmigrate.pids import is_same_process, terminate
 from vmigrate.testbed import libvirtd, network
 from vmigrate.testbed.netns import netns_exists
 from vmigrate.testbed.network import GUEST_IP, GUEST_MAC, HYPERVISOR_ROLES, Host
-from vmigrate.testbed.nfs import start_nfs_server
+from vmigrate.testbed.nfs import read_pids, start_nfs_server
 from vmigrate.testbed.state import Resource, StateFile, stop_libvirtd, tear_down
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,16 @@ class Testbed:
         for index, pid in enumerate(server.pids):
             self.state.add_process(pid, f"nfs-{index}")
         self.state.set_facts(complete=True)
+
+    def nfs_server_pid(self) -> int | None:
+        """The storage host's ganesha.nfsd (faults stall it), if it runs."""
+        for pid in read_pids(self.dir / "nfs"):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "ganesha.nfsd":
+                    return pid
+            except OSError:
+                continue
+        return None
 
     def shape(self, bandwidth_mbit: float) -> None:
         """Set every host's link rate."""
