@@ -217,6 +217,9 @@ class Migration(abc.ABC):
     """One attempt at moving a VM from a source Domain to the destination host."""
 
     destination: Domain
+    #: Whether a broken post-copy stream can be paused and resumed over a new connection
+    #: (else a stalled post-copy can only wait for TCP to carry the old one on).
+    recovers_postcopy: bool = True
 
     @abc.abstractmethod
     async def copy_storage(self, timeout_s: float) -> int:

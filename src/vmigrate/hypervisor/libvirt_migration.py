@@ -141,6 +141,10 @@ class LibvirtMigration(Migration):
 
     source: LibvirtDomain
     destination: LibvirtDomain
+    # libvirt 11.3's post-copy resume (POSTCOPY_RESUME after abortJob with the POSTCOPY flag)
+    # crashes the destination daemon on these hosts (segfault in libvirt_driver_qemu.so): a
+    # stalled post-copy waits for TCP instead, which keeps the VM alive through short cuts.
+    recovers_postcopy = False
 
     def __init__(
         self,

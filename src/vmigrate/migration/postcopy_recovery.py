@@ -68,6 +68,7 @@ class PostcopyWatch:
         self._moved_bytes = -1
         self._moved_ns = 0
         self._tried_ns = 0
+        self._said_stalled = False
 
     @property
     def _open(self) -> PostcopyPause | None:
@@ -98,8 +99,10 @@ class PostcopyWatch:
                 f"post-copy stayed paused for {self.give_up_s:g} s (migration.timeout_s) and "
                 "did not reconnect"
             )
-        if stats.status == MigrationStatus.POSTCOPY_PAUSED and (
-            now_ns - self._tried_ns >= self.retry_s * 1e9
+        if (
+            stats.status == MigrationStatus.POSTCOPY_PAUSED
+            and self.job.recovers_postcopy
+            and now_ns - self._tried_ns >= self.retry_s * 1e9
         ):
             self._tried_ns = now_ns
             pause.attempts += 1
@@ -111,14 +114,21 @@ class PostcopyWatch:
     async def _watch_stall(self, stats: MigrationStats, now_ns: int) -> None:
         if stats.transferred_bytes != self._moved_bytes:
             self._moved_bytes, self._moved_ns = stats.transferred_bytes, now_ns
+            self._said_stalled = False
             return
-        if (now_ns - self._moved_ns) / 1e9 >= self.stall_s:
-            self._pause_opened(now_ns, f"no byte moved for {self.stall_s:g} s")
-            self._moved_bytes = -1
-            try:
-                await self.job.pause_postcopy()
-            except HypervisorError as exc:  # it may have paused by itself meanwhile
-                log.warning("pausing post-copy: %s", exc)
+        if (now_ns - self._moved_ns) / 1e9 < self.stall_s:
+            return
+        if not self.job.recovers_postcopy:
+            if not self._said_stalled:  # once per stall: TCP may still carry the stream on
+                self._said_stalled = True
+                self._act(now_ns, f"post-copy stalled: no byte moved for {self.stall_s:g} s")
+            return
+        self._pause_opened(now_ns, f"no byte moved for {self.stall_s:g} s")
+        self._moved_bytes = -1
+        try:
+            await self.job.pause_postcopy()
+        except HypervisorError as exc:  # it may have paused by itself meanwhile
+            log.warning("pausing post-copy: %s", exc)
 
     def _pause_opened(self, now_ns: int, cause: str) -> PostcopyPause:
         pause = PostcopyPause(paused_ns=now_ns, cause=cause)
