@@ -7,6 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
 HOPS ?= 50
 SOAK_TESTBED ?= vmsoak
+SOAK_ARGS ?=
 
 .PHONY: help setup host venv image demo test unit integration lint bench soak clean down
 
@@ -56,7 +57,7 @@ bench: setup
 	$(BIN)/python -m bench
 
 soak: setup
-	$(BIN)/vmigrate soak examples/web.toml --hops $(HOPS) --testbed $(SOAK_TESTBED)
+	$(BIN)/vmigrate soak examples/web.toml --hops $(HOPS) --testbed $(SOAK_TESTBED) $(SOAK_ARGS)
 
 down: venv
 	$(BIN)/vmigrate testbed down
