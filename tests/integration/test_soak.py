@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import TESTBED
 
 from vmigrate.config import validate_scenario
@@ -29,24 +30,26 @@ class RecordingObserver(SilentObserver):
         self.hops.append(hop)
 
 
-def test_a_guest_under_load_hops_back_and_forth(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("backend", "hops"), [("qemu", HOPS), ("libvirt", 2)])
+def test_a_guest_under_load_hops_back_and_forth(tmp_path: Path, backend: str, hops: int) -> None:
     bed = Testbed(NAME)
     bed.down()
     scenario = validate_scenario(
         {
             "name": "soak",
             "vm": {"accel": "tcg"},
+            "hosts": {"backend": backend},
             "workload": {"kind": "web"},
             "load": {"rate_rps": 100},
             "phases": {"warmup_s": 1},
         }
     )
     observer = RecordingObserver()
-    report = run_soak(scenario, tmp_path, bed, observer, hops=HOPS, pause_s=0.2)
+    report = run_soak(scenario, tmp_path, bed, observer, hops=hops, pause_s=0.2)
 
     assert report.error is None
-    assert [h.index for h in observer.hops] == list(range(1, HOPS + 1))
-    assert [h.strategy for h in report.hops] == list(STRATEGIES[:HOPS])
+    assert [h.index for h in observer.hops] == list(range(1, hops + 1))
+    assert [h.strategy for h in report.hops] == list(STRATEGIES[:hops])
     for hop in report.hops:
         assert hop.outcome == Outcome.COMPLETED, hop.error
         leaving = "source" if hop.index % 2 else "destination"
@@ -58,7 +61,7 @@ def test_a_guest_under_load_hops_back_and_forth(tmp_path: Path) -> None:
         assert hop.integrity_failures == [], hop
         assert hop.transferred_bytes > 0
         assert hop.footprint.rss_bytes > 0 and hop.footprint.open_fds > 0
-    assert report.hops_moved == HOPS and report.integrity_failures == 0
+    assert report.hops_moved == hops and report.integrity_failures == 0
     assert report.leftovers == []
     assert bed.leftovers() == []
     assert report.ok

@@ -124,11 +124,13 @@ def _time_rows(table: Table, report: SoakReport) -> None:
 
 
 def _by_strategy(report: SoakReport) -> str:
-    """Per strategy: hops that moved the VM of those made (and how many switched to
+    """Per strategy made: hops that moved the VM of those made (and how many switched to
     post-copy, where any did)."""
     parts = []
     for strategy in report.strategies:
         hops = [hop for hop in report.hops if hop.strategy == strategy]
+        if not hops:
+            continue
         switched = sum(hop.switched_to_postcopy for hop in hops)
         part = f"{strategy} {sum(hop.moved for hop in hops)}/{len(hops)}"
         parts.append(part + (f" ({switched} post-copy)" if switched else ""))
