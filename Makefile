@@ -5,8 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
+HOPS ?= 50
+SOAK_TESTBED ?= vmsoak
+SOAK_ARGS ?=
 
-.PHONY: help setup host venv image demo test unit integration lint bench clean down
+.PHONY: help setup host venv image demo test unit integration lint bench soak clean down
 
 help:
 	@echo "make demo   set everything up, run the default experiment end to end"
@@ -14,6 +17,7 @@ help:
 	@echo "make setup  system packages, .venv, guest image (idempotent)"
 	@echo "make lint   ruff + mypy (strict on src/)"
 	@echo "make bench  benchmarks (figures, not pass/fail)"
+	@echo "make soak   one web guest migrated back and forth HOPS=$(HOPS) times (testbed $(SOAK_TESTBED))"
 	@echo "make down   remove the default testbed (also after a killed run)"
 
 setup: host venv image
@@ -51,6 +55,9 @@ test: setup lint
 
 bench: setup
 	$(BIN)/python -m bench
+
+soak: setup
+	$(BIN)/vmigrate soak examples/web.toml --hops $(HOPS) --testbed $(SOAK_TESTBED) $(SOAK_ARGS)
 
 down: venv
 	$(BIN)/vmigrate testbed down

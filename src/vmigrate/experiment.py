@@ -31,7 +31,7 @@ from vmigrate.errors import (
     UsageError,
     VmigrateError,
 )
-from vmigrate.guest.facts import GuestFacts, ask_guest, wait_for_agent
+from vmigrate.guest.facts import GuestFacts, ask_guest, integrity, wait_for_agent
 from vmigrate.guest.image import GuestImage, build_image
 from vmigrate.hypervisor.accel import resolve_accel
 from vmigrate.hypervisor.base import Domain, Hypervisor, RunState, VmConfig
@@ -235,6 +235,7 @@ class Experiment:
             if isinstance(exc, UsageError):
                 raise
             ctx.error = str(exc)
+        intact = integrity(ctx.before, ctx.after)
         result = build_result(
             scenario=ctx.scenario,
             record=ctx.record,
@@ -256,16 +257,12 @@ class Experiment:
             verification={
                 "running_on": ctx.running_on,
                 "source_state_after": ctx.record.source_state_after if ctx.record else None,
-                "service_ok_after": ctx.after.service_ok
-                and ctx.after.boot_id is not None
-                and ctx.after.boot_id == ctx.before.boot_id,
-                "memory_checksum_ok": ctx.before.checksum is not None
-                and ctx.before.checksum == ctx.after.checksum,
-                "memory_writes_intact": ctx.after.pages_mismatched == 0,
+                "service_ok_after": intact.same_guest,
+                "memory_checksum_ok": intact.memory_checksum_ok,
+                "memory_writes_intact": intact.memory_writes_intact,
                 "working_set_pages_checked": ctx.after.pages_checked,
                 "working_set_pages_mismatched": ctx.after.pages_mismatched,
-                "disk_checksum_ok": ctx.after.disk_blocks_checked > 0
-                and ctx.after.disk_blocks_mismatched == 0,
+                "disk_checksum_ok": intact.disk_checksum_ok,
                 "disk_blocks_checked": ctx.after.disk_blocks_checked,
                 "disk_blocks_mismatched": ctx.after.disk_blocks_mismatched,
                 "boot_id_before": ctx.before.boot_id,

@@ -58,10 +58,11 @@ class Placement:
             assert host.tap is not None
             return HostPlace(role, host.netns, host.tap, host.ip, self.scenario.hosts.cpu(role))
 
-        def destination_disk() -> str:
-            """A fresh empty disk for the destination (each attempt starts its copy over)."""
-            create_disk(disks["destination"])
-            return str(disks["destination"])
+        def target_disk(role: str) -> str:
+            """A fresh empty disk on host `role`, which the VM moves to (each attempt starts
+            its copy over; the VM's earlier instance there, if any, is gone)."""
+            create_disk(disks[role])
+            return str(disks[role])
 
         return QemuHypervisor(
             place("source"),
@@ -70,7 +71,7 @@ class Placement:
             socket_dir=testbed.dir / "run",
             on_start=testbed.state.add_process,
             on_exit=testbed.state.forget_process,
-            destination_disk=destination_disk if "destination" in disks else None,
+            target_disk=target_disk if "destination" in disks else None,
         )
 
     def create_disks(self) -> dict[str, Path]:

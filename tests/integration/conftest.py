@@ -7,14 +7,11 @@ left nothing behind). Without root they fail, not skip: a green run must mean th
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from vmigrate.pids import is_same_process
-from vmigrate.testbed.netns import netns_pids
 from vmigrate.testbed.testbed import Testbed
 
 # VMIGRATE_TEST_TESTBED: another name, for two test runs side by side on one machine.
@@ -36,29 +33,13 @@ def _needs_root() -> None:
 
 def processes_in(prefix: str) -> list[int]:
     """PIDs of every process inside the namespaces of testbed `prefix` right now."""
-    pids: list[int] = []
-    for ns in Testbed(prefix).namespace_names():
-        pids += netns_pids(ns)
-    return pids
+    return Testbed(prefix).processes()
 
 
 def leftovers(prefix: str, pids: list[int] | None = None) -> list[str]:
-    """Namespaces of testbed `prefix` still present, and which of `pids` (or of the processes
-    naming the testbed's directory or tap) still run."""
-    found = []
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    found += [line.split()[0] for line in namespaces.splitlines() if line.startswith(prefix + "-")]
-    watched = set(pids or [])
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or not is_same_process(int(proc.name), None):
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if int(proc.name) in watched or f"/{prefix}/" in cmdline or f"{prefix}-tap" in cmdline:
-            found.append(f"pid {proc.name}: {cmdline[:80]}")
-    return found
+    """What of testbed `prefix` is still there: namespaces, interfaces, which of `pids` (or of
+    the processes naming the testbed's directory or tap) still run, its state directory."""
+    return Testbed(prefix).leftovers(pids or [])
 
 
 @pytest.fixture(scope="session")

@@ -98,20 +98,20 @@ def test_a_running_job_reports_no_downtime_and_a_completed_one_does() -> None:
 
 
 @pytest.mark.parametrize(
-    ("state", "reason", "role", "expected"),
+    ("state", "reason", "incoming", "expected"),
     [
-        ("RUNNING", "RUNNING_MIGRATED", "destination", RunState.RUNNING),
-        ("PAUSED", "PAUSED_MIGRATION", "destination", RunState.INCOMING),
-        ("PAUSED", "PAUSED_MIGRATION", "source", RunState.FINISHING),
-        ("PAUSED", "PAUSED_USER", "source", RunState.PAUSED),
-        ("PAUSED", "PAUSED_POSTCOPY", "source", RunState.MIGRATED),
-        ("SHUTOFF", "SHUTOFF_MIGRATED", "source", RunState.MIGRATED),
-        ("SHUTOFF", "SHUTOFF_DESTROYED", "source", RunState.GONE),
+        ("RUNNING", "RUNNING_MIGRATED", True, RunState.RUNNING),
+        ("PAUSED", "PAUSED_MIGRATION", True, RunState.INCOMING),
+        ("PAUSED", "PAUSED_MIGRATION", False, RunState.FINISHING),
+        ("PAUSED", "PAUSED_USER", False, RunState.PAUSED),
+        ("PAUSED", "PAUSED_POSTCOPY", False, RunState.MIGRATED),
+        ("SHUTOFF", "SHUTOFF_MIGRATED", False, RunState.MIGRATED),
+        ("SHUTOFF", "SHUTOFF_DESTROYED", False, RunState.GONE),
     ],
 )
-def test_domain_states(state: str, reason: str, role: str, expected: RunState) -> None:
+def test_domain_states(state: str, reason: str, incoming: bool, expected: RunState) -> None:
     got = run_state(
-        getattr(libvirt, f"VIR_DOMAIN_{state}"), getattr(libvirt, f"VIR_DOMAIN_{reason}"), role
+        getattr(libvirt, f"VIR_DOMAIN_{state}"), getattr(libvirt, f"VIR_DOMAIN_{reason}"), incoming
     )
     assert got == expected
 

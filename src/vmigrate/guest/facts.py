@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -32,6 +33,43 @@ class GuestFacts:
     disk_blocks_checked: int = 0
     disk_blocks_mismatched: int | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Integrity:
+    """Whether the guest came through a migration whole, judged by what it says now against
+    what it said before: the same boot answering its service, the same memory checksum, no
+    write of its memory or disk workload lost."""
+
+    same_guest: bool
+    memory_checksum_ok: bool
+    memory_writes_intact: bool
+    disk_checksum_ok: bool
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.same_guest
+            and self.memory_checksum_ok
+            and self.memory_writes_intact
+            and self.disk_checksum_ok
+        )
+
+    def failures(self) -> list[str]:
+        """The names of the checks that failed."""
+        return [name for name, ok in dataclasses.asdict(self).items() if not ok]
+
+
+def integrity(before: GuestFacts, after: GuestFacts) -> Integrity:
+    """The guest's integrity after a migration (`after`), against its facts from before."""
+    return Integrity(
+        same_guest=after.service_ok
+        and after.boot_id is not None
+        and after.boot_id == before.boot_id,
+        memory_checksum_ok=before.checksum is not None and before.checksum == after.checksum,
+        memory_writes_intact=after.pages_mismatched == 0,
+        disk_checksum_ok=after.disk_blocks_checked > 0 and after.disk_blocks_mismatched == 0,
+    )
 
 
 def guest_cmdline(scenario: Scenario, guest_ip: str) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vmigrate.hypervisor.plan import MigrationPlan
+from vmigrate.testbed.network import HYPERVISOR_ROLES
 
 
 class Backend(StrEnum):
@@ -152,6 +153,14 @@ class VmConfig:
     disk_cache: str = "none"
 
 
+def other_host(role: str) -> str:
+    """The hypervisor host a VM on host `role` migrates to: the destination from the source,
+    and back to the source from the destination (a VM may hop back and forth)."""
+    if role not in HYPERVISOR_ROLES:
+        raise ValueError(f"{role!r} is not a hypervisor host ({', '.join(HYPERVISOR_ROLES)})")
+    return HYPERVISOR_ROLES[1 - HYPERVISOR_ROLES.index(role)]
+
+
 @dataclass(frozen=True)
 class HostPlace:
     """Where a hypervisor host of the testbed is: its namespace, tap, address, CPU ceiling."""
@@ -214,7 +223,8 @@ class Domain(abc.ABC):
 
 
 class Migration(abc.ABC):
-    """One attempt at moving a VM from a source Domain to the destination host."""
+    """One attempt at moving a VM from a source Domain to the other hypervisor host (its
+    `destination` Domain: on the destination host, or on the source host for a hop back)."""
 
     destination: Domain
     #: Whether a broken post-copy stream can be paused and resumed over a new connection
@@ -291,7 +301,9 @@ class Hypervisor(abc.ABC):
 
     @abc.abstractmethod
     async def prepare_migration(self, source: Domain, plan: MigrationPlan) -> Migration:
-        """Make the destination ready to take `source`'s VM with `plan` (not started yet).
+        """Make the other host than `source.host_role` (`other_host`) ready to take `source`'s
+        VM with `plan` (not started yet): the destination host for a VM booted on the source,
+        the source host again for one that migrated there before.
 
         :raise HypervisorError: the destination refuses the VM (CPU, ...) or the plan."""
 

@@ -15,7 +15,14 @@ from typing import Any
 
 from vmigrate import libvirt_client
 from vmigrate.errors import HypervisorError
-from vmigrate.hypervisor.base import Backend, Domain, Hypervisor, Migration, VmConfig
+from vmigrate.hypervisor.base import (
+    Backend,
+    Domain,
+    Hypervisor,
+    Migration,
+    VmConfig,
+    other_host,
+)
 from vmigrate.hypervisor.libvirt_domain import LibvirtDomain
 from vmigrate.hypervisor.libvirt_migration import LibvirtMigration
 from vmigrate.hypervisor.libvirt_xml import domain_xml, with_console
@@ -94,7 +101,9 @@ class LibvirtHypervisor(Hypervisor):
             "qemu_version": libvirt_client.version_string(conn.getVersion()),
         }
 
-    def _domain(self, role: str, name: str, owned: bool, memory_mib: int = 0) -> LibvirtDomain:
+    def _domain(
+        self, role: str, name: str, owned: bool, memory_mib: int = 0, incoming: bool = False
+    ) -> LibvirtDomain:
         host = self.hosts[role]
         domain = LibvirtDomain(
             self.conns[role],
@@ -104,8 +113,10 @@ class LibvirtHypervisor(Hypervisor):
             console_log=self.log_dir / f"serial-{role}.log" if owned else None,
             qemu_pid=lambda: host.qemu_pid(name),
             memory_mib=memory_mib,
+            incoming=incoming,
         )
-        self.domains.append(domain)
+        # Handles already released are forgotten: a VM hopping back and forth leaves no trail.
+        self.domains = [d for d in self.domains if not d.released] + [domain]
         return domain
 
     async def boot(self, config: VmConfig) -> Domain:
@@ -149,15 +160,20 @@ class LibvirtHypervisor(Hypervisor):
         return source
 
     async def prepare_migration(self, source: Domain, plan: MigrationPlan) -> Migration:
+        """A migration to the host the domain is not on (the destination, or back to the
+        source: the domain's earlier instance there must be removed first).
+
+        :raise HypervisorError: that host already has a domain of that name."""
         if not isinstance(source, LibvirtDomain):
             raise HypervisorError("the libvirt backend migrates only libvirt domains")
-        destination_host = self.hosts["destination"]
+        target = other_host(source.host_role)
+        destination_host = self.hosts[target]
         destination = self._domain(
-            "destination", source.name, owned=source.owned, memory_mib=source.memory_mib
+            target, source.name, owned=source.owned, memory_mib=source.memory_mib, incoming=True
         )
         if await destination.call("look up the domain", destination.lookup) is not None:
             raise HypervisorError(
-                f"the destination already has a domain called {source.name!r}: remove it there "
+                f"the {target} already has a domain called {source.name!r}: remove it there "
                 "first (virsh undefine), or migrate another domain"
             )
         destination_xml = None

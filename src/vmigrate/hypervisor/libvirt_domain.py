@@ -35,7 +35,9 @@ LIFECYCLE_KINDS = {3: EventKind.STOPPED, 4: EventKind.RESUMED}  # suspended, res
 
 
 class LibvirtDomain(Domain):
-    """A domain called `name` on the host behind `conn` (it may not exist there yet)."""
+    """A domain called `name` on the host behind `conn` (it may not exist there yet);
+    `incoming`: the handle of a migration's target, where a paused domain waits for the
+    stream (on the destination host, or on the source host for a hop back)."""
 
     def __init__(
         self,
@@ -46,11 +48,13 @@ class LibvirtDomain(Domain):
         console_log: Path | None = None,
         qemu_pid: Callable[[], int | None] | None = None,
         memory_mib: int = 0,
+        incoming: bool = False,
     ) -> None:
         self.conn = conn
         self.name = name
         self.host_role = host_role
         self.owned = owned
+        self.incoming = incoming
         self.console_log = console_log
         self.memory_mib = memory_mib
         self._qemu_pid = qemu_pid
@@ -150,7 +154,12 @@ class LibvirtDomain(Domain):
         if dom is None:
             return RunState.GONE
         state, reason = await self.call("read the domain state", dom.state)
-        return run_state(state, reason, self.host_role)
+        return run_state(state, reason, self.incoming)
+
+    @property
+    def released(self) -> bool:
+        """True once `shutdown` ran (the handle is done with)."""
+        return self._released
 
     async def pause(self) -> None:
         dom = await self.virdomain()
@@ -222,14 +231,15 @@ class LibvirtDomain(Domain):
             log.warning("removing domain %s on the %s: %s", self.name, self.host_role, exc)
 
 
-def run_state(state: int, reason: int, role: str) -> RunState:
-    """libvirt's (state, reason) as a RunState; a paused destination waits for the stream."""
+def run_state(state: int, reason: int, incoming: bool) -> RunState:
+    """libvirt's (state, reason) as a RunState; a migration's target (`incoming`) paused for
+    the migration waits for the stream, a source paused for it is in its stop-and-copy."""
     libvirt = libvirt_client.load()
     if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
         return RunState.RUNNING
     if state == libvirt.VIR_DOMAIN_PAUSED:
         if reason in (libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP):
-            return RunState.INCOMING if role == "destination" else RunState.FINISHING
+            return RunState.INCOMING if incoming else RunState.FINISHING
         if reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY:
             return RunState.MIGRATED
         return RunState.PAUSED

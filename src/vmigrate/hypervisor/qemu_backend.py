@@ -9,7 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmigrate.errors import HypervisorError
-from vmigrate.hypervisor.base import Backend, Domain, HostPlace, Hypervisor, Migration, VmConfig
+from vmigrate.hypervisor.base import (
+    Backend,
+    Domain,
+    HostPlace,
+    Hypervisor,
+    Migration,
+    VmConfig,
+    other_host,
+)
 from vmigrate.hypervisor.plan import MigrationPlan
 from vmigrate.hypervisor.qemu import QemuDomain
 from vmigrate.hypervisor.qemu_migration import DiskMirror, QemuMigration
@@ -23,9 +31,14 @@ NBD_PORT = 10809
 class QemuHypervisor(Hypervisor):
     """QEMU on the source and destination hosts of the testbed.
 
+    A migration starts the incoming QEMU on the host the VM is not on (`other_host`), with
+    that host's tap, address and CPU ceiling: a VM moves to the destination and may move back.
+    A host's tap serves one QEMU at a time, so the QEMU a VM left must be shut down before the
+    VM comes back to that host.
+
     `on_start(pid, label)` / `on_exit(pid)` record each QEMU process the moment it exists and
-    once it is gone (the testbed's state file); `destination_disk()`, for storage that is not
-    shared, gives the destination a fresh empty disk (its path) before each attempt.
+    once it is gone (the testbed's state file); `target_disk(role)`, for storage that is not
+    shared, gives host `role` a fresh empty disk (its path) before each attempt to move there.
     """
 
     backend = Backend.QEMU
@@ -38,14 +51,14 @@ class QemuHypervisor(Hypervisor):
         socket_dir: Path,
         on_start: Callable[[int, str], None],
         on_exit: Callable[[int], None],
-        destination_disk: Callable[[], str] | None = None,
+        target_disk: Callable[[str], str] | None = None,
     ) -> None:
         self.places = {"source": source, "destination": destination}
         self.log_dir = log_dir
         self.socket_dir = socket_dir
         self.on_start = on_start
         self.on_exit = on_exit
-        self.destination_disk = destination_disk
+        self.target_disk = target_disk
         self.config: VmConfig | None = None
         self.domains: list[QemuDomain] = []
         self._version = ""
@@ -64,7 +77,8 @@ class QemuHypervisor(Hypervisor):
             on_exit=self.on_exit,
             cpu_ceiling=place.cpu_ceiling,
         )
-        self.domains.append(domain)
+        # QEMUs already shut down are forgotten: a VM hopping back and forth leaves no trail.
+        self.domains = [d for d in self.domains if not d.released] + [domain]
         return domain
 
     async def boot(self, config: VmConfig) -> Domain:
@@ -74,17 +88,25 @@ class QemuHypervisor(Hypervisor):
         return domain
 
     async def prepare_migration(self, source: Domain, plan: MigrationPlan) -> Migration:
-        """Start QEMU on the destination with `-incoming defer` (a fresh one each attempt: an
-        abandoned incoming QEMU is spent) and configure both ends."""
+        """Start QEMU with `-incoming defer` on the host the VM is not on (a fresh one each
+        attempt: an abandoned incoming QEMU is spent) and configure both ends.
+
+        :raise HypervisorError: the target host refuses the VM, or a QEMU still holds its tap."""
         if self.config is None or not isinstance(source, QemuDomain):
             raise HypervisorError("the QEMU backend migrates only a VM it booted itself")
+        target = other_host(source.host_role)
+        if any(d.host_role == target and d.process_id() is not None for d in self.domains):
+            raise HypervisorError(
+                f"a QEMU still runs on the {target} (its tap serves one at a time): shut down "
+                "the VM's earlier instance there before moving the VM back"
+            )
         config = self.config
         if plan.copy_storage:
-            if self.destination_disk is None:
-                raise HypervisorError("storage that is not shared needs a destination disk")
-            config = dataclasses.replace(config, disk_url=self.destination_disk())
-        destination = await self._launch("destination", config, "defer")
-        address = self.places["destination"].ip
+            if self.target_disk is None:
+                raise HypervisorError("storage that is not shared needs a disk on each host")
+            config = dataclasses.replace(config, disk_url=self.target_disk(target))
+        destination = await self._launch(target, config, "defer")
+        address = self.places[target].ip
         mirror = DiskMirror(source, destination, address, NBD_PORT) if plan.copy_storage else None
         migration = QemuMigration(
             source, destination, plan, f"tcp:{address}:{MIGRATION_PORT}", mirror

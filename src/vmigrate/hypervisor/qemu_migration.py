@@ -27,8 +27,17 @@ CANCEL_WAIT_S = 15.0
 def qmp_settings(
     plan: MigrationPlan,
 ) -> tuple[dict[str, bool], dict[str, Any], dict[str, Any]]:
-    """The plan as QMP capabilities (both ends), source parameters, destination parameters."""
-    caps: dict[str, bool] = {"events": True}
+    """The plan as QMP capabilities (both ends), source parameters, destination parameters.
+
+    Every capability a plan may turn on is named, on or off: a QEMU that took the VM in an
+    earlier hop keeps the capabilities that hop set, and both ends must agree on them."""
+    caps: dict[str, bool] = {
+        "events": True,
+        "postcopy-ram": False,
+        "auto-converge": False,
+        "xbzrle": False,
+        "multifd": False,
+    }
     source: dict[str, Any] = {
         "downtime-limit": plan.downtime_limit_ms,
         "max-bandwidth": plan.max_bandwidth_bytes_s or UNLIMITED_BYTES_S,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,12 @@ from vmigrate.errors import TestbedError, UsageError
 from vmigrate.paths import state_root
 from vmigrate.pids import is_same_process, terminate
 from vmigrate.testbed import libvirtd, network
-from vmigrate.testbed.netns import netns_exists
+from vmigrate.testbed.leftovers import (
+    leftover_interfaces,
+    leftover_namespaces,
+    leftover_processes,
+)
+from vmigrate.testbed.netns import netns_exists, netns_pids
 from vmigrate.testbed.network import GUEST_IP, GUEST_MAC, HYPERVISOR_ROLES, Host
 from vmigrate.testbed.nfs import read_pids, start_nfs_server
 from vmigrate.testbed.state import Resource, StateFile, stop_libvirtd, tear_down
@@ -278,6 +283,21 @@ class Testbed:
         if not problems:
             shutil.rmtree(self.dir, ignore_errors=True)
         return problems
+
+    def processes(self) -> list[int]:
+        """PIDs of every process inside this testbed's namespaces right now."""
+        return [pid for ns in self.namespace_names() for pid in netns_pids(ns)]
+
+    def leftovers(self, pids: Iterable[int] = ()) -> list[str]:
+        """What of this testbed is still there (after `down` there should be nothing): its
+        namespaces, interfaces named after it in the root namespace, processes of it — any of
+        `pids` (say, `processes()` from before it came down) or naming its directory or tap —
+        and its state directory."""
+        found = leftover_namespaces(self.name) + leftover_interfaces(self.name)
+        found += leftover_processes(self.name, self.dir, pids)
+        if self.dir.exists():
+            found.append(f"directory {self.dir}")
+        return found
 
     def namespace_names(self) -> list[str]:
         """Every namespace this testbed may own."""
