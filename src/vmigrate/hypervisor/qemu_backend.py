@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from vmigrate.errors import HypervisorError
@@ -25,7 +25,8 @@ class QemuHypervisor(Hypervisor):
 
     `on_start(pid, label)` / `on_exit(pid)` record each QEMU process the moment it exists and
     once it is gone (the testbed's state file); `destination_disk()`, for storage that is not
-    shared, gives the destination a fresh empty disk (its path) before each attempt.
+    shared, gives the destination a fresh empty disk (its path) before each attempt;
+    `tls_dirs`, for an encrypted migration, where each host's certificates are (by role).
     """
 
     backend = Backend.QEMU
@@ -39,6 +40,7 @@ class QemuHypervisor(Hypervisor):
         on_start: Callable[[int, str], None],
         on_exit: Callable[[int], None],
         destination_disk: Callable[[], str] | None = None,
+        tls_dirs: Mapping[str, Path] | None = None,
     ) -> None:
         self.places = {"source": source, "destination": destination}
         self.log_dir = log_dir
@@ -46,6 +48,7 @@ class QemuHypervisor(Hypervisor):
         self.on_start = on_start
         self.on_exit = on_exit
         self.destination_disk = destination_disk
+        self.tls_dirs = tls_dirs
         self.config: VmConfig | None = None
         self.domains: list[QemuDomain] = []
         self._version = ""
@@ -78,6 +81,8 @@ class QemuHypervisor(Hypervisor):
         abandoned incoming QEMU is spent) and configure both ends."""
         if self.config is None or not isinstance(source, QemuDomain):
             raise HypervisorError("the QEMU backend migrates only a VM it booted itself")
+        if plan.tls and self.tls_dirs is None:
+            raise HypervisorError("an encrypted migration needs the hosts' TLS certificates")
         config = self.config
         if plan.copy_storage:
             if self.destination_disk is None:
@@ -85,9 +90,19 @@ class QemuHypervisor(Hypervisor):
             config = dataclasses.replace(config, disk_url=self.destination_disk())
         destination = await self._launch("destination", config, "defer")
         address = self.places["destination"].ip
-        mirror = DiskMirror(source, destination, address, NBD_PORT) if plan.copy_storage else None
+        mirror = (
+            DiskMirror(source, destination, address, NBD_PORT, plan.tls)
+            if plan.copy_storage
+            else None
+        )
         migration = QemuMigration(
-            source, destination, plan, f"tcp:{address}:{MIGRATION_PORT}", mirror
+            source,
+            destination,
+            plan,
+            f"tcp:{address}:{MIGRATION_PORT}",
+            mirror,
+            tls_hostname=address,
+            tls_dirs=self.tls_dirs,
         )
         try:
             await migration.configure()
