@@ -3,10 +3,12 @@ for its address and a client certificate, each verifying against the CA."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -15,7 +17,12 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from vmigrate.config import STRATEGIES, MigrationSpec
 from vmigrate.hypervisor import tls
-from vmigrate.hypervisor.qemu_migration import TLS_CREDS_ID, qmp_settings, tls_creds_object
+from vmigrate.hypervisor.qemu_migration import (
+    TLS_CREDS_ID,
+    add_tls_creds,
+    qmp_settings,
+    tls_creds_object,
+)
 from vmigrate.migration.strategy import plan_for
 
 HOSTS = {"source": "10.241.0.1", "destination": "10.241.0.2"}
@@ -125,3 +132,27 @@ def test_every_strategy_takes_tls(strategy: str) -> None:
     """QEMU 10.0 refuses TLS only with zero-copy-send and mapped-ram, which no strategy uses."""
     spec = MigrationSpec(strategy=strategy, tls=True)  # type: ignore[arg-type]
     assert plan_for(spec).tls
+
+
+class FakeQemu:
+    """Answers qom-list and records object-add, as QEMU's QMP would."""
+
+    def __init__(self) -> None:
+        self.objects: list[dict[str, Any]] = []
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        if command == "qom-list":
+            return [{"name": o["id"], "type": "child<tls-creds-x509>"} for o in self.objects]
+        assert command == "object-add" and arguments is not None
+        if any(o["id"] == arguments["id"] for o in self.objects):
+            raise AssertionError("QEMU refuses a second object with the same id")
+        self.objects.append(arguments)
+
+
+def test_a_source_that_migrates_again_keeps_its_credentials(tmp_path: Path) -> None:
+    """After a cancelled attempt (on_stall = auto-converge) the same source is configured
+    again: its credentials are there already, and QEMU would refuse them twice."""
+    source = FakeQemu()
+    for _ in range(2):
+        asyncio.run(add_tls_creds(source, tmp_path, "client"))  # type: ignore[arg-type]
+    assert [o["endpoint"] for o in source.objects] == ["client"]
