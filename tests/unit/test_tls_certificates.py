@@ -89,6 +89,13 @@ def test_client_certificates_verify_as_clients_and_not_as_servers(
         server_verifier.verify(client, [])
 
 
+def test_a_long_run_name_still_makes_a_ca(tmp_path: Path) -> None:
+    """A sweep's run directories are longer than a certificate name may be."""
+    label = "precopy-migration.tls=true-strategy=multifd-20250101-120000-r3-" * 2
+    tls.make_certificates({"source": (HOSTS["source"], tmp_path)}, label)
+    assert label[:20] in load(tmp_path / tls.CA_CERT).subject.rfc4514_string()
+
+
 def test_a_new_run_gets_a_new_ca(tmp_path: Path) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
     tls.make_certificates({"source": (HOSTS["source"], first)}, "one")

@@ -32,6 +32,7 @@ CLIENT_CERT, CLIENT_KEY = "client-cert.pem", "client-key.pem"
 # read a moment later on another host never finds them "not yet valid".
 VALID_FOR = dt.timedelta(days=2)
 BACKDATE = dt.timedelta(minutes=5)
+CN_MAX = 64  # ub-common-name, RFC 5280
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,12 @@ class _Issuer:
 
 
 def _name(common_name: str) -> x509.Name:
+    """A subject; its common name cut to the 64 characters x509 allows (a run's name is
+    free-form: a sweep's run directories are longer)."""
     return x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vmigrate"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name[:CN_MAX]),
         ]
     )
 
