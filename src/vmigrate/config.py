@@ -227,6 +227,12 @@ class MigrationSpec(_Section):
         "raise-downtime (allow the stop-and-copy QEMU expects)",
     )
     stall_iterations: int = Field(3, ge=1, le=1000, description="passes without progress")
+    tls: bool = Field(
+        False,
+        description="encrypt the migration stream (and the disk copy) with TLS: on the testbed "
+        "with x509 certificates made for the run; on your own hosts with the TLS set-up of "
+        "their libvirt (migrate_tls_x509_cert_dir)",
+    )
 
     @model_validator(mode="after")
     def _keys_match_the_strategy(self) -> MigrationSpec:

@@ -14,8 +14,10 @@ from vmigrate.guest.image import GuestImage
 from vmigrate.hypervisor.base import Backend, HostPlace, Hypervisor, VmConfig
 from vmigrate.hypervisor.libvirt_backend import LibvirtHost, LibvirtHypervisor
 from vmigrate.hypervisor.qemu_backend import QemuHypervisor
+from vmigrate.hypervisor.tls import make_certificates
 from vmigrate.proc import run
 from vmigrate.testbed.libvirtd import IMAGES_DIR
+from vmigrate.testbed.network import HYPERVISOR_ROLES
 from vmigrate.testbed.testbed import Testbed
 
 DISK_SIZE = "256M"
@@ -37,6 +39,7 @@ class Placement:
     def hypervisor(self, disks: dict[str, Path]) -> Hypervisor:
         """The backend that runs this scenario's VM on the testbed's hypervisor hosts."""
         testbed = self.testbed
+        tls_dirs = self.certificates() if self.scenario.migration.tls else None
         if self.libvirt:
 
             def libvirt_host(role: str) -> LibvirtHost:
@@ -72,7 +75,17 @@ class Placement:
             on_start=testbed.state.add_process,
             on_exit=testbed.state.forget_process,
             target_disk=target_disk if "destination" in disks else None,
+            tls_dirs=tls_dirs,
         )
+
+    def certificates(self) -> dict[str, Path]:
+        """This run's TLS certificates (migration.tls): a fresh CA, and for each hypervisor
+        host a server certificate for its address and a client certificate, where its QEMU
+        (or libvirtd's) reads them; the directories by host role."""
+        dirs = {role: self.testbed.tls_dir(role, self.libvirt) for role in HYPERVISOR_ROLES}
+        hosts = {role: (self.testbed.hosts[role].ip, path) for role, path in dirs.items()}
+        make_certificates(hosts, label=self.out_dir.name)
+        return dirs
 
     def create_disks(self) -> dict[str, Path]:
         """Fresh qcow2 disks for this run (recorded, so `testbed down` removes them too): one in

@@ -1066,6 +1066,7 @@ def summary_table(document: Mapping[str, Any]) -> Table:
         ("downtime ms\nreported", figure("migration.downtime_reported_ms", digits=0)),
         ("p99 during\nms", figure("service.latency_ms.during.p99", digits=0)),
         ("sent MiB", figure("migration.transferred_bytes", MIB, 0)),
+        ("Mbit/s", figure("migration.throughput_mbit_s", digits=0)),
         ("extra CPU s", cpu),
     ]
     table.add_column("cell")

@@ -28,7 +28,7 @@ def test_precopy_is_live_peer_to_peer_and_persistent_on_the_destination() -> Non
     flags, params = settings(max_bandwidth_mib_s=12.5)
     for flag in ("LIVE", "PEER2PEER", "PERSIST_DEST"):
         assert flags & getattr(libvirt, f"VIR_MIGRATE_{flag}")
-    for flag in ("POSTCOPY", "AUTO_CONVERGE", "COMPRESSED", "PARALLEL", "NON_SHARED_DISK"):
+    for flag in ("POSTCOPY", "AUTO_CONVERGE", "COMPRESSED", "PARALLEL", "NON_SHARED_DISK", "TLS"):
         assert not flags & getattr(libvirt, f"VIR_MIGRATE_{flag}")
     assert params == {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://10.0.0.2",
                       libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 12}  # fmt: skip
@@ -73,6 +73,12 @@ def test_each_strategy_becomes_its_flag_and_parameters(
 def test_storage_that_is_not_shared_is_copied_by_libvirt() -> None:
     flags, _ = libvirt_settings(plan_for(MigrationSpec(), copy_storage=True), None)
     assert flags & libvirt.VIR_MIGRATE_NON_SHARED_DISK
+
+
+def test_tls_is_libvirts_tls_flag_with_every_strategy() -> None:
+    for strategy in ("precopy", "postcopy", "multifd", "cold"):
+        flags, _ = settings(strategy=strategy, tls=True)
+        assert flags & libvirt.VIR_MIGRATE_TLS, strategy
 
 
 def test_a_running_job_reports_no_downtime_and_a_completed_one_does() -> None:

@@ -66,6 +66,7 @@ def test_qemu_conf_runs_qemu_as_root_without_confinement() -> None:
         "stdio_handler": '"file"',
         "migration_address": '"10.241.0.1"',
         "migration_host": '"10.241.0.1"',
+        "migrate_tls_x509_cert_dir": '"/etc/libvirt/pki/migrate"',
     }
     assert "migration_address" not in parse_conf(libvirtd.qemu_conf(None))
 
@@ -140,6 +141,8 @@ def test_prepare_writes_configs_wrapper_and_seeds_the_capabilities_cache(
     for sub, _ in libvirtd.BIND_MOUNTS:
         assert (spec.work_dir / sub).is_dir()
     assert (spec.work_dir / "log" / "qemu").is_dir()
+    # libvirtd refuses to start when qemu.conf's migrate_tls_x509_cert_dir is missing.
+    assert (spec.work_dir / "etc" / libvirtd.MIGRATE_TLS_DIR).is_dir()
     assert "listen_addr" in (spec.work_dir / "etc" / "libvirtd.conf").read_text()
     assert "migration_address" in (spec.work_dir / "etc" / "qemu.conf").read_text()
     wrapper = (spec.work_dir / libvirtd.WRAPPER_NAME).read_text()

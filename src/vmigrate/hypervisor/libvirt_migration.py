@@ -57,6 +57,8 @@ def libvirt_settings(plan: MigrationPlan, migration_uri: str | None) -> tuple[in
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = max(1, plan.max_bandwidth_bytes_s // MIB)
     if plan.copy_storage:
         flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+    if plan.tls:  # the TLS set-up of each host's libvirt: qemu.conf migrate_tls_x509_cert_dir
+        flags |= libvirt.VIR_MIGRATE_TLS
     if plan.allow_unsafe:
         flags |= libvirt.VIR_MIGRATE_UNSAFE
     if plan.undefine_source:

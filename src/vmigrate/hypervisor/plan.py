@@ -42,6 +42,7 @@ class MigrationPlan(_Frozen):
     max_bandwidth_bytes_s: int | None = None  # None: only the link limits
     downtime_limit_ms: int = 300
     copy_storage: bool = False  # the disk is not shared: copy it along
+    tls: bool = False  # encrypt the migration stream and the disk copy
     allow_unsafe: bool = False  # the user accepted a migration the hypervisor calls unsafe
     undefine_source: bool = False  # a completed migration removes the source's definition
 

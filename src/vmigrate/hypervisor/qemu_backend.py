@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from vmigrate.errors import HypervisorError
@@ -38,7 +38,8 @@ class QemuHypervisor(Hypervisor):
 
     `on_start(pid, label)` / `on_exit(pid)` record each QEMU process the moment it exists and
     once it is gone (the testbed's state file); `target_disk(role)`, for storage that is not
-    shared, gives host `role` a fresh empty disk (its path) before each attempt to move there.
+    shared, gives host `role` a fresh empty disk (its path) before each attempt to move there;
+    `tls_dirs`, for an encrypted migration, where each host's certificates are (by role).
     """
 
     backend = Backend.QEMU
@@ -52,6 +53,7 @@ class QemuHypervisor(Hypervisor):
         on_start: Callable[[int, str], None],
         on_exit: Callable[[int], None],
         target_disk: Callable[[str], str] | None = None,
+        tls_dirs: Mapping[str, Path] | None = None,
     ) -> None:
         self.places = {"source": source, "destination": destination}
         self.log_dir = log_dir
@@ -59,6 +61,7 @@ class QemuHypervisor(Hypervisor):
         self.on_start = on_start
         self.on_exit = on_exit
         self.target_disk = target_disk
+        self.tls_dirs = tls_dirs
         self.config: VmConfig | None = None
         self.domains: list[QemuDomain] = []
         self._version = ""
@@ -94,6 +97,8 @@ class QemuHypervisor(Hypervisor):
         :raise HypervisorError: the target host refuses the VM, or a QEMU still holds its tap."""
         if self.config is None or not isinstance(source, QemuDomain):
             raise HypervisorError("the QEMU backend migrates only a VM it booted itself")
+        if plan.tls and self.tls_dirs is None:
+            raise HypervisorError("an encrypted migration needs the hosts' TLS certificates")
         target = other_host(source.host_role)
         if any(d.host_role == target and d.process_id() is not None for d in self.domains):
             raise HypervisorError(
@@ -107,9 +112,19 @@ class QemuHypervisor(Hypervisor):
             config = dataclasses.replace(config, disk_url=self.target_disk(target))
         destination = await self._launch(target, config, "defer")
         address = self.places[target].ip
-        mirror = DiskMirror(source, destination, address, NBD_PORT) if plan.copy_storage else None
+        mirror = (
+            DiskMirror(source, destination, address, NBD_PORT, plan.tls)
+            if plan.copy_storage
+            else None
+        )
         migration = QemuMigration(
-            source, destination, plan, f"tcp:{address}:{MIGRATION_PORT}", mirror
+            source,
+            destination,
+            plan,
+            f"tcp:{address}:{MIGRATION_PORT}",
+            mirror,
+            tls_hostname=address,
+            tls_dirs=self.tls_dirs,
         )
         try:
             await migration.configure()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
 
 from vmigrate.errors import HypervisorError, MigrationError
 from vmigrate.hypervisor.base import Migration, MigrationStats, MigrationStatus
@@ -22,15 +24,18 @@ EXPORT_ID = "vmigrate-disk"
 MIRROR_TARGET = "vmigrate-mirror-target"
 MIRROR_JOB = "vmigrate-mirror"
 CANCEL_WAIT_S = 15.0
+TLS_CREDS_ID = "vmigrate-tls"
 
 
 def qmp_settings(
-    plan: MigrationPlan,
+    plan: MigrationPlan, tls_hostname: str = ""
 ) -> tuple[dict[str, bool], dict[str, Any], dict[str, Any]]:
     """The plan as QMP capabilities (both ends), source parameters, destination parameters.
 
     Every capability a plan may turn on is named, on or off: a QEMU that took the VM in an
-    earlier hop keeps the capabilities that hop set, and both ends must agree on them."""
+    earlier hop keeps the capabilities that hop set, and both ends must agree on them.
+    With TLS both ends name their credentials object (TLS_CREDS_ID); the source checks the
+    destination's certificate against `tls_hostname` (the address it connects to)."""
     caps: dict[str, bool] = {
         "events": True,
         "postcopy-ram": False,
@@ -38,6 +43,7 @@ def qmp_settings(
         "xbzrle": False,
         "multifd": False,
     }
+    destination: dict[str, Any] = {}
     source: dict[str, Any] = {
         "downtime-limit": plan.downtime_limit_ms,
         "max-bandwidth": plan.max_bandwidth_bytes_s or UNLIMITED_BYTES_S,
@@ -56,7 +62,29 @@ def qmp_settings(
         caps["multifd"] = True
         both["multifd-channels"] = plan.multifd.channels
         both["multifd-compression"] = plan.multifd.compression
-    return caps, {**source, **both}, both
+    # A QEMU that took the VM over TLS in an earlier hop keeps its credentials named: a plain
+    # hop names none ("" turns TLS off).
+    source["tls-creds"] = destination["tls-creds"] = TLS_CREDS_ID if plan.tls else ""
+    if plan.tls and tls_hostname:
+        source["tls-hostname"] = tls_hostname
+    return caps, {**source, **both}, {**both, **destination}
+
+
+def tls_creds_object(directory: Path, endpoint: Literal["server", "client"]) -> dict[str, Any]:
+    """object-add's arguments for the x509 credentials in `directory` (QEMU reads them now):
+    the destination is the server, the source the client; each verifies the other."""
+    return {"qom-type": "tls-creds-x509", "id": TLS_CREDS_ID, "dir": str(directory),
+            "endpoint": endpoint, "verify-peer": True}  # fmt: skip
+
+
+async def add_tls_creds(
+    domain: QemuDomain, directory: Path, endpoint: Literal["server", "client"]
+) -> None:
+    """Give `domain` the run's TLS credentials, unless it has them (a source that migrates a
+    second time, after a cancelled first attempt)."""
+    objects = await domain.execute("qom-list", {"path": "/objects"})
+    if not any(item.get("name") == TLS_CREDS_ID for item in objects):
+        await domain.execute("object-add", tls_creds_object(directory, endpoint))
 
 
 class DiskMirror:
@@ -64,17 +92,21 @@ class DiskMirror:
     its disk into it and — once in sync — keeps every write going to both (write-blocking),
     so the copy is complete the moment the VM stops (as libvirt's --copy-storage-all does)."""
 
-    def __init__(self, source: QemuDomain, destination: QemuDomain, address: str, port: int):
+    def __init__(
+        self, source: QemuDomain, destination: QemuDomain, address: str, port: int, tls: bool
+    ) -> None:
         self.source = source
         self.destination = destination
         self.address = address
         self.port = port
+        self.tls = tls  # both ends have TLS_CREDS_ID: the NBD connection is encrypted too
 
     async def start(self) -> None:
         """Export the destination's disk, then mirror the source's into it."""
         node = await _disk_node(self.destination)
         server = {"type": "inet", "data": {"host": self.address, "port": str(self.port)}}
-        await self.destination.execute("nbd-server-start", {"addr": server})
+        creds = {"tls-creds": TLS_CREDS_ID} if self.tls else {}
+        await self.destination.execute("nbd-server-start", {"addr": server, **creds})
         await self.destination.execute(
             "block-export-add",
             {"type": "nbd", "id": EXPORT_ID, "node-name": node, "name": DISK_ID,
@@ -83,7 +115,8 @@ class DiskMirror:
         await self.source.execute(
             "blockdev-add",
             {"driver": "nbd", "node-name": MIRROR_TARGET, "export": DISK_ID,
-             "server": {"type": "inet", "host": self.address, "port": str(self.port)}},
+             "server": {"type": "inet", "host": self.address, "port": str(self.port)},
+             **creds},
         )  # fmt: skip
         await self.source.execute(
             "blockdev-mirror",
@@ -152,18 +185,25 @@ class QemuMigration(Migration):
         plan: MigrationPlan,
         uri: str,
         mirror: DiskMirror | None,
+        tls_hostname: str = "",
+        tls_dirs: Mapping[str, Path] | None = None,
     ) -> None:
         self.source = source
         self.destination = destination
         self.plan = plan
         self.uri = uri
         self.mirror = mirror
+        self.tls_hostname = tls_hostname
+        self.tls_dirs = tls_dirs or {}
         self._actions: list[tuple[int, str]] = []
         self._mirroring = False
 
     async def configure(self) -> None:
         """Set capabilities and parameters on both ends, then let the destination listen."""
-        caps, source_params, destination_params = qmp_settings(self.plan)
+        if self.plan.tls:
+            await add_tls_creds(self.source, self.tls_dirs["source"], "client")
+            await add_tls_creds(self.destination, self.tls_dirs["destination"], "server")
+        caps, source_params, destination_params = qmp_settings(self.plan, self.tls_hostname)
         await self.source.set_migration_capabilities(caps)
         await self.destination.set_migration_capabilities(caps)
         await self.source.set_migration_parameters(source_params)

@@ -35,6 +35,7 @@ def plan_for(
         else None,
         downtime_limit_ms=spec.downtime_limit_ms,
         copy_storage=copy_storage,
+        tls=spec.tls,
         allow_unsafe=allow_unsafe,
     )
 

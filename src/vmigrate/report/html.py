@@ -205,7 +205,7 @@ def _header(result: dict[str, Any], run_dir: Path) -> str:
     accel = env.get("accel") or "?"
     reason = env.get("accel_reason")
     meta = [
-        ("strategy", _esc(strategy or "—")),
+        ("strategy", _esc(strategy or "—") + (" over TLS" if mig.get("tls") else "")),
         (
             "accelerator",
             _esc(accel) + (f' <span class="muted">({_esc(reason)})</span>' if reason else ""),

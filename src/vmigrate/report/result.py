@@ -43,12 +43,14 @@ def _pauses(record: MigrationRecord | None, t0_ns: int) -> list[dict[str, Any]]:
 
 
 def migration_figures(
-    record: MigrationRecord | None, guest_ram_bytes: int, t0_ns: int = 0
+    record: MigrationRecord | None, guest_ram_bytes: int, t0_ns: int = 0, tls: bool = False
 ) -> dict[str, Any]:
-    """The migration section: times, downtime, bytes, iterations, throughput."""
+    """The migration section: how it was done (strategy, TLS), times, downtime, bytes,
+    iterations, throughput."""
     if record is None or record.final is None:
         return {
             "strategy": record.strategy if record else None,
+            "tls": tls,
             "total_time_s": None,
             "setup_time_s": None,
             "downtime_reported_ms": None,
@@ -71,6 +73,7 @@ def migration_figures(
     throughput = final.transferred_bytes * 8 / wire_s / 1e6 if wire_s else None
     return {
         "strategy": record.strategy,
+        "tls": tls,
         "total_time_s": _round(total_s),
         "setup_time_s": _round(final.setup_time_ms / 1000 if final.setup_time_ms else None),
         "downtime_reported_ms": _round(record.downtime_reported_ms),
@@ -129,7 +132,9 @@ def build_result(
         "outcome": outcome,
         "error": error if error else (record.error if record is not None else None),
         "preflight": preflight,
-        "migration": migration_figures(record, scenario.vm.memory_mib * 1024 * 1024, t0_ns),
+        "migration": migration_figures(
+            record, scenario.vm.memory_mib * 1024 * 1024, t0_ns, tls=scenario.migration.tls
+        ),
         "timeline_s": {name: _round((t - t0_ns) / 1e9, 6) for name, t in marks_ns.items()},
         "events": events,
         "verification": verification,

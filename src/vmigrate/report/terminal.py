@@ -97,7 +97,7 @@ def summary_table(result: dict[str, Any]) -> Table:
     table.add_column("value", justify="right")
     service = result.get("service", {})
     rows: list[tuple[str, str]] = [
-        ("strategy", _fmt(mig["strategy"])),
+        ("strategy", _fmt(mig["strategy"]) + (" over TLS" if mig.get("tls") else "")),
         ("total migration time", _fmt(mig["total_time_s"], " s", 3)),
         ("setup time", _fmt(mig["setup_time_s"], " s", 3)),
         ("downtime (hypervisor)", _fmt(mig["downtime_reported_ms"], " ms", 1)),

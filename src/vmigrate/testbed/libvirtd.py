@@ -76,6 +76,8 @@ BIND_MOUNTS: tuple[tuple[str, str], ...] = (
 IMAGES_DIR = "/var/lib/libvirt/images"
 #: The daemon's unix socket, as seen from inside its mount namespace.
 SOCKET_PATH = "/run/libvirt/libvirt-sock"
+#: Where its QEMUs find the certificates of an encrypted migration (the "etc" bind mount).
+MIGRATE_TLS_DIR = "pki/migrate"
 
 # Runs as `sh WORK_DIR/vmigrate-libvirtd-wrapper.sh WORK_DIR LIBVIRTD [ARGS...]` inside the
 # host's netns and a fresh private mount namespace (mount -n: no /run/mount/utab in the shared
@@ -158,6 +160,8 @@ def qemu_conf(address: str | None) -> str:
             "# Incoming migrations listen on, and are announced with, the host's address.",
             f"migration_address = {_quote(address)}",
             f"migration_host = {_quote(address)}",
+            "# VIR_MIGRATE_TLS: the run's certificates (ca-cert.pem, server-*, client-*).",
+            f'migrate_tls_x509_cert_dir = "/etc/libvirt/{MIGRATE_TLS_DIR}"',
         ]
     return "\n".join(lines) + "\n"
 
@@ -282,6 +286,8 @@ def prepare(spec: DaemonSpec) -> None:
     for sub, _ in BIND_MOUNTS:
         (spec.work_dir / sub).mkdir(parents=True, exist_ok=True)
     (spec.work_dir / "log" / "qemu").mkdir(parents=True, exist_ok=True)
+    # libvirtd refuses to start when migrate_tls_x509_cert_dir does not exist.
+    (spec.work_dir / "etc" / MIGRATE_TLS_DIR).mkdir(parents=True, exist_ok=True)
     (spec.work_dir / "etc" / "libvirtd.conf").write_text(
         libvirtd_conf(spec.address, spec.host_uuid)
     )

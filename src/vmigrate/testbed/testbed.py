@@ -211,6 +211,14 @@ class Testbed:
         libvirt's non-shared-storage migration wants it."""
         return self.libvirt_dir(role) / "lib" / "images"
 
+    def tls_dir(self, role: str, libvirt: bool) -> Path:
+        """Where host `role` keeps the certificates of an encrypted migration, seen from here:
+        in its libvirtd's /etc/libvirt (qemu.conf's migrate_tls_x509_cert_dir), or for the
+        QEMU vmigrate starts itself, next to the host's local disks."""
+        if libvirt:
+            return self.libvirt_dir(role) / "etc" / libvirtd.MIGRATE_TLS_DIR
+        return self.dir / "hosts" / role / "tls"
+
     def libvirt_root(self, role: str) -> Path:
         """Host `role`'s libvirtd's view of the filesystem, from here: /proc/PID/root (its
         private /run, its /var/log/libvirt, ...). Valid while that daemon runs."""
