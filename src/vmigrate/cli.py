@@ -418,6 +418,7 @@ def sweep_command(
     Exit 0 when every run has a result (whatever its outcome), 1 when some run crashed (it is
     retried next time), 2 on bad input.
     """
+    from vmigrate.report.fault_matrix import fault_table, is_fault_sweep, write_fault_matrix
     from vmigrate.sweep import (
         ExperimentRunner,
         RichSweepProgress,
@@ -439,6 +440,11 @@ def sweep_command(
 
     summary = guarded(body)
     console.print(summary_table(summary.document))
+    sweep_dir = summary.summary_path.parent
+    if is_fault_sweep(sweep_dir):
+        cells, faults_md = write_fault_matrix(sweep_dir)
+        console.print(fault_table(cells))
+        console.print(f"fault table: {faults_md}")
     console.print(
         f"ran {summary.ran}, skipped {summary.skipped} (done before) · database: "
         f"{summary.db_path}  summary: {summary.summary_path}  "

@@ -378,6 +378,12 @@ def load_sweep(path: Path, overrides: Sequence[str] = ()) -> Sweep:
         cell_id = _cell_id(settings)
         data = _apply(base, settings, origin)
         scenario = validate_scenario(data, origin=f"{origin}: cell {cell_id}")
+        if scenario.fault.kind == "kill-vmigrate":
+            raise ScenarioError(
+                f"{origin}: cell {cell_id}: fault.kind = 'kill-vmigrate' would kill the sweep "
+                "itself: run it alone (`vmigrate run SCENARIO --set fault.kind=kill-vmigrate`, "
+                "then `vmigrate testbed recover`)"
+            )
         cells.append(Cell(position, cell_id, _label(axes, parts), settings, scenario))
     labels = [c.label for c in cells]
     if len(set(labels)) != len(labels):  # two values that print alike: fall back to the ids
