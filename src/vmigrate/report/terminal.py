@@ -110,6 +110,14 @@ def summary_table(result: dict[str, Any]) -> Table:
         rows.append(("attempts (restarted after a stall)", _fmt(mig["attempts"])))
     for action in mig.get("actions", []):
         rows.append((f"at {action['t_s']:.1f} s", action["action"]))
+    for pause in mig.get("postcopy_pauses", []):
+        rows.append((f"post-copy paused at {pause['paused_at_s']:.1f} s",
+                     _fmt(pause["paused_ms"], " ms", 0) + f" ({pause['cause']})"))  # fmt: skip
+    fault = result.get("fault")
+    if fault and fault.get("injected"):
+        rows.append((f"fault {fault['kind']}: outage / recovery",
+                     f"{_fmt(fault.get('service_outage_ms'), '', 0)} / "
+                     f"{_fmt(fault.get('recovery_ms'), ' ms', 0)}"))  # fmt: skip
     latency = service.get("latency_ms", {})
     for window in ("baseline", "during", "after"):
         stats = latency.get(window)
