@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vmigrate import __version__
@@ -61,7 +62,9 @@ def guarded(action: Callable[[], T]) -> T:
     try:
         return action()
     except VmigrateError as exc:
-        err_console.print(f"[red]vmigrate: error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[red]vmigrate: error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("vmigrate: interrupted; cleaned up", highlight=False)

@@ -164,6 +164,7 @@ class Experiment:
                 self.observer.stage,
                 self.placement.libvirt,
             )
+            testbed.require_no_vm()
             self._start_sampler()
             disks = self.placement.create_disks()
             self.hypervisor = self.placement.hypervisor(disks)

@@ -292,6 +292,22 @@ class Testbed:
             shutil.rmtree(self.dir, ignore_errors=True)
         return problems
 
+    def require_no_vm(self) -> None:
+        """Refuse a run while a VM of an earlier run still holds a host's tap (vmigrate was
+        killed mid-run): say how to settle or remove it."""
+        alive = [
+            f"{r.name} pid {r.pid}"
+            for r in self.state.resources()
+            if r.kind == "process" and r.name.startswith("qemu-")
+            and is_same_process(r.pid, r.start_ticks)
+        ]  # fmt: skip
+        if alive:
+            raise TestbedError(
+                f"testbed {self.name!r} still runs a VM of an earlier run ({', '.join(alive)}): "
+                f"`vmigrate testbed recover -t {self.name}` settles it, `vmigrate testbed down "
+                f"-t {self.name}` removes it"
+            )
+
     def processes(self) -> list[int]:
         """PIDs of every process inside this testbed's namespaces right now."""
         return [pid for ns in self.namespace_names() for pid in netns_pids(ns)]
