@@ -180,8 +180,8 @@ def test_a_stalled_nfs_server_delays_but_loses_nothing(testbed: Testbed, tmp_pat
         testbed, tmp_path, fault={"kind": "nfs-stall", "at": "0.5s", "duration_ms": 2000}
     )
     actions = result["fault"]["actions"]
-    assert actions[0].startswith("fault: SIGSTOP to the NFS server (ganesha.nfsd")
-    assert actions[1].startswith("fault undone: SIGCONT to the NFS server")
+    assert actions[0].startswith("fault: SIGSTOP to the NFS server, ganesha.nfsd (pid")
+    assert actions[1].startswith("fault undone: SIGCONT to the NFS server, ganesha.nfsd")
     assert result["outcome"] == "completed", result["error"]
     assert_intact_on(result, "destination")
 

@@ -81,4 +81,4 @@ def test_close_undoes_a_fault_still_in_effect_and_a_failed_injection_is_said(
     missing = FaultInjector(FaultSpec(kind="kill-destination", at="0s"), targets, None)
     missing.migration_progress(0.0, stats(0, 1))
     assert missing.as_dict(0, 0)["injected"] is False
-    assert "no destination QEMU process" in (missing.error or "")
+    assert "no destination process to send SIGKILL to" in (missing.error or "")

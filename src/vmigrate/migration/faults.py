@@ -48,50 +48,26 @@ class FaultTargets:
     cancel: Callable[[], None] | None = None
 
 
-def _pid(which: str, pid: int | None) -> int:
-    if pid is None:
-        raise MigrationError(f"no {which} QEMU process to inject the fault into")
-    return pid
+#: Whose process a signal goes to: (how the record names it, its PID at that moment).
+_PROCESSES: dict[str, tuple[str, Callable[[FaultTargets], int | None]]] = {
+    "destination": ("the destination's QEMU", lambda t: t.destination_pid()),
+    "source": ("the source's QEMU", lambda t: t.source_pid()),
+    "nfs": ("the NFS server, ganesha.nfsd", lambda t: t.nfs_pid()),
+}
 
 
-def _kill_destination(t: FaultTargets) -> str:
-    pid = _pid("destination", t.destination_pid())
-    os.kill(pid, signal.SIGKILL)
-    return f"SIGKILL to the destination's QEMU (pid {pid})"
+def _signal(sig: signal.Signals, whose: str) -> Callable[[FaultTargets], str]:
+    """A fault (or its undoing) that sends `sig` to `whose` process."""
 
+    def act(t: FaultTargets) -> str:
+        name, pid_of = _PROCESSES[whose]
+        pid = pid_of(t)
+        if pid is None:
+            raise MigrationError(f"no {whose} process to send {sig.name} to ({name})")
+        os.kill(pid, sig)
+        return f"{sig.name} to {name} (pid {pid})"
 
-def _kill_source(t: FaultTargets) -> str:
-    pid = _pid("source", t.source_pid())
-    os.kill(pid, signal.SIGKILL)
-    return f"SIGKILL to the source's QEMU (pid {pid})"
-
-
-def _freeze_source(t: FaultTargets) -> str:
-    pid = _pid("source", t.source_pid())
-    os.kill(pid, signal.SIGSTOP)
-    return f"SIGSTOP to the source's QEMU (pid {pid})"
-
-
-def _thaw_source(t: FaultTargets) -> str:
-    pid = _pid("source", t.source_pid())
-    os.kill(pid, signal.SIGCONT)
-    return f"SIGCONT to the source's QEMU (pid {pid})"
-
-
-def _stall_nfs(t: FaultTargets) -> str:
-    pid = t.nfs_pid()
-    if pid is None:
-        raise MigrationError("no NFS server process to stall")
-    os.kill(pid, signal.SIGSTOP)
-    return f"SIGSTOP to the NFS server (ganesha.nfsd, pid {pid})"
-
-
-def _resume_nfs(t: FaultTargets) -> str:
-    pid = t.nfs_pid()
-    if pid is None:
-        raise MigrationError("no NFS server process to resume")
-    os.kill(pid, signal.SIGCONT)
-    return f"SIGCONT to the NFS server (pid {pid})"
+    return act
 
 
 def _loss_rules(t: FaultTargets, verb: str) -> None:
@@ -143,12 +119,12 @@ class Fault:
 
 
 FAULTS: dict[str, Fault] = {
-    "kill-destination": Fault(_kill_destination),
-    "kill-source": Fault(_kill_source),
-    "freeze-source": Fault(_freeze_source, _thaw_source),
+    "kill-destination": Fault(_signal(signal.SIGKILL, "destination")),
+    "kill-source": Fault(_signal(signal.SIGKILL, "source")),
+    "freeze-source": Fault(_signal(signal.SIGSTOP, "source"), _signal(signal.SIGCONT, "source")),
     "link-down": Fault(_link("down"), _link("up")),
     "link-loss": Fault(_lossy, _lossless),
-    "nfs-stall": Fault(_stall_nfs, _resume_nfs),
+    "nfs-stall": Fault(_signal(signal.SIGSTOP, "nfs"), _signal(signal.SIGCONT, "nfs")),
     "cancel": Fault(_cancel),
     "kill-vmigrate": Fault(_kill_vmigrate),
 }
