@@ -119,7 +119,9 @@ def test_probe_against_the_agent(cache: Path, agent: dict[str, int], tmp_path: P
     assert (records.recv_ns > records.send_ns).all()
     # Paced on absolute 1 ms deadlines, each probe sent at most one interval late (else its
     # slot is skipped): any 10 consecutive gaps span at least 9 ms, so there is never a burst.
-    assert (records.send_ns[10:] - records.send_ns[:-10]).min() >= 9e6
+    # A busy machine may still preempt the tool between that check and the send: one more
+    # interval of slack (a burst of catch-up sends would span far less).
+    assert (records.send_ns[10:] - records.send_ns[:-10]).min() >= 8e6
     assert np.median(np.diff(records.send_ns)) == pytest.approx(1e6, rel=0.02)
     assert "0 lost" in proc.stderr_text()
 
