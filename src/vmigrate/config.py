@@ -248,7 +248,7 @@ class MigrationSpec(_Section):
                 + (
                     "has it on already"
                     if self.strategy == "auto-converge"
-                    else "moves to post-copy after the first pass, which cannot stall"
+                    else "moves to post-copy at once, which cannot stall"
                 )
                 + ": choose another on_stall"
             )
