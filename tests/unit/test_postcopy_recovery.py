@@ -80,3 +80,21 @@ def test_a_precopy_failure_is_not_a_loss() -> None:
     assert record.outcome == Outcome.FAILED
     assert source.state == RunState.RUNNING
     assert record.postcopy_pauses == []
+
+
+def test_an_end_that_dies_during_postcopy_is_named_when_the_backend_breaks_too() -> None:
+    class SourceDiesInPostcopy(FakeMigration):
+        async def stats(self) -> MigrationStats:
+            if self.polls >= 3:
+                self.source.state = RunState.GONE
+                self.source.exit_reason = lambda: "QEMU on source exited with -9"  # type: ignore[method-assign]
+                raise RuntimeError("QMP connection lost")
+            return await super().stats()
+
+    record, source, _ = run([S.ACTIVE, S.POSTCOPY, S.POSTCOPY] * 3, SourceDiesInPostcopy,
+                            strategy="postcopy")  # fmt: skip
+    assert record.outcome == Outcome.VM_LOST
+    assert (record.error or "").startswith(
+        "post-copy had moved the VM when an end died: QEMU on source exited with -9"
+    )
+    assert "resume" not in source.calls

@@ -402,6 +402,12 @@ class _Run:
         record.error = record.error or str(exc) or type(exc).__name__
         if self.past_the_switch:
             record.outcome = Outcome.VM_LOST
+            dead = self.source.exit_reason() or self.job.destination.exit_reason()
+            if dead:
+                record.error = (
+                    f"post-copy had moved the VM when an end died: {dead}; neither host can "
+                    f"run it (the migration: {record.error})"
+                )
         steps: list[Step] = [("cancelling", self.cancel)] if self.active else []
         steps += [
             ("dropping the destination", lambda: self.job.conclude(completed=False)),

@@ -139,7 +139,7 @@ class PostcopyWatch:
     async def _check_both_ends(self) -> None:
         for what, domain in (("destination", self.job.destination), ("source", self.source)):
             if await domain.run_state() == RunState.GONE:
-                held = "its running state" if what == "destination" else "pages not yet sent"
+                held = "running state" if what == "destination" else "pages not yet sent"
                 raise VmLost(
                     f"the {what} died during post-copy, with the VM's {held}: neither host "
                     f"can run it ({domain.exit_reason() or 'gone'})"
