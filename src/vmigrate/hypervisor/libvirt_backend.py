@@ -23,7 +23,7 @@ from vmigrate.hypervisor.base import (
     VmConfig,
     other_host,
 )
-from vmigrate.hypervisor.libvirt_domain import LibvirtDomain
+from vmigrate.hypervisor.libvirt_domain import LibvirtDomain, remove_domain
 from vmigrate.hypervisor.libvirt_migration import LibvirtMigration
 from vmigrate.hypervisor.libvirt_xml import domain_xml, with_console
 from vmigrate.hypervisor.plan import MigrationPlan
@@ -123,6 +123,7 @@ class LibvirtHypervisor(Hypervisor):
         """Define the guest on the source daemon (persistent) and start it."""
         await self.connect()
         self.name = config.name
+        await self._remove_leftovers(config.name)
         source = self._domain("source", config.name, owned=True, memory_mib=config.memory_mib)
         assert source.console_log is not None
         source.console_log.unlink(missing_ok=True)
@@ -131,6 +132,13 @@ class LibvirtHypervisor(Hypervisor):
         dom = await source.call("define the domain", lambda: conn.defineXML(xml))
         await source.call("start the domain", dom.create)
         return source
+
+    async def _remove_leftovers(self, name: str) -> None:
+        """The testbed's daemons hold only vmigrate's domains: one of this name left by an
+        earlier run (its removal timed out on a job that hung after a fault) is removed now."""
+        for role, conn in self.conns.items():
+            if await asyncio.to_thread(remove_domain, conn, name, role):
+                log.warning("removed domain %s left on the %s by an earlier run", name, role)
 
     async def attach(self, name: str) -> LibvirtDomain:
         """A domain that already runs on the source (a user's: never changed, only moved).

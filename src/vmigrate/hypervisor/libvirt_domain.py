@@ -218,17 +218,33 @@ class LibvirtDomain(Domain):
         self._callbacks.clear()
 
     def _destroy(self) -> None:
-        libvirt = libvirt_client.load()
+        remove_domain(self.conn, self.name, self.host_role)
+
+
+def remove_domain(conn: Any, name: str, role: str) -> bool:
+    """Destroy and undefine domain `name` on `conn` (blocking); True if there was one. A
+    failure is logged (a domain whose job hangs keeps its lock)."""
+    libvirt = libvirt_client.load()
+
+    def lookup() -> Any | None:
         try:
-            dom = libvirt_client.bounded(self.lookup, CALL_TIMEOUT_S, "look up the domain")
-            if dom is None:
-                return
-            if dom.isActive():
-                dom.destroy()
-            if dom.isPersistent():
-                dom.undefine()
-        except (libvirt.libvirtError, TimeoutError) as exc:
-            log.warning("removing domain %s on the %s: %s", self.name, self.host_role, exc)
+            return conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    try:
+        dom = libvirt_client.bounded(lookup, CALL_TIMEOUT_S, "look up the domain")
+        if dom is None:
+            return False
+        if dom.isActive():
+            dom.destroy()
+        if dom.isPersistent():
+            dom.undefine()
+    except (libvirt.libvirtError, TimeoutError) as exc:
+        log.warning("removing domain %s on the %s: %s", name, role, exc)
+    return True
 
 
 def run_state(state: int, reason: int, incoming: bool) -> RunState:
