@@ -14,6 +14,7 @@ import pytest
 from conftest import TESTBED, leftovers
 from test_migration import run
 
+from vmigrate import libvirt_client
 from vmigrate.testbed.testbed import Testbed
 
 VMIGRATE = str(Path(sys.executable).parent / "vmigrate")
@@ -252,3 +253,32 @@ def test_postcopy_through_libvirt_rides_a_short_cut_on_tcp(
     actions = [a["action"] for a in result["migration"]["actions"]]
     assert any(a.startswith("post-copy stalled: no byte moved") for a in actions)
     assert result["migration"]["postcopy_pauses"] == []
+
+
+def test_a_source_killed_during_postcopy_through_libvirt_loses_the_vm_and_the_testbed_heals(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    result = fault_run(
+        testbed,
+        tmp_path,
+        hosts={"backend": "libvirt"},
+        network={"bandwidth_mbit": 200},
+        migration={"strategy": "postcopy", "timeout_s": 60},
+        fault={"kind": "kill-source", "at": "40%"},
+    )
+    assert result["outcome"] == "vm_lost", result["error"]
+    # The destination's post-copy failed: libvirt calls it running, its vCPUs wait for pages
+    # that will never come — it does not run the VM.
+    assert result["verification"]["running_on"] == "none"
+    assert result["fault"]["vm_ends_on"] == "none" and result["fault"]["intact"] is False
+    # libvirt 11.3 keeps the killed source's job (and the domain's lock): the next run's
+    # bring-up finds the domain it cannot remove and restarts the daemons.
+    said: list[str] = []
+    testbed.up(1000, said.append, libvirt=True)
+    libvirt = libvirt_client.load()
+    for role in ("source", "destination"):
+        conn = libvirt.open(testbed.libvirt_uri(role))
+        try:
+            assert conn.listAllDomains(0) == [], (role, said)
+        finally:
+            conn.close()

@@ -15,7 +15,7 @@ from test_migration import SCHEMA, assert_moved, run
 from vmigrate.config import load_scenario, validate_scenario
 from vmigrate.experiment import SilentObserver, run_experiment
 from vmigrate.hypervisor.base import MigrationStats, MigrationStatus
-from vmigrate.testbed import libvirtd
+from vmigrate.testbed import libvirt_domains
 from vmigrate.testbed.testbed import Testbed
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -129,5 +129,5 @@ def test_killing_the_destination_daemon_leaves_the_vm_on_the_source(
     # The incoming QEMU the dead daemon started has no owner any more; the testbed's next
     # use removes it (it would hold the destination's tap) and the dead daemon's record.
     testbed.up(1000)
-    assert libvirtd.orphaned_qemus(testbed.hosts["destination"].netns) == []
+    assert libvirt_domains.orphaned_qemus(testbed.hosts["destination"].netns) == []
     assert not testbed.has_libvirt()

@@ -107,6 +107,7 @@ def test_a_running_job_reports_no_downtime_and_a_completed_one_does() -> None:
     ("state", "reason", "incoming", "expected"),
     [
         ("RUNNING", "RUNNING_MIGRATED", True, RunState.RUNNING),
+        ("RUNNING", "RUNNING_POSTCOPY_FAILED", True, RunState.PAUSED),
         ("PAUSED", "PAUSED_MIGRATION", True, RunState.INCOMING),
         ("PAUSED", "PAUSED_MIGRATION", False, RunState.FINISHING),
         ("PAUSED", "PAUSED_USER", False, RunState.PAUSED),

@@ -184,22 +184,6 @@ def test_a_daemon_that_never_answers_times_out(tmp_path: Path) -> None:
     assert not daemon.alive()
 
 
-def test_destroy_domains_destroys_and_undefines() -> None:
-    libvirt = libvirt_client.load()
-    conn = libvirt.open("test:///default")
-    before = {d.name() for d in conn.listAllDomains(0)}
-    assert before, "the test driver starts with a running, persistent domain"
-    removed = libvirtd.destroy_domains("test:///default")
-    assert set(removed) == before
-    assert conn.listAllDomains(0) == []
-
-
-def test_destroy_domains_of_a_missing_daemon_raises_quickly() -> None:
-    libvirt = libvirt_client.load()
-    with pytest.raises(libvirt.libvirtError):
-        libvirtd.destroy_domains("qemu+unix:///system?socket=/nonexistent/libvirt-sock", 2.0)
-
-
 def test_teardown_stops_a_recorded_libvirtd_even_when_it_does_not_answer(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

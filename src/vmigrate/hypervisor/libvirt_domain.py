@@ -249,8 +249,11 @@ def remove_domain(conn: Any, name: str, role: str) -> bool:
 
 def run_state(state: int, reason: int, incoming: bool) -> RunState:
     """libvirt's (state, reason) as a RunState; a migration's target (`incoming`) paused for
-    the migration waits for the stream, a source paused for it is in its stop-and-copy."""
+    the migration waits for the stream, a source paused for it is in its stop-and-copy; a
+    destination whose post-copy failed is paused (its vCPUs wait for pages that may never come)."""
     libvirt = libvirt_client.load()
+    if state == libvirt.VIR_DOMAIN_RUNNING and reason == libvirt.VIR_DOMAIN_RUNNING_POSTCOPY_FAILED:
+        return RunState.PAUSED
     if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
         return RunState.RUNNING
     if state == libvirt.VIR_DOMAIN_PAUSED:

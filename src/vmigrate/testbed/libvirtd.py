@@ -47,7 +47,6 @@ from vmigrate.libvirt_client import bounded, version_string
 from vmigrate.paths import cache_dir
 from vmigrate.pids import is_same_process, process_start_ticks, terminate
 from vmigrate.proc import in_netns
-from vmigrate.testbed.netns import netns_pids
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -449,66 +448,6 @@ def start_daemons(
 
 # ---------------------------------------------------------------------------------------------
 # Stop
-
-
-_UNDEFINE_FLAGS = (
-    "VIR_DOMAIN_UNDEFINE_MANAGED_SAVE",
-    "VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA",
-    "VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA",
-    "VIR_DOMAIN_UNDEFINE_NVRAM",
-)
-
-
-def destroy_domains(uri: str, timeout_s: float = CALL_TIMEOUT_S) -> list[str]:
-    """Destroy (and undefine) every domain of the daemon at `uri`; the names of those removed.
-
-    Each step is bounded and may fail on its own (logged); a daemon that does not answer
-    raises TimeoutError or libvirt.libvirtError, and its QEMUs are left to the namespace sweep.
-    """
-    libvirt = libvirt_client.load()
-    conn = open_connection(uri, timeout_s)
-    flags = 0
-    for name in _UNDEFINE_FLAGS:
-        flags |= int(getattr(libvirt, name, 0))
-    removed: list[str] = []
-    try:
-        domains = bounded(lambda: conn.listAllDomains(0), timeout_s, "list domains")
-        for dom in domains:
-            name = "?"
-            try:
-                name = bounded(dom.name, timeout_s, "domain name")
-                # Asked first: a transient domain is gone once destroyed.
-                persistent = bounded(dom.isPersistent, timeout_s, f"{name}: isPersistent")
-                if bounded(dom.isActive, timeout_s, f"{name}: isActive"):
-                    bounded(dom.destroy, timeout_s, f"destroy {name}")
-                if persistent:
-                    try:
-                        bounded(partial(dom.undefineFlags, flags), timeout_s, f"undefine {name}")
-                    except libvirt.libvirtError:  # a driver without some of these flags
-                        bounded(dom.undefine, timeout_s, f"undefine {name}")
-                removed.append(name)
-            except Exception as exc:
-                log.warning("%s: could not remove domain %s: %s", uri, name, exc)
-    finally:
-        with contextlib.suppress(Exception):
-            bounded(conn.close, 2.0, "close")
-    return removed
-
-
-def orphaned_qemus(netns: str) -> list[int]:
-    """QEMU processes in testbed host `netns` that a libvirtd started (they live in a mount
-    namespace other than ours, the daemon's) — after the daemon died, nobody owns them."""
-    own_mnt = os.stat("/proc/self/ns/mnt").st_ino
-    found = []
-    for pid in netns_pids(netns):
-        try:
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            mnt = os.stat(f"/proc/{pid}/ns/mnt").st_ino
-        except OSError:
-            continue
-        if comm.startswith("qemu-system") and mnt != own_mnt:
-            found.append(pid)
-    return found
 
 
 def stop(pid: int, start_ticks: int | None, grace_s: float = STOP_GRACE_S) -> None:

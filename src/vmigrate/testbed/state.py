@@ -21,7 +21,7 @@ from typing import Any
 from vmigrate.errors import TestbedError
 from vmigrate.pids import is_same_process, process_start_ticks, terminate
 from vmigrate.proc import run
-from vmigrate.testbed import libvirtd
+from vmigrate.testbed import libvirt_domains, libvirtd
 from vmigrate.testbed.netns import netns_exists, netns_pids
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def stop_libvirtd(res: Resource) -> None:
     try:
         if not libvirtd.is_isolated_daemon(res.pid):
             raise TestbedError("not a libvirtd in a mount namespace of its own")
-        removed = libvirtd.destroy_domains(libvirtd.unix_uri(res.pid))
+        removed = libvirt_domains.destroy_domains(libvirtd.unix_uri(res.pid))
         if removed:
             log.info("%s (pid %d): destroyed %s", res.name, res.pid, ", ".join(removed))
     except Exception as exc:  # libvirt.libvirtError, TimeoutError, TestbedError

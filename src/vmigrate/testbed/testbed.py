@@ -22,7 +22,7 @@ from vmigrate import libvirt_client
 from vmigrate.errors import TestbedError, UsageError
 from vmigrate.paths import state_root
 from vmigrate.pids import is_same_process, terminate
-from vmigrate.testbed import libvirtd, network
+from vmigrate.testbed import libvirt_domains, libvirtd, network
 from vmigrate.testbed.leftovers import (
     leftover_interfaces,
     leftover_namespaces,
@@ -111,6 +111,12 @@ class Testbed:
                 self._forget_libvirtd()
             if libvirt and not self.has_libvirt():
                 self.start_libvirt(progress)
+            elif libvirt and (stuck := self._stuck_libvirtd()):
+                progress(
+                    f"libvirtd on {', '.join(stuck)} cannot let go of a domain an earlier run "
+                    "left (a job hung after a fault): restarting the daemons"
+                )
+                self.start_libvirt(progress)
             return
         if self.exists():
             progress(f"testbed {self.name}: removing leftovers of an earlier run")
@@ -188,9 +194,24 @@ class Testbed:
             libvirtd.release(record.pid)
             self.state.forget(record)
             if role in self.hosts:
-                for pid in libvirtd.orphaned_qemus(self.hosts[role].netns):
+                for pid in libvirt_domains.orphaned_qemus(self.hosts[role].netns):
                     log.warning("stopping QEMU %d that a dead libvirtd left on %s", pid, role)
                     terminate(pid, None)
+
+    def _stuck_libvirtd(self) -> list[str]:
+        """The hypervisor hosts whose libvirtd holds a stopped domain it cannot remove, or does
+        not answer (each named with what it holds)."""
+        libvirt = libvirt_client.load()
+        stuck = []
+        for role in HYPERVISOR_ROLES:
+            try:
+                names = libvirt_domains.stuck_domains(self.libvirt_uri(role))
+            except (libvirt.libvirtError, TimeoutError) as exc:
+                log.warning("libvirtd on %s does not answer: %s", role, exc)
+                names = ["no answer"]
+            if names:
+                stuck.append(f"{role} ({', '.join(names)})")
+        return stuck
 
     def _libvirtd_pid(self, role: str) -> int:
         record = self._libvirtd_records().get(role)

@@ -1,0 +1,69 @@
+"""Removing a testbed daemon's domains, and finding those a hung job will not let go — against
+libvirt's in-process test driver (test:///default, one shared state per process)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from vmigrate import libvirt_client
+from vmigrate.testbed import libvirt_domains
+
+URI = "test:///default"
+
+
+def domain_xml(name: str) -> str:
+    return (
+        f"<domain type='test'><name>{name}</name><memory>1024</memory>"
+        "<os><type>hvm</type></os></domain>"
+    )
+
+
+def test_destroy_domains_destroys_and_undefines() -> None:
+    libvirt = libvirt_client.load()
+    conn = libvirt.open(URI)
+    conn.defineXML(domain_xml("stopped"))
+    before = {d.name() for d in conn.listAllDomains(0)}
+    assert "stopped" in before and len(before) >= 2, "the test driver runs a domain of its own"
+    removed = libvirt_domains.destroy_domains(URI)
+    assert set(removed) == before
+    assert conn.listAllDomains(0) == []
+
+
+def test_destroy_domains_of_a_missing_daemon_raises_quickly() -> None:
+    libvirt = libvirt_client.load()
+    with pytest.raises(libvirt.libvirtError):
+        libvirt_domains.destroy_domains("qemu+unix:///system?socket=/nonexistent/libvirt-sock", 2.0)
+
+
+def test_stuck_domains_undefines_stopped_ones_and_names_those_that_will_not_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    libvirt = libvirt_client.load()
+    conn = libvirt.open(URI)
+    conn.createXML(domain_xml("running"), 0)
+    conn.defineXML(domain_xml("left"))
+    conn.defineXML(domain_xml("hung"))
+    undefine = libvirt_domains._undefine
+
+    def held_by_a_hung_job(dom: Any, name: str, timeout_s: float) -> None:
+        if name == "hung":
+            raise TimeoutError("cannot acquire state change lock")
+        undefine(dom, name, timeout_s)
+
+    monkeypatch.setattr(libvirt_domains, "_undefine", held_by_a_hung_job)
+    try:
+        assert libvirt_domains.stuck_domains(URI) == ["hung"]
+        left = {d.name() for d in conn.listAllDomains(0)}
+        assert "left" not in left, "a stopped domain an earlier run left is undefined"
+        assert {"running", "hung"} <= left, "a running domain is left for `testbed recover`"
+    finally:
+        monkeypatch.undo()
+        libvirt_domains.destroy_domains(URI)
+
+
+def test_stuck_domains_of_a_missing_daemon_raises_quickly() -> None:
+    libvirt = libvirt_client.load()
+    with pytest.raises(libvirt.libvirtError):
+        libvirt_domains.stuck_domains("qemu+unix:///system?socket=/nonexistent/libvirt-sock", 2.0)
