@@ -23,6 +23,8 @@ import numpy as np
 import numpy.typing as npt
 from hdrh.histogram import HdrHistogram
 
+from vmigrate.analysis.outage import outage_section
+from vmigrate.analysis.windows import Windows
 from vmigrate.config import Scenario, scenario_to_dict
 
 Array = npt.NDArray[np.float64]
@@ -473,6 +475,32 @@ def _hdr(latency_ms: Array) -> str | None:
     return encoded.decode()
 
 
+def _outage(
+    requests: tuple[Array, Array, Array, Array, list[str]],
+    probe: tuple[Array, Array],
+    sla_ms: float,
+) -> dict[str, Any]:
+    """The outage section, by the analysis itself (tests/unit/test_outage.py checks it against
+    known answers; here it only feeds the report)."""
+    intended, _, done, status, errors = requests
+    ok = (status == 200) & (np.array(errors, dtype=object) == "")
+    events = [{"t_s": t, "host": h, "event": n, "data": d} for t, h, n, d in EVENTS]
+    windows = Windows.from_marks(
+        T0_NS,
+        {"baseline_start": BASELINE_START, "migration_start": MIG_START,
+         "migration_end": MIG_END, "after_end": AFTER_END},
+    )  # fmt: skip
+    return outage_section(
+        events,
+        {"send_ns": probe[0], "recv_ns": probe[1]},
+        {"intended_ns": intended, "done_ns": done},
+        ok,
+        windows,
+        sla_ms,
+        118.0,
+    )
+
+
 def _service(
     requests: tuple[Array, Array, Array, Array, list[str]],
     probe: tuple[Array, Array],
@@ -844,6 +872,7 @@ def make_synthetic_run(path: Path, *, failed_check: bool = False) -> Path:
             "completion_s": round(COMPLETED - MIG_START, 6),
         },
         "service": _service(requests, probe, scenario.load.sla_ms),
+        "outage": _outage(requests, probe, scenario.load.sla_ms),
         "resources": _resources(resources),
         "data": _data(migration_rows),
         "checks": [],

@@ -9,15 +9,16 @@ from typing import Any
 from vmigrate.analysis.checks import consistency_checks
 from vmigrate.analysis.fault import fault_effect
 from vmigrate.analysis.migration import data_section, phases_section
+from vmigrate.analysis.outage import outage_section
 from vmigrate.analysis.resources import resources_section, table
-from vmigrate.analysis.service import service_section
+from vmigrate.analysis.service import answered, service_section
 from vmigrate.analysis.windows import Windows
 from vmigrate.measure.recorder import load_series
 
 
 def analyze(run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
     """`result` (its scenario, timeline, events, migration figures) plus the sections computed
-    from RUN/series: phases, service, resources, data, checks."""
+    from RUN/series: phases, service, outage, resources, data, checks."""
     scenario = result["scenario"]
     windows = Windows.from_marks(result["clock"]["t0_ns"], result["timeline_s"])
     probe, _ = load_series(run_dir, "probe")
@@ -35,6 +36,15 @@ def analyze(run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
         windows,
         scenario["load"]["probe_interval_ms"],
         scenario["load"]["sla_ms"],
+    )
+    analysed["outage"] = outage_section(
+        result["events"],
+        probe,
+        requests,
+        answered(requests, request_text.get("error", [])),
+        windows,
+        scenario["load"]["sla_ms"],
+        result["migration"].get("downtime_reported_ms"),
     )
     analysed["resources"] = resources_section(
         series["processes"],

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
-from vmigrate.analysis.windows import WINDOW_NAMES, Array, Windows, finite_or_none
+from vmigrate.analysis.windows import WINDOW_NAMES, Array, Mask, Windows, finite_or_none
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
 HDR_MAX_US = 3_600_000_000  # one hour
@@ -78,6 +78,16 @@ def observed_downtime(
     return float(gaps[best]) / 1e6, float(starts[best]), sent, lost
 
 
+def answered(requests: dict[str, Array], errors: list[str]) -> Mask:
+    """Which requests completed with HTTP 200 and no client error (a boolean mask)."""
+    intended = requests.get("intended_ns", np.array([]))
+    done = requests.get("done_ns", np.array([]))
+    status = requests.get("status", np.array([]))
+    error = np.array(errors if errors else [""] * len(intended), dtype=object)
+    ok: Mask = (status == 200) & (error == "") & ~np.isnan(done)
+    return ok
+
+
 def service_section(
     probe: dict[str, Array],
     requests: dict[str, Array],
@@ -95,9 +105,8 @@ def service_section(
     )
     intended = requests.get("intended_ns", np.array([]))
     done = requests.get("done_ns", np.array([]))
-    status = requests.get("status", np.array([]))
     error = np.array(errors if errors else [""] * len(intended), dtype=object)
-    ok = (status == 200) & (error == "") & ~np.isnan(done)
+    ok = answered(requests, errors)
     timeouts = error == "timeout"
     latency_ms = (done - intended) / 1e6
 

@@ -86,6 +86,21 @@ def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
     return f"{value}{unit}"
 
 
+def _outage_rows(outage: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The outage's parts: what the vCPUs, the network and the service each lost."""
+    if not outage:
+        return []
+    return [
+        ("  vCPU blackout (stop → run)", _fmt(outage["blackout_ms"], " ms", 1)),
+        ("  network reconvergence (run → 1st reply)", _fmt(outage["reconvergence_ms"], " ms", 1)),
+        ("  service outage (no HTTP response)", _fmt(outage["service_outage_ms"], " ms", 1)),
+        (
+            f"  brownout (slower than {outage['sla_ms']:g} ms)",
+            _fmt(outage["brownout_ms"], " ms", 0),
+        ),
+    ]
+
+
 def summary_table(result: dict[str, Any]) -> Table:
     """The headline figures of one run: what it took, what the client saw, what hosts paid."""
     mig = result["migration"]
@@ -102,6 +117,7 @@ def summary_table(result: dict[str, Any]) -> Table:
         ("setup time", _fmt(mig["setup_time_s"], " s", 3)),
         ("downtime (hypervisor)", _fmt(mig["downtime_reported_ms"], " ms", 1)),
         ("downtime (client probe)", _fmt(service.get("observed_downtime_ms"), " ms", 1)),
+        *_outage_rows(result.get("outage")),
         ("transferred", _fmt(_mib(mig["transferred_bytes"]), " MiB", 1)),
         ("iterations", _fmt(mig["iterations"])),
         ("average throughput", _fmt(mig["throughput_mbit_s"], " Mbit/s", 1)),
