@@ -10,6 +10,7 @@ PACKAGES=(
   gcc libc6-dev                                 # the static guest agent, the client tool
   iproute2                                      # namespaces, bridges, veth, tap, tbf
   iptables                                      # the link-loss fault (statistic match)
+  tcpdump                                       # the packet capture that referees the probe
   procps iputils-ping                           # ps and ping, for humans and tests
   chromium fonts-dejavu-core                    # headless browser: report.html tests
   pkg-config python3-dev                        # build libvirt-python from its sdist

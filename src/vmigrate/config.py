@@ -371,6 +371,9 @@ class MeasureSpec(_Section):
 
     progress_interval_ms: int = Field(100, ge=10, le=10000, description="query-migrate period")
     resource_interval_ms: int = Field(200, ge=50, le=10000, description="host sampling period")
+    capture: bool = Field(
+        True, description="capture the probe's packets on the client host (tcpdump): its referee"
+    )
 
 
 class Scenario(_Section):

@@ -37,6 +37,7 @@ from vmigrate.hypervisor.accel import resolve_accel
 from vmigrate.hypervisor.base import Domain, Hypervisor, RunState, VmConfig
 from vmigrate.hypervisor.cpu import load_catalog
 from vmigrate.hypervisor.plan import MigrationPlan
+from vmigrate.measure.capture import Capture, start_capture
 from vmigrate.measure.client import ClientProcess, start_load, start_probe, stop_clients
 from vmigrate.measure.progress import record_migration
 from vmigrate.measure.recorder import Recorder
@@ -133,6 +134,7 @@ class Experiment:
         self.recorder = Recorder(out_dir)
         self.sampler: ResourceSampler | None = None
         self.clients: dict[str, ClientProcess] = {}
+        self.capture: Capture | None = None
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[VmConfig]:
@@ -341,13 +343,24 @@ class Experiment:
         self.sampler.start()
 
     async def start_clients(self) -> None:
-        """Start the downtime probe and (for web and memory guests) the open-loop HTTP load."""
+        """Start the packet capture that referees the probe, the downtime probe and (for web
+        and memory guests) the open-loop HTTP load."""
         testbed, load = self.ctx.testbed, self.ctx.scenario.load
         client_ns = testbed.hosts["client"].netns
 
         def record(label: str) -> Callable[[int], None]:
             return lambda pid: testbed.state.add_process(pid, label)
 
+        if self.ctx.scenario.measure.capture:
+            self.capture = await asyncio.to_thread(
+                start_capture,
+                client_ns,
+                testbed.hosts["client"].interface,
+                testbed.guest_ip,
+                testbed.guest_mac,
+                self.recorder.dir,
+                on_start=record("capture"),
+            )
         self.clients["probe"] = await asyncio.to_thread(
             start_probe,
             client_ns,
@@ -369,8 +382,12 @@ class Experiment:
             )
 
     async def stop_clients(self) -> None:
-        """Stop the probe and the load; they write their records on the way out."""
+        """Stop the probe, the load and the capture; they write their records on the way out."""
         await stop_clients(self.clients, self.ctx.testbed.state.forget_process)
+        capture, self.capture = self.capture, None
+        if capture is not None:
+            await asyncio.to_thread(capture.stop)
+            self.ctx.testbed.state.forget_process(capture.pid)
 
     async def boot_source(self, config: VmConfig) -> Domain:
         """Boot the guest on the source host and wait until its service answers."""

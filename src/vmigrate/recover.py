@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 ROLES = ("source", "destination")
 MOVING = {"setup", "active", "device", "pre-switchover", "wait-unplug", "cancelling"}
 POSTCOPY = {"postcopy-active", "postcopy-paused", "postcopy-recover-setup", "postcopy-recover"}
-CLIENT_LABELS = ("probe", "load")
+CLIENT_LABELS = ("probe", "load", "capture")
 
 
 @dataclass

@@ -211,9 +211,10 @@ def test_a_restarted_migration_counts_every_attempt() -> None:
 
 
 def result_for_checks(
-    tx: float, observed: float, reported: float, total_s: float
+    tx: float, observed: float, reported: float, total_s: float, off_wire_ms: float = 0.4
 ) -> dict[str, object]:
     return {
+        "outage": {"capture": {"probe_minus_capture_ms": off_wire_ms}},
         "scenario": {"network": {"bandwidth_mbit": 1000.0}},
         "migration": {
             "transferred_bytes": 100_000_000,
@@ -231,7 +232,7 @@ def result_for_checks(
 
 def test_consistent_figures_pass_every_check() -> None:
     checks = consistency_checks(result_for_checks(1.05e8, 60.0, 57.0, 1.0))  # type: ignore[arg-type]
-    assert [c["ok"] for c in checks] == [True, True, True, True]
+    assert [c["ok"] for c in checks] == [True, True, True, True, True]
 
 
 @pytest.mark.parametrize(
@@ -240,11 +241,10 @@ def test_consistent_figures_pass_every_check() -> None:
         ((0.9e8, 60.0, 57.0, 1.0), "source_uplink_carried_the_migration"),
         ((1.05e8, 40.0, 57.0, 1.0), "observed_downtime_covers_reported"),
         ((1.05e8, 60.0, 57.0, 0.5), "throughput_within_link_rate"),  # 1600 Mbit/s on 1000
+        ((1.05e8, 60.0, 57.0, 1.0, -8.0), "probe_agrees_with_capture"),  # 8 ms off the wire
     ],
 )
-def test_each_inconsistency_is_caught(
-    args: tuple[float, float, float, float], failing: str
-) -> None:
+def test_each_inconsistency_is_caught(args: tuple[float, ...], failing: str) -> None:
     checks = consistency_checks(result_for_checks(*args))  # type: ignore[arg-type]
     assert [c["name"] for c in checks if c["ok"] is False] == [failing]
 

@@ -9,11 +9,12 @@ from typing import Any
 from vmigrate.analysis.checks import consistency_checks
 from vmigrate.analysis.fault import fault_effect
 from vmigrate.analysis.migration import data_section, phases_section
-from vmigrate.analysis.outage import outage_section
+from vmigrate.analysis.outage import outage_section, switchover_moments
+from vmigrate.analysis.referee import referee_section
 from vmigrate.analysis.resources import resources_section, table
 from vmigrate.analysis.service import answered, service_section
 from vmigrate.analysis.windows import Windows
-from vmigrate.measure.recorder import load_series
+from vmigrate.measure.recorder import SERIES_DIR, load_series
 
 
 def analyze(run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +38,7 @@ def analyze(run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
         scenario["load"]["probe_interval_ms"],
         scenario["load"]["sla_ms"],
     )
+    running_s = switchover_moments(result["events"])["destination_running"]
     analysed["outage"] = outage_section(
         result["events"],
         probe,
@@ -45,6 +47,7 @@ def analyze(run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
         windows,
         scenario["load"]["sla_ms"],
         result["migration"].get("downtime_reported_ms"),
+        referee_section(run_dir / SERIES_DIR, probe, windows, running_s),
     )
     analysed["resources"] = resources_section(
         series["processes"],

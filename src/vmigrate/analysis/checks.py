@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from vmigrate.analysis.referee import AGREEMENT_MS
+
 LINK_TOLERANCE = 1.02  # tbf lets a burst of a few ms through above the rate
 
 
@@ -65,6 +67,18 @@ def consistency_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
             "the token bucket's burst)",
             average_mbit_s=round(rate, 3) if rate is not None else None,
             link_mbit_s=link_mbit,
+        )
+    )
+
+    capture = result.get("outage", {}).get("capture") or {}
+    differ = capture.get("probe_minus_capture_ms")
+    checks.append(
+        check(
+            "probe_agrees_with_capture",
+            None if differ is None else abs(differ) <= AGREEMENT_MS,
+            f"the probe's network outage is the packet capture's, within ±{AGREEMENT_MS:g} ms",
+            probe_minus_capture_ms=differ,
+            capture_network_outage_ms=capture.get("network_outage_ms"),
         )
     )
 

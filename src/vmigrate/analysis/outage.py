@@ -7,10 +7,11 @@
 - network outage: the longest time the client received no probe reply;
 - service outage: the longest time no HTTP response completed;
 - brownout: how long some request of the service was slower than the SLA (or failed);
+- and, when the run captured packets, the probe refereed by the wire (analysis/referee.py);
 
 beside them the hypervisor's own figure, and the switch-over's waterfall: its moments (last
-pass, stop, device state, stream done, destination running, first packet, first response) on
-one time axis, in seconds since the migration started."""
+pass, stop, device state, stream done, destination running, the guest's announcement, first
+packet, first response) on one time axis, in seconds since the migration started."""
 
 from __future__ import annotations
 
@@ -110,8 +111,10 @@ def outage_section(
     windows: Windows,
     sla_ms: float,
     reported_ms: float | None,
+    capture: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The `outage` section of result.json (see the module's docstring)."""
+    """The `outage` section of result.json (see the module's docstring); `capture`: the
+    probe refereed by the packet capture (analysis/referee.py), when the run made one."""
     moments = switchover_moments(events)
     send_ns = probe.get("send_ns", np.array([]))
     recv_ns = probe.get("recv_ns", np.array([]))
@@ -124,6 +127,7 @@ def outage_section(
         return (ns - t0) / 1e9
 
     running = moments["destination_running"]
+    moments["announce"] = capture.get("guest_announce_s") if capture else None
     if running is not None:
         replies = since_t0(recv_ns[~np.isnan(recv_ns)]) if len(recv_ns) else np.array([])
         responses = since_t0(done[request_ok & ~np.isnan(done)]) if len(done) else np.array([])
@@ -152,6 +156,7 @@ def outage_section(
         "brownout_ms": finite_or_none(brownout_ms(intended, done, request_ok, sla_ms, whole)),
         "hypervisor_downtime_ms": finite_or_none(reported_ms),
         "sla_ms": sla_ms,
+        "capture": capture,
         "waterfall_s": {
             name: finite_or_none(t - start_s, 6) if t is not None else None
             for name, t in moments.items()
