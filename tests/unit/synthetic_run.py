@@ -629,8 +629,12 @@ def _resources(series: dict[str, list[list[object]]]) -> dict[str, Any]:
                 classes[klass] = (
                     _figures(_columns(mine, (3,), 6)) if mine else {"during": None, "extra": None}
                 )
+        vcpu = classes.get("vcpu") or {"during": 0.0, "extra": 0.0}
+        vcpu = vcpu if vcpu["during"] is not None else {"during": 0.0, "extra": 0.0}
         hosts[host] = {
             "cpu_seconds": cpu,
+            "migration_cpu_seconds": {k: round(cpu[k] - vcpu[k], 3) for k in ("during", "extra")},
+            "vcpu_cpu_seconds": dict(vcpu),
             "cpu_pct_peak": _r(float(rate[inside].max()), 1),
             "qemu_cpu_seconds": classes,
             "net_tx_bytes": _figures(_columns(links, (1,), 3), 0),

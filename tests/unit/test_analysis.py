@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from vmigrate.analysis.checks import consistency_checks
 from vmigrate.analysis.migration import data_section, phases_section
-from vmigrate.analysis.resources import host_section, table
+from vmigrate.analysis.resources import cpu_split, host_section, table
 from vmigrate.analysis.service import nearest_rank, observed_downtime, service_section
 from vmigrate.analysis.windows import Windows, counter_delta
 
@@ -264,3 +264,16 @@ def test_the_downtime_floor_is_the_vcpus_pause_when_the_events_show_a_shorter_on
     result["phases"] = {"stop_and_copy_s": stop_s, "resume_on_destination_s": resume_s}
     checks = {c["name"]: c for c in consistency_checks(result)}  # type: ignore[arg-type]
     assert checks["observed_downtime_covers_reported"]["ok"] is ok
+
+
+def test_the_cpu_split_puts_the_guests_pause_beside_the_migrations_work() -> None:
+    # A cold migration: the host's total fell (the guest's vCPUs stopped: -1.5 CPU-s) while the
+    # migration's own threads worked (+0.7): the headline is the work, not the sum (-0.8).
+    total = {"during": 2.0, "extra": -0.8, "baseline_rate": 0.5}
+    split = cpu_split(total, {"during": 0.5, "extra": -1.5})
+    assert split["migration_cpu_seconds"] == {"during": 1.5, "extra": 0.7}
+    assert split["vcpu_cpu_seconds"] == {"during": 0.5, "extra": -1.5}
+    # A host without a VM (the storage host): all of it is the migration's.
+    assert cpu_split(total, None)["migration_cpu_seconds"] == {"during": 2.0, "extra": -0.8}
+    assert cpu_split({"during": None, "extra": None}, None)["migration_cpu_seconds"] == {
+        "during": None, "extra": None}  # fmt: skip

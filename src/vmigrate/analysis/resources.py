@@ -116,6 +116,7 @@ def host_section(
     link = _split(links, "host")
     return {
         "cpu_seconds": cpu,
+        **cpu_split(cpu, per_thread_class.get("vcpu")),
         "cpu_pct_peak": finite_or_none(peak, 1),
         "qemu_cpu_seconds": per_thread_class,
         "net_tx_bytes": _figures(link, "tx_bytes", windows, 0),
@@ -128,6 +129,23 @@ def host_section(
             "after": finite_or_none(value_before(grid, rss, windows.after[1]), 0),
         },
         "processes": sorted({str(n) for n in processes.get("name", [])}),
+    }
+
+
+def cpu_split(cpu: Mapping[str, Any], vcpu: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The host's CPU split in two: `migration_cpu_seconds`, the work the migration adds (every
+    process and QEMU thread but the guest's vCPUs: migration and multifd threads, QEMU's main
+    loop, NBD, the NFS server), and `vcpu_cpu_seconds`, what the guest's vCPUs ran (it drops
+    while the VM is paused or moves away). Each {during, extra}; the host total is their sum."""
+    zero = {"during": 0.0, "extra": 0.0}
+    vcpu = vcpu if vcpu and vcpu.get("during") is not None else zero
+    if cpu.get("during") is None:
+        return {"migration_cpu_seconds": {"during": None, "extra": None}, "vcpu_cpu_seconds": vcpu}
+    return {
+        "migration_cpu_seconds": {
+            key: round(cpu[key] - vcpu[key], 3) for key in ("during", "extra")
+        },
+        "vcpu_cpu_seconds": {key: vcpu[key] for key in ("during", "extra")},
     }
 
 

@@ -150,10 +150,12 @@ def summary_table(result: dict[str, Any]) -> Table:
             )
         )
     for host, figures in result.get("resources", {}).get("hosts", {}).items():
-        cpu = figures["cpu_seconds"]["extra"]
+        work = figures.get("migration_cpu_seconds", figures["cpu_seconds"])["extra"]
+        vcpu = figures.get("vcpu_cpu_seconds", {}).get("extra")
         tx = figures["net_tx_bytes"]["extra"]
         rx = figures["net_rx_bytes"]["extra"]
-        rows.append((f"extra CPU {host}", _fmt(cpu, " CPU-s", 2)))
+        rows.append((f"extra CPU {host}: migration / guest vCPUs",
+                     f"{_fmt(work, '', 2)} / {_fmt(vcpu, ' CPU-s', 2)}"))  # fmt: skip
         rows.append(
             (f"extra net tx / rx {host}", f"{_fmt(_mib(tx), '', 1)} / {_fmt(_mib(rx), ' MiB', 1)}")
         )
