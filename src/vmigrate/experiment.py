@@ -53,7 +53,7 @@ from vmigrate.migration.orchestrator import (
 from vmigrate.migration.preflight import Check, Preflight
 from vmigrate.migration.strategy import plan_for
 from vmigrate.placement import Placement
-from vmigrate.report.html import render_report
+from vmigrate.report.html.page import render_report
 from vmigrate.report.result import build_result, write_result
 from vmigrate.runlog import run_log
 from vmigrate.testbed.testbed import Testbed
