@@ -103,7 +103,7 @@ def image_build(
     force: Annotated[bool, typer.Option("--force", help="rebuild even if cached")] = False,
 ) -> None:
     """Build (or reuse) the guest image from Debian packages; print where it is."""
-    from vmigrate.guest.image import build_image
+    from vmigrate.guest.build import build_image
 
     image = guarded(lambda: build_image(force, lambda s: console.print(f"[cyan]•[/cyan] {s}")))
     console.print(f"guest image {image.digest[:12]}: kernel {image.kernel_version}")

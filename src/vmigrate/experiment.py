@@ -31,8 +31,9 @@ from vmigrate.errors import (
     UsageError,
     VmigrateError,
 )
+from vmigrate.guest.build import build_image
 from vmigrate.guest.facts import GuestFacts, ask_guest, integrity, wait_for_agent
-from vmigrate.guest.image import GuestImage, build_image
+from vmigrate.guest.image import GuestImage
 from vmigrate.hypervisor.accel import resolve_accel
 from vmigrate.hypervisor.base import Domain, Hypervisor, RunState, VmConfig
 from vmigrate.hypervisor.cpu import load_catalog
