@@ -103,7 +103,7 @@ def image_build(
     force: Annotated[bool, typer.Option("--force", help="rebuild even if cached")] = False,
 ) -> None:
     """Build (or reuse) the guest image from Debian packages; print where it is."""
-    from vmigrate.guest.image import build_image
+    from vmigrate.guest.build import build_image
 
     image = guarded(lambda: build_image(force, lambda s: console.print(f"[cyan]•[/cyan] {s}")))
     console.print(f"guest image {image.digest[:12]}: kernel {image.kernel_version}")
@@ -422,14 +422,11 @@ def sweep_command(
     retried next time), 2 on bad input.
     """
     from vmigrate.report.fault_matrix import fault_table, is_fault_sweep, write_fault_matrix
-    from vmigrate.sweep import (
-        ExperimentRunner,
-        RichSweepProgress,
-        SweepSummary,
-        execute_sweep,
-        load_sweep,
-        summary_table,
-    )
+    from vmigrate.sweep.execute import SweepSummary, execute_sweep
+    from vmigrate.sweep.plan import load_sweep
+    from vmigrate.sweep.progress import RichSweepProgress
+    from vmigrate.sweep.runner import ExperimentRunner
+    from vmigrate.sweep.summary import summary_table
     from vmigrate.testbed.testbed import Testbed
 
     def body() -> SweepSummary:

@@ -109,7 +109,7 @@ def _kernel_networking() -> Finding:
 
 def _kvm() -> Finding:
     """Whether accel=auto will use KVM: the bounded boot probe's verdict (cached per boot)."""
-    from vmigrate.guest.image import load_cached_image
+    from vmigrate.guest.build import load_cached_image
     from vmigrate.hypervisor.accel import resolve_accel
 
     if not os.path.exists("/dev/kvm"):
@@ -177,7 +177,7 @@ def _libvirtd_starts() -> Finding:
 
 
 def _guest_image() -> Finding:
-    from vmigrate.guest.image import load_cached_image
+    from vmigrate.guest.build import load_cached_image
 
     image = load_cached_image()
     return Finding(

@@ -31,8 +31,9 @@ from vmigrate.errors import (
     UsageError,
     VmigrateError,
 )
+from vmigrate.guest.build import build_image
 from vmigrate.guest.facts import GuestFacts, ask_guest, integrity, wait_for_agent
-from vmigrate.guest.image import GuestImage, build_image
+from vmigrate.guest.image import GuestImage
 from vmigrate.hypervisor.accel import resolve_accel
 from vmigrate.hypervisor.base import Domain, Hypervisor, RunState, VmConfig
 from vmigrate.hypervisor.cpu import load_catalog
@@ -54,7 +55,7 @@ from vmigrate.migration.orchestrator import (
 from vmigrate.migration.preflight import Check, Preflight
 from vmigrate.migration.strategy import plan_for
 from vmigrate.placement import Placement
-from vmigrate.report.html import render_report
+from vmigrate.report.html.page import render_report
 from vmigrate.report.result import build_result, write_result
 from vmigrate.runlog import run_log
 from vmigrate.testbed.testbed import Testbed

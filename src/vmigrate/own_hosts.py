@@ -41,7 +41,7 @@ from vmigrate.migration.orchestrator import MigrationRecord, Outcome, migrate, w
 from vmigrate.migration.preflight import Preflight
 from vmigrate.migration.preflight_hosts import own_hosts_preflight
 from vmigrate.migration.strategy import plan_for
-from vmigrate.report.html import render_report
+from vmigrate.report.html.page import render_report
 from vmigrate.report.result import build_result, write_result
 from vmigrate.runlog import run_log
 

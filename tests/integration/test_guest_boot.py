@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 
 from vmigrate.guest.agent_client import console_failure, parse_ready
-from vmigrate.guest.image import GuestImage, build_image, kernel_cmdline
+from vmigrate.guest.build import build_image
+from vmigrate.guest.cmdline import kernel_cmdline
+from vmigrate.guest.image import GuestImage
 from vmigrate.proc import in_netns, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

@@ -20,7 +20,9 @@ from conftest import leftovers, processes_in
 
 from vmigrate import libvirt_client
 from vmigrate.errors import TestbedError
-from vmigrate.guest.image import GuestImage, build_image, kernel_cmdline
+from vmigrate.guest.build import build_image
+from vmigrate.guest.cmdline import kernel_cmdline
+from vmigrate.guest.image import GuestImage
 from vmigrate.testbed import libvirtd
 from vmigrate.testbed.network import HYPERVISOR_ROLES
 from vmigrate.testbed.testbed import Testbed

@@ -19,7 +19,8 @@ import pytest
 from test_libvirtd_testbed import domain_xml, guest_answers
 
 from vmigrate import libvirt_client
-from vmigrate.guest.image import GuestImage, build_image
+from vmigrate.guest.build import build_image
+from vmigrate.guest.image import GuestImage
 from vmigrate.measure.recorder import load_series
 from vmigrate.measure.remote_proc import SAMPLER_NAME
 from vmigrate.testbed.netns import netns_pids

@@ -56,7 +56,7 @@ def test_a_sweep_refuses_to_kill_itself(tmp_path: Path) -> None:
     import pytest
 
     from vmigrate.errors import ScenarioError
-    from vmigrate.sweep import load_sweep
+    from vmigrate.sweep.plan import load_sweep
 
     path = tmp_path / "s.toml"
     path.write_text("[matrix]\nfault = [{ kind = 'none' }, { kind = 'kill-vmigrate' }]\n")

@@ -27,18 +27,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmigrate.errors import GuestError, ImageBuildError
-from vmigrate.guest import agent_client, image
-from vmigrate.guest.image import (
-    BuildInputs,
-    CpioWriter,
-    GuestImage,
-    build_initramfs,
-    is_static_elf,
-    kernel_cmdline,
-    module_depends,
-    parse_cmdline,
-    resolve_modules,
-)
+from vmigrate.guest import agent_client, build, cache, debian
+from vmigrate.guest.cmdline import kernel_cmdline, parse_cmdline
+from vmigrate.guest.elf import is_static_elf
+from vmigrate.guest.image import BuildInputs, GuestImage
+from vmigrate.guest.initramfs import CpioWriter, build_initramfs
+from vmigrate.guest.kernel_modules import module_depends, resolve_modules
 
 # --------------------------------------------------------------------------- helpers
 
@@ -168,9 +162,9 @@ def test_digest_fields_cannot_run_together() -> None:
 
 
 def test_current_inputs_use_shipped_sources(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(image, "resolve_kernel_package", lambda *a, **k: ("k", "1"))
-    monkeypatch.setattr(image, "busybox_version", lambda: "bb")
-    inputs = image.current_inputs()
+    monkeypatch.setattr(build, "resolve_kernel_package", lambda *a, **k: ("k", "1"))
+    monkeypatch.setattr(build, "busybox_version", lambda: "bb")
+    inputs = build.current_inputs()
     assert inputs.agent_source == AGENT_SOURCE.read_bytes()
     assert inputs.init_source.startswith(b"#!/bin/sh")
 
@@ -192,20 +186,20 @@ def test_cached_image_is_found_without_building(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("VMIGRATE_CACHE", str(tmp_path))
-    monkeypatch.setattr(image, "current_inputs", lambda *a, **k: sample_inputs())
-    assert image.load_cached_image() is None
+    monkeypatch.setattr(build, "current_inputs", lambda *a, **k: sample_inputs())
+    assert build.load_cached_image() is None
     digest = sample_inputs().digest()
     entry = tmp_path / "images" / digest
     entry.mkdir(parents=True)
     img = GuestImage(entry / "vmlinuz", entry / "initrd.img", "6.1.0-x", digest)
     (entry / "image.json").write_text(json.dumps(img.to_json()))
-    assert image.load_cached_image() is None  # files missing: not a usable image
+    assert build.load_cached_image() is None  # files missing: not a usable image
     img.kernel.write_bytes(b"k")
     img.initrd.write_bytes(b"i")
-    assert image.load_cached_image() == img
-    monkeypatch.setattr(image, "_check_tools", lambda: None)
+    assert build.load_cached_image() == img
+    monkeypatch.setattr(build, "_check_tools", lambda: None)
     started = time.monotonic()
-    assert image.build_image() == img
+    assert build.build_image() == img
     assert time.monotonic() - started < 0.5
 
 
@@ -221,7 +215,7 @@ def test_abandoned_build_dirs_are_removed(tmp_path: Path) -> None:
     fd = os.open(busy, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        image.remove_abandoned(tmp_path, ".build-*")
+        cache.remove_abandoned(tmp_path, ".build-*")
     finally:
         os.close(fd)
     assert not abandoned.exists()
@@ -450,7 +444,7 @@ def test_resolve_kernel_package_remembers_answer(
     lists = tmp_path / "lists"
     lists.mkdir()
     (lists / "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages.lz4").write_text("x")
-    monkeypatch.setattr(image, "APT_LISTS", lists)
+    monkeypatch.setattr(debian, "APT_LISTS", lists)
     monkeypatch.setenv("VMIGRATE_CACHE", str(tmp_path / "cache"))
     fake = FakeRun(
         {
@@ -459,12 +453,12 @@ def test_resolve_kernel_package_remembers_answer(
             "Description: meta\n more: text\n"
         }
     )
-    monkeypatch.setattr(image, "run", fake)
-    assert image.resolve_kernel_package() == ("linux-image-6.1.0-56-cloud-amd64", "6.1.192-2")
-    assert image.resolve_kernel_package() == ("linux-image-6.1.0-56-cloud-amd64", "6.1.192-2")
+    monkeypatch.setattr(debian, "run", fake)
+    assert debian.resolve_kernel_package() == ("linux-image-6.1.0-56-cloud-amd64", "6.1.192-2")
+    assert debian.resolve_kernel_package() == ("linux-image-6.1.0-56-cloud-amd64", "6.1.192-2")
     assert len(fake.calls) == 1  # second answer came from the memo
     (lists / "new_Packages").write_text("changed")
-    image.resolve_kernel_package()
+    debian.resolve_kernel_package()
     assert len(fake.calls) == 2  # lists changed: asked again
 
 
@@ -474,7 +468,7 @@ def test_resolve_kernel_package_unversioned_depends(
     lists = tmp_path / "lists"
     lists.mkdir()
     (lists / "x_Packages").write_text("x")
-    monkeypatch.setattr(image, "APT_LISTS", lists)
+    monkeypatch.setattr(debian, "APT_LISTS", lists)
     monkeypatch.setenv("VMIGRATE_CACHE", str(tmp_path / "cache"))
     fake = FakeRun(
         {
@@ -482,23 +476,23 @@ def test_resolve_kernel_package_unversioned_depends(
             "linux-image-6.1.0-9-cloud-amd64": "Version: 6.1.27-1\n",
         }
     )
-    monkeypatch.setattr(image, "run", fake)
-    assert image.resolve_kernel_package() == ("linux-image-6.1.0-9-cloud-amd64", "6.1.27-1")
+    monkeypatch.setattr(debian, "run", fake)
+    assert debian.resolve_kernel_package() == ("linux-image-6.1.0-9-cloud-amd64", "6.1.27-1")
 
 
 def test_resolve_kernel_package_without_lists_says_fix(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(image, "APT_LISTS", tmp_path / "empty")
+    monkeypatch.setattr(debian, "APT_LISTS", tmp_path / "empty")
     monkeypatch.setenv("VMIGRATE_CACHE", str(tmp_path / "cache"))
     with pytest.raises(ImageBuildError, match="apt-get update"):
-        image.resolve_kernel_package(allow_update=False)
+        debian.resolve_kernel_package(allow_update=False)
 
 
 def test_busybox_missing_says_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(image, "run", FakeRun({}))
+    monkeypatch.setattr(debian, "run", FakeRun({}))
     with pytest.raises(ImageBuildError, match="apt-get install busybox-static"):
-        image.busybox_version()
+        debian.busybox_version()
 
 
 # --------------------------------------------------------------------------- agent client

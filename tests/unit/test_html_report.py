@@ -30,7 +30,8 @@ import numpy as np
 import pytest
 from synthetic_run import make_synthetic_run
 
-from vmigrate.report.html import downsample, render_report, summed_rate, thin_marks
+from vmigrate.report.html.page import render_report
+from vmigrate.report.html.series import downsample, summed_rate, thin_marks
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs/result.schema.json").read_text())
 CHROMIUM = Path("/usr/bin/chromium")

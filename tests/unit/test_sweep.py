@@ -24,26 +24,17 @@ from hypothesis import strategies as st
 from rich.console import Console
 from typer.testing import CliRunner
 
-import vmigrate.sweep as sweep_module
+import vmigrate.sweep.runner as runner_module
 from vmigrate.cli import app
 from vmigrate.config import Scenario, scenario_to_dict
 from vmigrate.errors import EnvironmentProblem, ScenarioError, VmigrateError
 from vmigrate.report.comparison import render_comparison
-from vmigrate.sweep import (
-    ERROR_OUTCOME,
-    PlannedRun,
-    RichSweepProgress,
-    RunRecord,
-    Sweep,
-    describe,
-    execute_sweep,
-    load_sweep,
-    result_figures,
-    run_dir_name,
-    run_sweep,
-    summary_table,
-    t_quantile_975,
-)
+from vmigrate.sweep.database import RunRecord, result_figures
+from vmigrate.sweep.execute import ERROR_OUTCOME, execute_sweep, run_sweep
+from vmigrate.sweep.plan import PlannedRun, Sweep, load_sweep, run_dir_name
+from vmigrate.sweep.progress import RichSweepProgress
+from vmigrate.sweep.stats import describe, t_quantile_975
+from vmigrate.sweep.summary import summary_table
 
 MIB = 1024 * 1024
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -721,7 +712,7 @@ def test_the_terminal_shows_a_bar_a_line_per_run_and_a_table(tmp_path: Path) -> 
 def test_the_eta_uses_the_mean_run_duration() -> None:
     from rich.progress import Progress
 
-    from vmigrate.sweep import _EtaColumn
+    from vmigrate.sweep.progress import _EtaColumn
 
     with Progress(console=Console(file=io.StringIO())) as bar:
         task = bar.add_task("x", total=5, mean_run_s=None, run_started=None)
@@ -751,7 +742,7 @@ def test_cli_sweep_runs_resumes_and_prints_the_table(
         def __exit__(self, *exc: object) -> None:
             pass
 
-    monkeypatch.setattr(sweep_module, "ExperimentRunner", FakeExperimentRunner)
+    monkeypatch.setattr(runner_module, "ExperimentRunner", FakeExperimentRunner)
     path = write(tmp_path, QUICK)
     out = tmp_path / "out"
     cli = CliRunner()
@@ -847,7 +838,7 @@ def test_the_real_runner_brings_the_testbed_up_once_and_down_if_it_did(
     monkeypatch.setattr("os.geteuid", lambda: 0)
     bed = FakeTestbed(healthy)
     progress = RichSweepProgress(Console(file=io.StringIO()))
-    with sweep_module.ExperimentRunner(bed, progress) as runner:  # type: ignore[arg-type]
+    with runner_module.ExperimentRunner(bed, progress) as runner:  # type: ignore[arg-type]
         run_sweep(write(tmp_path, QUICK), tmp_path / "out", runner, progress)
     assert len(seen) == 8
     assert bed.ups == ([] if healthy else [100])  # the first cell's link rate
@@ -857,7 +848,7 @@ def test_the_real_runner_brings_the_testbed_up_once_and_down_if_it_did(
 def test_the_real_runner_needs_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     bed = FakeTestbed(False)
-    runner = sweep_module.ExperimentRunner(bed, RichSweepProgress(Console(file=io.StringIO())))  # type: ignore[arg-type]
+    runner = runner_module.ExperimentRunner(bed, RichSweepProgress(Console(file=io.StringIO())))  # type: ignore[arg-type]
     with pytest.raises(EnvironmentProblem, match="needs root"):
         run_sweep(write(tmp_path, QUICK), tmp_path / "out", runner)
     assert bed.ups == [] and runner.close() == []

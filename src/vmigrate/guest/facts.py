@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from vmigrate.config import Scenario
 from vmigrate.errors import GuestError, VmigrateError
 from vmigrate.guest import agent_client
-from vmigrate.guest.image import kernel_cmdline
+from vmigrate.guest.cmdline import kernel_cmdline
 from vmigrate.hypervisor.base import Domain
 from vmigrate.testbed.netns import call_in_netns
 from vmigrate.testbed.testbed import Testbed

@@ -4,7 +4,7 @@ Grouped bars with 95 % confidence intervals per cell (total migration time, obse
 reported downtime, p99 latency during the migration, extra CPU per host, bytes transferred),
 each completed run drawn as a dot over its bar, then a table of every cell's statistics and
 outcomes and one of every run. It reads only SWEEP_DIR/summary.json (written by the sweep from
-sweep.db), looks like the run report (report/html.py) and inlines plotly.js once, so it works
+sweep.db), looks like the run report (report/html/) and inlines plotly.js once, so it works
 offline. Cells whose runs did not all complete say so in red.
 """
 
@@ -24,7 +24,8 @@ import plotly.io as pio
 import plotly.offline
 
 from vmigrate.errors import UsageError
-from vmigrate.report.html import CSS, HOST_COLOURS, OUTCOME_CLASS, fmt
+from vmigrate.report.html.formatting import fmt
+from vmigrate.report.html.style import CSS, HOST_COLOURS, OUTCOME_CLASS
 
 COMPARISON_FILE = "comparison.html"
 SUMMARY_FILE = "summary.json"

@@ -13,7 +13,7 @@ from typing import Any
 
 from vmigrate.analysis import analyze
 from vmigrate.errors import UsageError
-from vmigrate.report.html import render_report
+from vmigrate.report.html.page import render_report
 from vmigrate.report.result import RESULT_FILE, write_result
 
 
