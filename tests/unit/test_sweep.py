@@ -86,7 +86,11 @@ def fake_result(scenario: Scenario, total_s: float, outcome: str = "completed") 
         },
         "resources": {
             "hosts": {
-                host: {"cpu_seconds": {"extra": share * total_s, "during": 2.0}, "processes": []}
+                host: {
+                    "cpu_seconds": {"extra": share * total_s, "during": 2.0},
+                    "migration_cpu_seconds": {"extra": share * total_s, "during": 2.0},
+                    "processes": [],
+                }
                 for host, share in (("source", 1.0), ("destination", 0.5), ("storage", 0.1))
             }
         },
@@ -557,7 +561,7 @@ def test_the_summary_counts_outcomes_and_averages_completed_runs_only(tmp_path: 
     assert total["ci95_low"] == pytest.approx(0.445740, abs=1e-6)
     reported = precopy["figures"]["migration.downtime_reported_ms"]
     assert reported["mean"] == pytest.approx(25.0)
-    assert precopy["figures"]["resources.hosts.storage.cpu_seconds.extra"]["mean"] == (
+    assert precopy["figures"]["resources.hosts.storage.migration_cpu_seconds.extra"]["mean"] == (
         pytest.approx(0.25)
     )
     assert postcopy["figures"]["migration.total_time_s"]["stdev"] == 0.0

@@ -1,7 +1,7 @@
 """The comparison page of a sweep: SWEEP_DIR/comparison.html, one self-contained file.
 
 Grouped bars with 95 % confidence intervals per cell (total migration time, observed vs
-reported downtime, p99 latency during the migration, extra CPU per host, bytes transferred),
+reported downtime, p99 latency during the migration, migration CPU per host, bytes transferred),
 each completed run drawn as a dot over its bar, then a table of every cell's statistics and
 outcomes and one of every run. It reads only SWEEP_DIR/summary.json (written by the sweep from
 sweep.db), looks like the run report (report/html/) and inlines plotly.js once, so it works
@@ -82,12 +82,13 @@ CHARTS = (
     ),
     _Chart(
         "cpu",
-        "Extra CPU per host",
-        "CPU-seconds used during the migration above what the baseline rate predicts",
+        "Migration CPU per host",
+        "CPU-seconds of the migration's own work (all but the guest's vCPUs) above what the "
+        "baseline rate predicts",
         "CPU-seconds",
         1.0,
         tuple(
-            _Series(f"resources.hosts.{host}.cpu_seconds.extra", host, HOST_COLOURS[host])
+            _Series(f"resources.hosts.{host}.migration_cpu_seconds.extra", host, HOST_COLOURS[host])
             for host in ("source", "destination", "storage")
         ),
         log_ok=False,  # extra CPU can be negative (a paused guest uses less than its baseline)

@@ -25,9 +25,11 @@ HEADLINE: tuple[tuple[str, str], ...] = (
     ("service.observed_downtime_ms", "downtime observed (probe)"),
     ("migration.downtime_reported_ms", "downtime reported (hypervisor)"),
     ("service.latency_ms.during.p99", "latency p99 during"),
-    ("resources.hosts.source.cpu_seconds.extra", "extra CPU, source"),
-    ("resources.hosts.destination.cpu_seconds.extra", "extra CPU, destination"),
-    ("resources.hosts.storage.cpu_seconds.extra", "extra CPU, storage"),
+    ("outage.blackout_ms", "vCPU blackout"),
+    ("outage.service_outage_ms", "service outage (HTTP)"),
+    ("resources.hosts.source.migration_cpu_seconds.extra", "migration CPU, source"),
+    ("resources.hosts.destination.migration_cpu_seconds.extra", "migration CPU, destination"),
+    ("resources.hosts.storage.migration_cpu_seconds.extra", "migration CPU, storage"),
     ("migration.transferred_bytes", "transferred"),
     ("migration.throughput_mbit_s", "throughput"),
 )
@@ -109,7 +111,8 @@ def summary_table(document: Mapping[str, Any]) -> Table:
     """Per cell: completed runs and the headline figures as mean ± 95 % CI half-width."""
     table = Table(
         title=f"sweep {document.get('name', '')}: mean ± 95 % CI over completed runs",
-        caption="extra CPU: CPU-seconds above the baseline, source / destination / storage",
+        caption="migration CPU: CPU-seconds of the migration's own work above the baseline "
+        "(the guest's vCPUs apart), source / destination / storage",
     )
 
     def figure(key: str, scale: float = 1.0, digits: int = 1) -> Callable[..., str]:
@@ -117,7 +120,7 @@ def summary_table(document: Mapping[str, Any]) -> Table:
 
     def cpu(figs: Mapping[str, Any]) -> RenderableType:
         parts = [
-            _cell_text(figs.get(f"resources.hosts.{h}.cpu_seconds.extra", {}), 1.0, 2)
+            _cell_text(figs.get(f"resources.hosts.{h}.migration_cpu_seconds.extra", {}), 1.0, 2)
             for h in ("source", "destination", "storage")
         ]
         return Group(*(Text.from_markup(p) for p in parts))
@@ -126,10 +129,11 @@ def summary_table(document: Mapping[str, Any]) -> Table:
         ("total s", figure("migration.total_time_s", digits=2)),
         ("downtime ms\nobserved", figure("service.observed_downtime_ms", digits=0)),
         ("downtime ms\nreported", figure("migration.downtime_reported_ms", digits=0)),
+        ("blackout\nms", figure("outage.blackout_ms", digits=0)),
         ("p99 during\nms", figure("service.latency_ms.during.p99", digits=0)),
         ("sent MiB", figure("migration.transferred_bytes", MIB, 0)),
         ("Mbit/s", figure("migration.throughput_mbit_s", digits=0)),
-        ("extra CPU s", cpu),
+        ("migration CPU s", cpu),
     ]
     table.add_column("cell")
     table.add_column("completed", justify="right")
