@@ -39,6 +39,8 @@ SECTIONS = (
     "header",
     "headline",
     "checks",
+    "outage",
+    "waterfall",
     "timeline",
     "migration",
     "service",
@@ -203,6 +205,16 @@ def test_a_run_that_failed_early_still_renders(tmp_path: Path) -> None:
     text = (bare_run(tmp_path / "bare") / "report.html").read_text()
     assert text.count('"text":"no data"') == 8
     assert "guest never booted" in text and "no checks recorded" in text
+
+
+def test_the_waterfall_draws_each_step_of_the_switchover(synthetic: Path) -> None:
+    text = (synthetic / "report.html").read_text()
+    waterfall = text.split('id="waterfall"')[1].split("</svg>")[0]
+    # last pass, stop, device state, stream sent, running, first reply, first response:
+    # six steps (no capture: no announcement); the blackout is the stop → running bars.
+    assert waterfall.count('class="wf-bar"') == 6
+    assert "+119.0 ms" in waterfall and "+178.1 ms" in waterfall
+    assert "vCPU blackout (stop → running on the destination)" in text
 
 
 def test_downsampling_keeps_the_extremes() -> None:
@@ -370,6 +382,8 @@ FACTS = """(() => {
     panels: gd && gd._fullLayout ? gd._fullLayout._subplots.xaxis.length : 0,
     gl: document.querySelectorAll('#timeline-plot canvas').length,
     no_data_at: notes,
+    waterfall_bars: [...document.querySelectorAll('#waterfall .wf-bar')]
+      .map(e => Math.round(e.getBoundingClientRect().width)),
   };
 })()"""
 
@@ -526,6 +540,8 @@ def test_chromium_renders_the_report_without_errors(synthetic: Path, tmp_path: P
     assert facts["traces"] >= 25, facts
     assert facts["gl"] >= 1, facts  # the scattergl layers exist
     assert facts["no_data_at"] == [], facts
+    bars = facts["waterfall_bars"]  # the switch-over's six steps, laid out and visible
+    assert len(bars) == 6 and all(width >= 1 for width in bars) and max(bars) > 100, facts
 
     pixels = png_pixels(seen["thumbnail"])
     assert pixels.shape[0] >= seen["height"] // 4 - 2 and pixels.shape[1] == 350

@@ -10,6 +10,7 @@ import plotly.offline
 
 from vmigrate.report.html.formatting import esc, num, obj, plain
 from vmigrate.report.html.header import cards_html, checks_html, header_html, preflight_html
+from vmigrate.report.html.outage import outage_html
 from vmigrate.report.html.sections import (
     data_html,
     migration_html,
@@ -77,6 +78,7 @@ def render_html(run_dir: Path, result: dict[str, Any]) -> str:
         + cards_html(result)
         + checks
         + preflight_html(result)
+        + outage_html(result)
         + _timeline_section(timeline_html(run_dir, result), result)
         + '<div class="sections3">'
         + migration_html(result)

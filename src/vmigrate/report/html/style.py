@@ -100,4 +100,8 @@ code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12.5
   margin: 0 4px 0 12px; vertical-align: middle; border: 1px solid rgba(0,0,0,.08); }
 details summary { cursor: pointer; color: var(--muted); margin-top: 12px; }
 footer { color: var(--muted); font-size: 12px; margin-top: 16px; text-align: center; }
+.waterfall { display: block; margin-top: 10px; max-width: 100%; height: auto;
+  font-size: 12px; fill: var(--fg, #1f2328); }
+.waterfall .wf-grid { stroke: rgba(0,0,0,.10); }
+.waterfall .muted { fill: var(--muted); }
 """
