@@ -1,7 +1,8 @@
 """`make bench`: run every benchmark and print its table."""
 
-from bench import measurement, turnaround
+from bench import measurement, outage, turnaround
 
 if __name__ == "__main__":
     measurement.main()
     turnaround.main()
+    outage.main()
