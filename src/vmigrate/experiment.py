@@ -44,6 +44,7 @@ from vmigrate.measure.progress import record_migration
 from vmigrate.measure.recorder import Recorder
 from vmigrate.measure.resources import ResourceSampler, WatchedHost
 from vmigrate.migration import preflight as checks
+from vmigrate.migration.estimate_check import estimate_check
 from vmigrate.migration.faults import FaultInjector, FaultTargets
 from vmigrate.migration.orchestrator import (
     MigrationObserver,
@@ -322,7 +323,7 @@ class Experiment:
         if self.skip_preflight or self.ctx.preflight is None:
             return
         self.observer.stage("pre-flight: measuring the dirty rate and the link")
-        check = await checks.estimate_check(self.ctx.scenario, source, self.ctx.testbed)
+        check = await estimate_check(self.ctx.scenario, source, self.ctx.testbed)
         self.ctx.preflight.checks.append(check)
         self.observer.check(check)
 

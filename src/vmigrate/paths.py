@@ -14,3 +14,8 @@ def cache_dir() -> Path:
 def state_root() -> Path:
     """One sub-directory per testbed (state file, disks, logs). $VMIGRATE_STATE overrides."""
     return Path(os.environ.get("VMIGRATE_STATE", "/var/lib/vmigrate/testbeds"))
+
+
+def model_path() -> Path:
+    """The migration model's constants `vmigrate calibrate` fitted. $VMIGRATE_MODEL overrides."""
+    return Path(os.environ.get("VMIGRATE_MODEL", "/var/lib/vmigrate/model.json"))

@@ -877,6 +877,7 @@ def make_synthetic_run(path: Path, *, failed_check: bool = False) -> Path:
         },
         "service": _service(requests, probe, scenario.load.sla_ms),
         "outage": _outage(requests, probe, scenario.load.sla_ms),
+        "prediction": None,  # no pre-flight estimate ran
         "resources": _resources(resources),
         "data": _data(migration_rows),
         "checks": [],

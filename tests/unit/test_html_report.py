@@ -192,7 +192,7 @@ def test_missing_series_say_no_data_instead_of_failing(tmp_path: Path) -> None:
 def bare_run(path: Path) -> Path:
     """A run that failed early: result.json without the analysed sections, no series."""
     result = json.loads((make_synthetic_run(path) / "result.json").read_text())
-    for key in ("phases", "service", "outage", "resources", "data", "checks"):
+    for key in ("phases", "service", "outage", "resources", "data", "prediction", "checks"):
         result.pop(key)
     result["outcome"], result["error"] = "failed", "guest never booted"
     shutil.rmtree(path / "series")

@@ -10,6 +10,7 @@ from vmigrate.analysis.checks import consistency_checks
 from vmigrate.analysis.fault import fault_effect
 from vmigrate.analysis.migration import data_section, phases_section
 from vmigrate.analysis.outage import outage_section, switchover_moments
+from vmigrate.analysis.prediction import prediction_section
 from vmigrate.analysis.referee import referee_section
 from vmigrate.analysis.resources import resources_section, table
 from vmigrate.analysis.service import answered, service_section
@@ -19,7 +20,8 @@ from vmigrate.measure.recorder import SERIES_DIR, load_series
 
 def analyze(run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
     """`result` (its scenario, timeline, events, migration figures) plus the sections computed
-    from RUN/series: phases, service, outage, resources, data, checks."""
+    from RUN/series (and the prediction): phases, service, outage, resources, data, prediction,
+    checks."""
     scenario = result["scenario"]
     windows = Windows.from_marks(result["clock"]["t0_ns"], result["timeline_s"])
     probe, _ = load_series(run_dir, "probe")
@@ -62,5 +64,6 @@ def analyze(run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
             **result["fault"],
             **fault_effect(result["fault"], result["verification"], probe, windows),
         }
+    analysed["prediction"] = prediction_section(result)
     analysed["checks"] = consistency_checks(analysed)
     return analysed

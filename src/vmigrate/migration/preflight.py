@@ -10,7 +10,6 @@ machine types that differ, and a pre-copy that cannot converge on this link.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
 import re
@@ -21,12 +20,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vmigrate.config import Scenario
-from vmigrate.errors import CommandFailed, HypervisorError, UsageError
-from vmigrate.hypervisor.base import Domain
+from vmigrate.errors import CommandFailed, UsageError
 from vmigrate.hypervisor.cpu import BASELINE, CpuCatalog, baseline, missing
 from vmigrate.hypervisor.introspect import QEMU_BINARY, machine_types
-from vmigrate.measure.link import measure_link_bytes_s
-from vmigrate.migration.estimate import precopy_estimate
 from vmigrate.proc import run
 from vmigrate.testbed.netns import call_in_netns
 from vmigrate.testbed.testbed import Testbed
@@ -35,7 +31,6 @@ Status = Literal["pass", "warn", "fail"]
 HYPERVISORS = ("source", "destination")
 SAFE_SHARED_CACHE = ("none", "directsync")
 QEMU_OVERHEAD_MIB = 192  # QEMU's own memory beyond guest RAM (TCG translation cache, devices)
-DIRTY_RATE_SECONDS = 1
 MIB = 1024 * 1024
 
 
@@ -383,76 +378,3 @@ def _free(port: int) -> bool:
                 return False
             raise
     return True
-
-
-async def estimate_check(scenario: Scenario, source: Domain, testbed: Testbed) -> Check:
-    """Predict the pre-copy from the guest's measured dirty rate and the link's measured rate."""
-    try:
-        dirty_mib_s = await source.measure_dirty_rate(DIRTY_RATE_SECONDS)
-    except HypervisorError as exc:
-        return Check("estimate", "warn", f"could not measure the dirty rate: {exc}", "")
-    link = await asyncio.to_thread(
-        measure_link_bytes_s,
-        testbed.hosts["source"].netns,
-        testbed.hosts["destination"].netns,
-        testbed.hosts["destination"].ip,
-    )
-    cap = scenario.migration.max_bandwidth_mib_s * MIB
-    bandwidth = min(link, cap) if cap else link
-    ram = scenario.vm.memory_mib * MIB
-    touched = await source.touched_memory_bytes()
-    memory = min(touched, ram) if touched else ram  # untouched pages go as zero pages: ~free
-    limit = scenario.migration.downtime_limit_ms
-    model = precopy_estimate(memory, dirty_mib_s * MIB, bandwidth, limit)
-    figures = {
-        "dirty_rate_mib_s": round(dirty_mib_s, 3),
-        "link_mbit_s": round(link * 8 / 1e6, 3),
-        "bandwidth_mib_s": round(bandwidth / MIB, 3),
-        "guest_ram_bytes": ram,
-        "touched_memory_bytes": touched,
-        "memory_bytes": memory,
-        "downtime_limit_ms": limit,
-        "converges": model.converges,
-        "predicted_passes": model.passes,
-        "predicted_total_time_s": None
-        if model.total_time_s is None
-        else round(model.total_time_s, 3),
-        "predicted_downtime_ms": None if model.downtime_ms is None else round(model.downtime_ms, 1),
-    }
-    rates = (
-        f"the guest dirties {dirty_mib_s:.1f} MiB/s, the migration gets {bandwidth / MIB:.1f} MiB/s"
-    )
-    strategy = scenario.migration.strategy
-    relies_on_precopy = strategy in (
-        "precopy",
-        "xbzrle",
-        "multifd",
-    ) and scenario.migration.on_stall in ("none", "fail", "raise-downtime")
-    if not model.converges:
-        return Check(
-            "estimate",
-            "warn" if relies_on_precopy else "pass",
-            f"pre-copy will not converge: {rates} (D ≥ B)"
-            + (
-                ""
-                if relies_on_precopy
-                else f"; {strategy} (on_stall {scenario.migration.on_stall}) does not need it"
-            ),
-            'use migration.strategy = "postcopy" or "auto-converge", or migration.on_stall = '
-            '"postcopy" / "auto-converge", or give the migration more bandwidth'
-            if relies_on_precopy
-            else "",
-            figures,
-        )
-    assert model.total_time_s is not None and model.downtime_ms is not None
-    late = model.total_time_s > scenario.migration.timeout_s
-    return Check(
-        "estimate",
-        "warn" if late and relies_on_precopy else "pass",
-        f"pre-copy predicted to take {model.total_time_s:.1f} s in {model.passes} "
-        f"pass{'es' if model.passes != 1 else ''} with "
-        f"{model.downtime_ms:.0f} ms downtime ({rates}; the first pass sends the "
-        f"{memory / MIB:.0f} MiB of its {ram / MIB:.0f} MiB the guest has touched)",
-        f"raise migration.timeout_s above {model.total_time_s:.0f} s" if late else "",
-        figures,
-    )
