@@ -59,7 +59,7 @@ def result_with(outcome: str, figures: dict[str, Any] | None) -> dict[str, Any]:
             "iterations": 4,
             "downtime_reported_ms": 80.0,
             "transferred_bytes": 400 * MIB,
-        },  # fmt: skip
+        },
     }
 
 
