@@ -501,6 +501,43 @@ def soak_command(
         raise typer.Exit(1)
 
 
+@app.command("calibrate")
+def calibrate_command(
+    sweep_dir: Annotated[Path, typer.Argument(help="a sweep's directory (its runs/*/result.json)")],
+    check: Annotated[
+        Path | None, typer.Option("--check", help="held-out sweep directory: the fit's error there")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print, do not store")] = False,
+) -> None:
+    """Fit the migration model's constants to measured runs and store them where `run`,
+    `preflight` and planners read them ($VMIGRATE_MODEL, default /var/lib/vmigrate/model.json).
+
+    Prints the model's median error with the plain physics and with the fitted constants, on
+    the runs it was fitted to and (--check) on held-out runs.
+    """
+    from vmigrate.migration.calibration import fit, load_observations
+    from vmigrate.migration.estimate import PHYSICS
+    from vmigrate.paths import model_path
+    from vmigrate.report.calibration import error_table
+
+    def body() -> None:
+        fitted_on = load_observations(sweep_dir)
+        sets = [("fitted on", fitted_on)]
+        if check is not None:
+            sets.append(("held out", load_observations(check)))
+        constants = fit(fitted_on)
+        models = [("physics", PHYSICS), ("calibrated", constants)]
+        console.print(error_table("the model's error, median over runs", sets, models))
+        console.print(constants.model_dump_json(indent=2), highlight=False)
+        if not dry_run:
+            path = model_path()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(constants.model_dump_json(indent=2) + "\n")
+            console.print(f"stored: {path}")
+
+    guarded(body)
+
+
 def main() -> None:
     """Entry point for `python -m vmigrate`."""
     app(prog_name="vmigrate")
