@@ -1,8 +1,9 @@
 """`make bench`: run every benchmark and print its table."""
 
-from bench import measurement, outage, turnaround
+from bench import calibration, measurement, outage, turnaround
 
 if __name__ == "__main__":
     measurement.main()
     turnaround.main()
     outage.main()
+    calibration.main()
