@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,8 +38,7 @@ from vmigrate.hypervisor.accel import resolve_accel
 from vmigrate.hypervisor.base import Domain, Hypervisor, RunState, VmConfig
 from vmigrate.hypervisor.cpu import load_catalog
 from vmigrate.hypervisor.plan import MigrationPlan
-from vmigrate.measure.capture import Capture, start_capture
-from vmigrate.measure.client import ClientProcess, start_load, start_probe, stop_clients
+from vmigrate.measure.meters import Meters, Target
 from vmigrate.measure.progress import record_migration
 from vmigrate.measure.recorder import Recorder
 from vmigrate.measure.resources import ResourceSampler, WatchedHost
@@ -135,8 +134,7 @@ class Experiment:
         self.placement = Placement(scenario, testbed, out_dir)
         self.recorder = Recorder(out_dir)
         self.sampler: ResourceSampler | None = None
-        self.clients: dict[str, ClientProcess] = {}
-        self.capture: Capture | None = None
+        self.meters: Meters | None = None
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[VmConfig]:
@@ -346,50 +344,24 @@ class Experiment:
 
     async def start_clients(self) -> None:
         """Start the packet capture that referees the probe, the downtime probe and (for web
-        and memory guests) the open-loop HTTP load."""
-        testbed, load = self.ctx.testbed, self.ctx.scenario.load
-        client_ns = testbed.hosts["client"].netns
-
-        def record(label: str) -> Callable[[int], None]:
-            return lambda pid: testbed.state.add_process(pid, label)
-
-        if self.ctx.scenario.measure.capture:
-            self.capture = await asyncio.to_thread(
-                start_capture,
-                client_ns,
-                testbed.hosts["client"].interface,
-                testbed.guest_ip,
-                testbed.guest_mac,
-                self.recorder.dir,
-                on_start=record("capture"),
-            )
-        self.clients["probe"] = await asyncio.to_thread(
-            start_probe,
-            client_ns,
-            testbed.guest_ip,
-            self.recorder.path("probe"),
-            interval_ms=load.probe_interval_ms,
-            on_start=record("probe"),
-            icmp=load.probe == "icmp",
+        and memory guests) the open-loop HTTP load, from the client host."""
+        testbed, scenario = self.ctx.testbed, self.ctx.scenario
+        client = testbed.hosts["client"]
+        target = Target(
+            client.netns, testbed.guest_ip, self.recorder.dir,
+            capture_on=(client.interface, testbed.guest_mac) if scenario.measure.capture else None,
+        )  # fmt: skip
+        self.meters = Meters(
+            target,
+            on_start=lambda label, pid: testbed.state.add_process(pid, label),
+            on_stop=testbed.state.forget_process,
         )
-        if self.ctx.scenario.workload.kind != "idle" and load.rate_rps > 0:
-            self.clients["load"] = await asyncio.to_thread(
-                start_load,
-                client_ns,
-                testbed.guest_ip,
-                self.recorder.path("requests"),
-                rate_rps=load.rate_rps,
-                timeout_ms=load.timeout_ms,
-                on_start=record("load"),
-            )
+        await self.meters.start(scenario.load, http=scenario.workload.kind != "idle")
 
     async def stop_clients(self) -> None:
-        """Stop the probe, the load and the capture; they write their records on the way out."""
-        await stop_clients(self.clients, self.ctx.testbed.state.forget_process)
-        capture, self.capture = self.capture, None
-        if capture is not None:
-            await asyncio.to_thread(capture.stop)
-            self.ctx.testbed.state.forget_process(capture.pid)
+        """Stop the meters; they write their records on the way out."""
+        if self.meters is not None:
+            await self.meters.stop()
 
     async def boot_source(self, config: VmConfig) -> Domain:
         """Boot the guest on the source host and wait until its service answers."""

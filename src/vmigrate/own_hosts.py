@@ -31,8 +31,8 @@ from vmigrate.experiment import ExperimentObserver, PreflightFailed
 from vmigrate.hypervisor.base import RunState
 from vmigrate.hypervisor.libvirt_backend import LibvirtHost, LibvirtHypervisor
 from vmigrate.hypervisor.libvirt_domain import LibvirtDomain
-from vmigrate.measure.client import ClientProcess, start_load, start_probe, stop_clients
 from vmigrate.measure.domstats import DomainStatsSampler
+from vmigrate.measure.meters import Meters, Target
 from vmigrate.measure.progress import record_migration
 from vmigrate.measure.recorder import Recorder
 from vmigrate.measure.remote_proc import RemoteProcSampler, start_remote_samplers
@@ -101,7 +101,7 @@ class OwnHostsExperiment:
         self.t0_ns = time.monotonic_ns()
         self.started_at = dt.datetime.now(dt.UTC).isoformat()
         self.marks_ns: dict[str, int] = {}
-        self.clients: dict[str, ClientProcess] = {}
+        self.meters = Meters(Target(None, scenario.service.address, self.recorder.dir))
         self.hypervisor = hypervisor_for(scenario, out_dir)
         self.remote: list[RemoteProcSampler] = []
 
@@ -295,29 +295,16 @@ class OwnHostsExperiment:
     async def _start_clients(self) -> None:
         """The probe (and the load, with service.http_url) from this machine's namespace."""
         load, service = self.scenario.load, self.scenario.service
-        self.clients["probe"] = await asyncio.to_thread(
-            start_probe,
-            None,
-            service.address,
-            self.recorder.path("probe"),
-            interval_ms=load.probe_interval_ms,
-            icmp=load.probe == "icmp",
-        )
-        if service.http_url and load.rate_rps > 0:
-            url = urlparse(service.http_url)
-            self.clients["load"] = await asyncio.to_thread(
-                start_load,
-                None,
-                url.hostname or service.address,
-                self.recorder.path("requests"),
-                rate_rps=load.rate_rps,
-                timeout_ms=load.timeout_ms,
-                port=url.port or 80,
-                path=url.path or "/",
-            )
+        url = urlparse(service.http_url or "")
+        target = Target(
+            None, service.address, self.recorder.dir, http_host=url.hostname,
+            http_port=url.port or 80, http_path=url.path or "/",
+        )  # fmt: skip
+        self.meters = Meters(target)
+        await self.meters.start(load, http=bool(service.http_url))
 
     async def _stop_clients(self) -> None:
-        await stop_clients(self.clients)
+        await self.meters.stop()
 
     def _service_answers(self) -> bool:
         """The service answers from the same address: an HTTP GET of service.http_url, or
