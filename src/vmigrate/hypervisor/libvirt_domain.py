@@ -181,8 +181,7 @@ class LibvirtDomain(Domain):
         libvirt = libvirt_client.load()
         dom = await self.virdomain()
         await self.call(
-            "start the dirty-rate calculation",
-            lambda: dom.startDirtyRateCalc(seconds, libvirt.VIR_DOMAIN_DIRTYRATE_MODE_DIRTY_BITMAP),
+            "start the dirty-rate calculation", lambda: dom.startDirtyRateCalc(seconds, 0)
         )
         deadline = time.monotonic() + seconds + CALL_TIMEOUT_S
         while time.monotonic() < deadline:
