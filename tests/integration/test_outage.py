@@ -40,6 +40,7 @@ def test_the_outage_decomposed_and_the_probe_agrees_with_the_wire(
     moments = [waterfall[key] for key in order]
     assert None not in moments and moments == sorted(moments), waterfall
     assert waterfall["first_response"] >= waterfall["destination_running"]
-    # QEMU announces the guest (RARP) from the destination once it runs: the wire saw it.
+    # QEMU announces the guest (RARP) from the destination as it starts it: the wire saw it.
     assert waterfall["announce"] is not None, capture
+    assert abs(waterfall["announce"] - waterfall["destination_running"]) < 0.02, waterfall
     assert (tmp_path / "series" / "capture.pcap").stat().st_size > 10_000

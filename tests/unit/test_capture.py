@@ -94,7 +94,7 @@ def test_the_referee_measures_the_outage_on_the_wire(tmp_path: Path) -> None:
     probe = {"seq": np.arange(len(send), dtype=np.float64), "send_ns": send, "recv_ns": recv}
     windows = Windows.from_marks(0, {"baseline_start": 0.0, "migration_start": 0.1,
                                      "migration_end": 0.9, "after_end": 1.0})  # fmt: skip
-    ref = referee_section(series, probe, windows, running_s=0.47)
+    ref = referee_section(series, probe, windows, stop_s=0.4)
     assert ref is not None
     assert ref["network_outage_ms"] == pytest.approx(101.0)
     assert ref["probe_minus_capture_ms"] == pytest.approx(0.0, abs=1e-6)

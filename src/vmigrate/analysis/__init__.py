@@ -40,7 +40,7 @@ def analyze(run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
         scenario["load"]["probe_interval_ms"],
         scenario["load"]["sla_ms"],
     )
-    running_s = switchover_moments(result["events"])["destination_running"]
+    stop_s = switchover_moments(result["events"])["stop"]
     analysed["outage"] = outage_section(
         result["events"],
         probe,
@@ -49,7 +49,7 @@ def analyze(run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
         windows,
         scenario["load"]["sla_ms"],
         result["migration"].get("downtime_reported_ms"),
-        referee_section(run_dir / SERIES_DIR, probe, windows, running_s),
+        referee_section(run_dir / SERIES_DIR, probe, windows, stop_s),
     )
     analysed["resources"] = resources_section(
         series["processes"],

@@ -18,10 +18,12 @@ AGREEMENT_MS = 2.0
 
 
 def referee_section(
-    series_dir: Path, probe: dict[str, Array], windows: Windows, running_s: float | None
+    series_dir: Path, probe: dict[str, Array], windows: Windows, stop_s: float | None
 ) -> dict[str, Any] | None:
-    """The `outage.capture` section (None when the run made no capture). `running_s`: when
-    the destination ran the VM (s since t0), from which the guest's announcement is looked for."""
+    """The `outage.capture` section (None when the run made no capture). `stop_s`: when the
+    source stopped the VM (s since t0): the guest's first ARP/RARP frame after it is the
+    destination's announcement (QEMU sends it as it starts the VM, a moment before the
+    RESUME event reaches us)."""
     meta = load_meta(series_dir)
     if meta is None:
         return None
@@ -45,9 +47,9 @@ def referee_section(
     both = ~np.isnan(recv) & ~np.isnan(on_wire)
     offset_us = (recv[both] - on_wire[both]) / 1e3
     announce = None
-    if running_s is not None:
+    if stop_s is not None:
         guest = [t for t, mac in zip(wire.announce_ns, wire.announce_mac, strict=True)
-                 if mac == meta.guest_mac and t >= windows.t0_ns + running_s * 1e9]  # fmt: skip
+                 if mac == meta.guest_mac and t >= windows.t0_ns + stop_s * 1e9]  # fmt: skip
         announce = (min(guest) - windows.t0_ns) / 1e9 if guest else None
     differ = probe_ms - wire_ms if probe_ms is not None and wire_ms is not None else None
     return {

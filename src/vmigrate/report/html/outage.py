@@ -85,7 +85,7 @@ def waterfall_svg(waterfall: dict[str, Any]) -> str:
             f'<text x="{LABEL_W - 8}" y="{y + 14}" text-anchor="end">{esc(label)}</text>'
             f'<rect class="wf-bar" x="{left:.1f}" y="{y + 3}" width="{max(right - left, 1.5):.1f}"'
             f' height="{ROW_H - 6}" fill="{colour}"/>'
-            f'<text x="{right + 5:.1f}" y="{y + 14}">+{plain(t - before, 1)} ms</text>'
+            f'<text x="{max(right, left) + 5:.1f}" y="{y + 14}">{t - before:+.1f} ms</text>'
         )
     height = 20 + (len(moments) - 1) * ROW_H + 26
     ticks = []
