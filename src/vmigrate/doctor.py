@@ -201,6 +201,8 @@ def diagnose() -> list[Finding]:
         _tool("rpcbind", "rpcbind"),
         _tool("ip", "iproute2"),
         _tool("tc", "iproute2"),
+        _tool("iptables", "iptables"),
+        _tool("tcpdump", "tcpdump"),
         _file("busybox-static", Path("/bin/busybox"), "busybox-static"),
         _tool("gcc", "gcc libc6-dev"),
         _file(

@@ -25,7 +25,8 @@ def vmigrate(*args: str) -> subprocess.CompletedProcess[str]:
 def test_doctor_finds_everything_on_a_set_up_machine() -> None:
     done = vmigrate("doctor")
     assert done.returncode == 0, done.stdout + done.stderr
-    for check in ("qemu-system-x86_64", "nfs-ganesha VFS backend", "kernel networking", "KVM"):
+    for check in ("qemu-system-x86_64", "nfs-ganesha VFS backend", "kernel networking", "KVM",
+                  "tcpdump", "iptables"):  # fmt: skip
         assert check in done.stdout
 
 
