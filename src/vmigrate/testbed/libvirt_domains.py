@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,16 +39,25 @@ def _undefine(dom: Any, name: str, timeout_s: float) -> None:
         bounded(dom.undefine, timeout_s, f"undefine {name}")
 
 
+@contextlib.contextmanager
+def _listed(uri: str, timeout_s: float) -> Iterator[list[Any]]:
+    """The domains of the daemon at `uri`, over a connection closed afterwards (bounded)."""
+    conn = open_connection(uri, timeout_s)
+    try:
+        yield bounded(lambda: conn.listAllDomains(0), timeout_s, "list domains")
+    finally:
+        with contextlib.suppress(Exception):
+            bounded(conn.close, 2.0, "close")
+
+
 def destroy_domains(uri: str, timeout_s: float = CALL_TIMEOUT_S) -> list[str]:
     """Destroy (and undefine) every domain of the daemon at `uri`; the names of those removed.
 
     Each step is bounded and may fail on its own (logged); a daemon that does not answer
     raises TimeoutError or libvirt.libvirtError, and its QEMUs are left to the namespace sweep.
     """
-    conn = open_connection(uri, timeout_s)
     removed: list[str] = []
-    try:
-        domains = bounded(lambda: conn.listAllDomains(0), timeout_s, "list domains")
+    with _listed(uri, timeout_s) as domains:
         for dom in domains:
             name = "?"
             try:
@@ -61,9 +71,6 @@ def destroy_domains(uri: str, timeout_s: float = CALL_TIMEOUT_S) -> list[str]:
                 removed.append(name)
             except Exception as exc:
                 log.warning("%s: could not remove domain %s: %s", uri, name, exc)
-    finally:
-        with contextlib.suppress(Exception):
-            bounded(conn.close, 2.0, "close")
     return removed
 
 
@@ -73,10 +80,8 @@ def stuck_domains(uri: str, timeout_s: float = CALL_TIMEOUT_S) -> list[str]:
     not go. Running domains are left alone (a killed run's VM, for `testbed recover`).
 
     A daemon that does not answer raises TimeoutError or libvirt.libvirtError."""
-    conn = open_connection(uri, timeout_s)
     stuck: list[str] = []
-    try:
-        domains = bounded(lambda: conn.listAllDomains(0), timeout_s, "list domains")
+    with _listed(uri, timeout_s) as domains:
         for dom in domains:
             name = "?"
             try:
@@ -87,9 +92,6 @@ def stuck_domains(uri: str, timeout_s: float = CALL_TIMEOUT_S) -> list[str]:
             except Exception as exc:
                 log.warning("%s: domain %s will not go: %s", uri, name, exc)
                 stuck.append(name)
-    finally:
-        with contextlib.suppress(Exception):
-            bounded(conn.close, 2.0, "close")
     return stuck
 
 
