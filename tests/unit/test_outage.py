@@ -90,10 +90,23 @@ def test_the_outage_decomposed() -> None:
 def test_the_parts_are_consistent_with_the_whole() -> None:
     reqs, ok = requests()
     out = outage_section(EVENTS, probes(), reqs, ok, WINDOWS, 100.0, 70.0)
-    # The client's outage covers the blackout and the reconvergence (to one probe interval).
-    parts = out["blackout_ms"] + out["reconvergence_ms"]
-    assert out["network_outage_ms"] == pytest.approx(parts, abs=1.0)
+    # The client's outage covers the blackout and the reconvergence, from the last reply (the
+    # echo of the probe sent 1 ms before the stop, 0.8 ms before it) to the first after.
+    assert out["stop_to_last_reply_ms"] == pytest.approx(-0.8, abs=0.01)
+    parts = out["blackout_ms"] + out["reconvergence_ms"] - out["stop_to_last_reply_ms"]
+    assert out["network_outage_ms"] == pytest.approx(parts, abs=0.01)
     assert out["hypervisor_downtime_ms"] <= out["blackout_ms"] <= out["network_outage_ms"]
+
+
+def test_replies_still_leaving_the_source_after_the_stop_shorten_the_client_outage() -> None:
+    reqs, ok = requests()
+    late = probes()
+    queued = (late["send_ns"] >= T0 + 13.99 * S) & (late["send_ns"] < T0 + 14.0 * S)
+    late["recv_ns"][queued] = T0 + 14.006 * S  # the guest's last replies, flushed 6 ms late
+    out = outage_section(EVENTS, late, reqs, ok, WINDOWS, 100.0, 70.0)
+    assert out["stop_to_last_reply_ms"] == pytest.approx(6.0)
+    assert out["network_outage_ms"] == pytest.approx(114.2, abs=0.01)
+    assert out["blackout_ms"] == pytest.approx(100.0)  # the vCPUs' pause is not moved
 
 
 def test_brownout_counts_overlapping_slow_requests_once_and_failed_ones_to_the_end() -> None:

@@ -4,7 +4,9 @@
   hypervisors' events, on our clock);
 - reconvergence: running on the destination → the first probe reply the client receives (the
   guest's announcement reaching the switch, the path to the client);
-- network outage: the longest time the client received no probe reply;
+- network outage: the longest time the client received no probe reply; it is blackout +
+  reconvergence - stop-to-last-reply: the guest's replies made before its vCPUs stopped can
+  still reach the client after the stop (queued in QEMU's network backend: up to 9 ms seen);
 - service outage: the longest time no HTTP response completed;
 - brownout: how long some request of the service was slower than the SLA (or failed);
 - and, when the run captured packets, the probe refereed by the wire (analysis/referee.py);
@@ -133,8 +135,10 @@ def outage_section(
         responses = since_t0(done[request_ok & ~np.isnan(done)]) if len(done) else np.array([])
         moments["first_packet"] = _first_after(list(replies), running)
         moments["first_response"] = _first_after(list(responses), running)
+        first = moments["first_packet"]
+        last_reply = _last_before([t for t in replies if first is None or t < first], running)
     else:
-        moments["first_packet"] = moments["first_response"] = None
+        moments["first_packet"] = moments["first_response"] = last_reply = None
 
     def span_ms(a: str, b: str) -> float | None:
         first, then = moments.get(a), moments.get(b)
@@ -144,6 +148,7 @@ def outage_section(
             else None
         )
 
+    stop = moments["stop"]
     network_ms, _, _, _ = observed_downtime(send_ns, recv_ns, windows.during)
     service_ms, _, _, _ = observed_downtime(
         intended, np.where(request_ok, done, np.nan), windows.during
@@ -151,6 +156,9 @@ def outage_section(
     return {
         "blackout_ms": span_ms("stop", "destination_running"),
         "reconvergence_ms": span_ms("destination_running", "first_packet"),
+        "stop_to_last_reply_ms": finite_or_none((last_reply - stop) * 1000.0)
+        if last_reply is not None and stop is not None
+        else None,
         "network_outage_ms": finite_or_none(network_ms),
         "service_outage_ms": finite_or_none(service_ms),
         "brownout_ms": finite_or_none(brownout_ms(intended, done, request_ok, sla_ms, whole)),
