@@ -32,9 +32,7 @@ def test_the_outage_decomposed_and_the_probe_agrees_with_the_wire(
     assert outage["hypervisor_downtime_ms"] <= outage["blackout_ms"] + 5
     # The client's outage is the switch-over's: it begins at the last reply before it (a reply
     # the guest made before the stop may still arrive after it) and ends at the first after it.
-    parts = (
-        outage["blackout_ms"] + outage["reconvergence_ms"] - outage["stop_to_last_reply_ms"]
-    )
+    parts = outage["blackout_ms"] + outage["reconvergence_ms"] - outage["stop_to_last_reply_ms"]
     assert outage["network_outage_ms"] == pytest.approx(parts, abs=2.0)
     assert outage["service_outage_ms"] is not None and outage["brownout_ms"] is not None
     waterfall = outage["waterfall_s"]
