@@ -190,6 +190,9 @@ EVENTS: list[tuple[float, str, str, dict[str, Any]]] = [
     (COMPLETED + 0.001, "destination", "migration", {"status": "completed"}),
     (RESUMED, "destination", "resumed", {}),
 ]
+# what QEMU calls each kind of event (the backend's own name, kept in result.json)
+QMP_NAMES = {"migration": "MIGRATION", "migration_pass": "MIGRATION_PASS", "stopped": "STOP",
+             "resumed": "RESUME"}  # fmt: skip
 
 
 def _requests(rng: np.random.Generator) -> tuple[Array, Array, Array, Array, list[str]]:
@@ -808,12 +811,22 @@ def make_synthetic_run(path: Path, *, failed_check: bool = False) -> Path:
             "testbed": "vmigrate-synthetic",
             "accel": "tcg",
             "accel_reason": "requested",
+            "backend": "qemu",
             "qemu_version": "7.2.15",
             "guest_kernel": "6.1.0-31-cloud-amd64",
             "guest_image_digest": "sha256:5f0c0ffee0ddba11",
         },
         "outcome": "completed",
         "error": None,
+        "preflight": {  # run with --skip-preflight: no checks, so no estimate (no prediction)
+            "skipped": True,
+            "unsafe_allowed": False,
+            "cpu_model_requested": "qemu64",
+            "cpu_model": "qemu64",
+            "machine": "pc-q35-10.0",
+            "passed": True,
+            "checks": [],
+        },
         "migration": {
             "strategy": "precopy",
             "tls": False,
@@ -829,6 +842,8 @@ def make_synthetic_run(path: Path, *, failed_check: bool = False) -> Path:
             "stall_detected": False,
             "disk_copy_bytes": 0,
             "attempts": 1,
+            "postcopy_pauses": [],
+            "hypervisor_report": {},
             "actions": [],
         },
         "timeline_s": {
@@ -840,7 +855,7 @@ def make_synthetic_run(path: Path, *, failed_check: bool = False) -> Path:
             "after_end": AFTER_END,
         },
         "events": [
-            {"t_s": round(t, 6), "host": host, "event": name, "data": data}
+            {"t_s": round(t, 6), "host": host, "event": name, "name": QMP_NAMES[name], "data": data}
             for t, host, name, data in EVENTS
         ],
         "verification": {

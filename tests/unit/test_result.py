@@ -24,12 +24,14 @@ ENV = {
     "testbed": "t",
     "accel": "tcg",
     "accel_reason": "requested",
+    "backend": "qemu",
     "qemu_version": "7.2.0",
     "guest_kernel": "6.1",
     "guest_image_digest": "abc",
 }
 VERIFIED = {
     "running_on": "destination",
+    "source_state_after": "postmigrate",
     "service_ok_after": True,
     "memory_checksum_ok": True,
     "memory_writes_intact": True,
@@ -66,7 +68,7 @@ def completed_record(t0: int) -> MigrationRecord:
     )
 
 
-def result_of(record: MigrationRecord, t0: int) -> dict[str, Any]:
+def result_of(record: MigrationRecord | None, t0: int) -> dict[str, Any]:
     """The result document of `record`, with fixed environment and verification."""
     return build_result(
         scenario=Scenario(),
