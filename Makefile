@@ -9,13 +9,14 @@ HOPS ?= 50
 SOAK_TESTBED ?= vmsoak
 SOAK_ARGS ?=
 
-.PHONY: help setup host venv image demo test unit integration lint bench soak clean down
+.PHONY: help setup host venv image demo test unit integration lint schema bench soak clean down
 
 help:
 	@echo "make demo   set everything up, run the default experiment end to end"
 	@echo "make test   set everything up, lint, run unit + integration tests"
 	@echo "make setup  system packages, .venv, guest image (idempotent)"
 	@echo "make lint   ruff + mypy (strict on src/)"
+	@echo "make schema docs/result.schema.json from the Result model (src/vmigrate/result)"
 	@echo "make bench  benchmarks (figures, not pass/fail)"
 	@echo "make soak   one web guest migrated back and forth HOPS=$(HOPS) times (testbed $(SOAK_TESTBED))"
 	@echo "make down   remove the default testbed (also after a killed run)"
@@ -43,6 +44,9 @@ lint: venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+
+schema: venv
+	$(BIN)/python -m vmigrate.result.schema
 
 unit: venv
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
