@@ -61,9 +61,9 @@ def outages(repetitions: int = REPETITIONS) -> list[dict[str, Any]]:
         for _ in range(repetitions):
             with tempfile.TemporaryDirectory(prefix="vmigrate-bench-") as tmp:
                 result = run_experiment(scenario, Path(tmp), bed, SilentObserver())
-            outage = dict(result["outage"])
-            during = (result["service"]["latency_ms"] or {}).get("during") or {}
-            outage["p99_during_ms"] = during.get("p99")
+            outage = result.outage.model_dump() if result.outage else {}
+            during = result.service.latency_ms.get("during")
+            outage["p99_during_ms"] = during.p99 if during else None
             found.append(outage)
     finally:
         bed.down()

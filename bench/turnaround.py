@@ -43,19 +43,15 @@ def main() -> None:
                 result = run_experiment(scenario, Path(tmp), bed, SilentObserver())
                 wall = time.monotonic() - t
             walls.append(wall)
-            marks = result["timeline_s"]
-            mig = result["migration"]
+            marks = result.timeline_s
+            mig = result.migration
             table.add_row(
                 str(index + 1),
                 f"{wall:.2f}",
                 f"{marks['guest_ready'] - marks['boot_start']:.2f}",
-                f"{mig['total_time_s']:.3f}"
-                if mig["total_time_s"] is not None
-                else result["outcome"],
-                f"{mig['downtime_reported_ms']:.1f}"
-                if mig["downtime_reported_ms"] is not None
-                else "—",
-                f"{mig['transferred_bytes'] / 2**20:.1f}",
+                f"{mig.total_time_s:.3f}" if mig.total_time_s is not None else result.outcome,
+                f"{mig.downtime_reported_ms:.1f}" if mig.downtime_reported_ms is not None else "—",
+                f"{mig.transferred_bytes / 2**20:.1f}",
             )
     finally:
         bed.down()

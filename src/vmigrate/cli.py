@@ -69,12 +69,14 @@ def _run_scenario(
     from vmigrate.config import load_scenario, validate_scenario
     from vmigrate.experiment import run_experiment
     from vmigrate.hypervisor.cpu import load_catalog
+    from vmigrate.migration.orchestrator import Outcome
     from vmigrate.migration.preflight import check_names
     from vmigrate.own_hosts import run_own_hosts
     from vmigrate.report.terminal import TerminalObserver, summary_table
+    from vmigrate.result import Result
     from vmigrate.testbed.testbed import Testbed
 
-    def body() -> tuple[dict[str, Any], Path]:
+    def body() -> tuple[Result, Path]:
         scenario = (
             load_scenario(path, overrides)
             if path is not None
@@ -107,9 +109,9 @@ def _run_scenario(
             observer.close()
 
     result, out_dir = guarded(body)
-    console.print(summary_table(result))
+    console.print(summary_table(result.model_dump(mode="json")))
     console.print(f"result: {out_dir / 'result.json'}  report: {out_dir / 'report.html'}")
-    if result["outcome"] != "completed":
+    if result.outcome != Outcome.COMPLETED:
         raise typer.Exit(1)
 
 
@@ -210,7 +212,7 @@ def report(
     from vmigrate.report.terminal import summary_table
 
     result, html = guarded(lambda: rebuild(run_dir))
-    console.print(summary_table(result))
+    console.print(summary_table(result.model_dump(mode="json")))
     console.print(f"report: {html}")
 
 

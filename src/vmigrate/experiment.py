@@ -56,7 +56,9 @@ from vmigrate.migration.preflight import Check, Preflight
 from vmigrate.migration.strategy import plan_for
 from vmigrate.placement import Placement
 from vmigrate.report.html.page import render_report
-from vmigrate.report.result import build_result, write_result
+from vmigrate.report.result import build_result
+from vmigrate.result import Result, write_result
+from vmigrate.result.document import Environment, Verification
 from vmigrate.runlog import run_log
 from vmigrate.testbed.testbed import Testbed
 
@@ -226,10 +228,9 @@ class Experiment:
             steps.append(("tearing the testbed down", tear_down_testbed))
         return steps
 
-    async def run(self) -> dict[str, Any]:
+    async def run(self) -> Result:
         """The experiment: boot, load, baseline, migrate, after window, verify; the result."""
         ctx = self.ctx
-        testbed = ctx.testbed
         try:
             async with self.session() as config:
                 self._stop_on_failed_checks()
@@ -238,16 +239,31 @@ class Experiment:
             if isinstance(exc, UsageError):
                 raise
             ctx.error = str(exc)
-        intact = integrity(ctx.before, ctx.after)
-        result = build_result(
+        started = ctx.marks_ns.get("migration_start")
+        recorded = build_result(
             scenario=ctx.scenario,
             record=ctx.record,
             started_at=ctx.started_at,
             t0_ns=ctx.t0_ns,
             marks_ns=ctx.marks_ns,
-            environment={
+            environment=self._environment(),
+            preflight=ctx.preflight.section() if ctx.preflight else None,
+            verification=self._verification(),
+            error=ctx.error,
+            fault=self.injector.section(ctx.t0_ns, started) if self.injector else None,
+        )
+        result = analyze(ctx.out_dir, recorded)
+        write_result(ctx.out_dir, result)
+        render_report(ctx.out_dir)
+        return result
+
+    def _environment(self) -> Environment:
+        """Where and with what this run ran."""
+        ctx = self.ctx
+        return Environment.model_validate(
+            {
                 "tool_version": __version__,
-                "testbed": testbed.name,
+                "testbed": ctx.testbed.name,
                 "accel": ctx.accel,
                 "accel_reason": ctx.accel_reason,
                 "backend": self.hypervisor.backend.value if self.hypervisor else None,
@@ -255,9 +271,15 @@ class Experiment:
                 **{k: v for k, v in ctx.versions.items() if k != "qemu_version"},
                 "guest_kernel": ctx.image.kernel_version if ctx.image else "",
                 "guest_image_digest": ctx.image.digest if ctx.image else "",
-            },
-            preflight=ctx.preflight.as_dict() if ctx.preflight else None,
-            verification={
+            }
+        )
+
+    def _verification(self) -> Verification:
+        """Where the VM runs after the run, and whether the guest's memory and disk are intact."""
+        ctx = self.ctx
+        intact = integrity(ctx.before, ctx.after)
+        return Verification.model_validate(
+            {
                 "running_on": ctx.running_on,
                 "source_state_after": ctx.record.source_state_after if ctx.record else None,
                 "service_ok_after": intact.same_guest,
@@ -272,16 +294,8 @@ class Experiment:
                 "boot_id_after": ctx.after.boot_id,
                 "memory_checksum_before": ctx.before.checksum,
                 "memory_checksum_after": ctx.after.checksum,
-            },
-            error=ctx.error,
+            }
         )
-        if self.injector is not None:
-            started = ctx.marks_ns.get("migration_start")
-            result["fault"] = self.injector.as_dict(ctx.t0_ns, started)
-        result = analyze(ctx.out_dir, result)
-        write_result(ctx.out_dir, result)
-        render_report(ctx.out_dir)
-        return result
 
     async def preflight(self) -> Preflight:
         """Only the checks (`vmigrate preflight`): boot the guest on the source to measure how
@@ -482,7 +496,7 @@ def run_experiment(
     observer: ExperimentObserver,
     skip_preflight: bool = False,
     unsafe: bool = False,
-) -> dict[str, Any]:
+) -> Result:
     """Run one scenario to its result document (also written to out_dir/result.json)."""
     experiment = Experiment(scenario, out_dir, testbed, observer, skip_preflight, unsafe)
     with run_log(out_dir):

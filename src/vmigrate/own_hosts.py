@@ -19,7 +19,6 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 from vmigrate import __version__
@@ -42,7 +41,9 @@ from vmigrate.migration.preflight import Preflight
 from vmigrate.migration.preflight_hosts import own_hosts_preflight
 from vmigrate.migration.strategy import plan_for
 from vmigrate.report.html.page import render_report
-from vmigrate.report.result import build_result, write_result
+from vmigrate.report.result import build_result
+from vmigrate.result import Result, write_result
+from vmigrate.result.document import Environment, Verification
 from vmigrate.runlog import run_log
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class OwnHostsExperiment:
             )
         return source
 
-    async def run(self) -> dict[str, Any]:
+    async def run(self) -> Result:
         """Probe and load the service, baseline, migrate, after window; the result document."""
         record: MigrationRecord | None = None
         running_on = "none"
@@ -153,15 +154,43 @@ class OwnHostsExperiment:
             ]
             steps.append(("closing the libvirt connections", self.hypervisor.close))
             await each(steps, "ending the run")
-        service_ok = await asyncio.to_thread(self._service_answers)
-        versions = await self.hypervisor.versions()
-        result = build_result(
+        verification = Verification.model_validate(
+            {
+                "running_on": running_on,
+                "source_state_after": source_state,
+                "service_ok_after": await asyncio.to_thread(self._service_answers),
+                # Without vmigrate's guest agent nothing inside the guest can be checked.
+                "memory_checksum_ok": None,
+                "memory_writes_intact": None,
+                "working_set_pages_checked": 0,
+                "working_set_pages_mismatched": None,
+                "disk_checksum_ok": None,
+                "disk_blocks_checked": 0,
+                "disk_blocks_mismatched": None,
+            }
+        )
+        recorded = build_result(
             scenario=self.scenario,
             record=record,
             started_at=self.started_at,
             t0_ns=self.t0_ns,
             marks_ns=self.marks_ns,
-            environment={
+            environment=await self._environment(),
+            verification=verification,
+            error=error,
+            preflight=self.preflight.section() if self.preflight else None,
+            files={"vmigrate_log": "vmigrate.log"},
+        )
+        result = analyze(self.out_dir, recorded)
+        write_result(self.out_dir, result)
+        render_report(self.out_dir)
+        return result
+
+    async def _environment(self) -> Environment:
+        """The hypervisors' versions and where the resource figures come from."""
+        versions = await self.hypervisor.versions()
+        return Environment.model_validate(
+            {
                 "tool_version": __version__,
                 "testbed": "",
                 "accel": "",
@@ -174,28 +203,8 @@ class OwnHostsExperiment:
                 "source_uri": self.scenario.hosts.source_uri,
                 "destination_uri": self.scenario.hosts.destination_uri,
                 "resources_measured": self._resources_measured(),
-            },
-            verification={
-                "running_on": running_on,
-                "source_state_after": source_state,
-                "service_ok_after": service_ok,
-                # Without vmigrate's guest agent nothing inside the guest can be checked.
-                "memory_checksum_ok": None,
-                "memory_writes_intact": None,
-                "working_set_pages_checked": 0,
-                "working_set_pages_mismatched": None,
-                "disk_checksum_ok": None,
-                "disk_blocks_checked": 0,
-                "disk_blocks_mismatched": None,
-            },
-            error=error,
-            preflight=self.preflight.as_dict() if self.preflight else None,
+            }
         )
-        result["files"] = {"vmigrate_log": "vmigrate.log"}
-        result = analyze(self.out_dir, result)
-        write_result(self.out_dir, result)
-        render_report(self.out_dir)
-        return result
 
     async def _preflight(self, source: LibvirtDomain) -> None:
         """libvirt's word on CPU, memory and cache mode; a failure stops the run before
@@ -329,7 +338,7 @@ def run_own_hosts(
     skip_preflight: bool = False,
     unsafe: bool = False,
     undefine_source: bool = False,
-) -> dict[str, Any]:
+) -> Result:
     """Run a scenario on the user's own hosts to its result document (also in result.json);
     `undefine_source`: a completed migration also removes the domain's definition on the
     source (libvirt's --undefinesource); without it the source keeps it, shut off."""
@@ -338,6 +347,6 @@ def run_own_hosts(
             scenario, out_dir, observer, skip_preflight, unsafe, undefine_source
         )
         result = asyncio.run(experiment.run())
-    if result["outcome"] == Outcome.COMPLETED.value:
+    if result.outcome == Outcome.COMPLETED:
         log.info("the domain runs on the destination now")
     return result

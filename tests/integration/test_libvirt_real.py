@@ -27,7 +27,7 @@ def test_the_libvirt_example_gets_the_whole_bill(testbed: Testbed, tmp_path: Pat
         EXAMPLES / "libvirt.toml",
         ["vm.accel=tcg", "phases.warmup_s=1", "phases.baseline_s=2", "phases.after_s=2"],
     )
-    result = run_experiment(scenario, tmp_path, testbed, SilentObserver())
+    result = run_experiment(scenario, tmp_path, testbed, SilentObserver()).model_dump(mode="json")
     jsonschema.validate(result, SCHEMA)
     assert_moved(result, tmp_path)
     env = result["environment"]
@@ -114,7 +114,7 @@ def test_killing_the_destination_daemon_leaves_the_vm_on_the_source(
     )
     observer = KillsTheDestinationDaemon(testbed)
     try:
-        result = run_experiment(scenario, tmp_path, testbed, observer)
+        result = run_experiment(scenario, tmp_path, testbed, observer).model_dump(mode="json")
     finally:
         testbed.shape(1000)
     assert observer.killed_pid is not None

@@ -19,7 +19,7 @@ QUICK = {"phases": {"warmup_s": 1, "baseline_s": 1, "after_s": 1}}
 
 def run(testbed: Testbed, out: Path, **sections: Any) -> dict[str, Any]:
     scenario = validate_scenario({**QUICK, "vm": {"accel": "tcg"}, **sections})
-    result = run_experiment(scenario, out, testbed, SilentObserver())
+    result = run_experiment(scenario, out, testbed, SilentObserver()).model_dump(mode="json")
     jsonschema.validate(result, SCHEMA)
     assert json.loads((out / "result.json").read_text()) == result
     return result

@@ -39,7 +39,7 @@ def run(testbed: Testbed, out: Path, **options: Any) -> dict[str, Any]:
         SilentObserver(),
         skip_preflight=options.get("skip_preflight", False),
         unsafe=options.get("unsafe", False),
-    )
+    ).model_dump(mode="json")
     jsonschema.validate(result, SCHEMA)
     return result
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_result import completed_record, result_of
 
+from vmigrate.analysis import analyze
 from vmigrate.analysis.checks import consistency_checks
 from vmigrate.analysis.migration import data_section, phases_section
 from vmigrate.analysis.resources import cpu_split, host_section, table
 from vmigrate.analysis.service import nearest_rank, observed_downtime, service_section
 from vmigrate.analysis.windows import Windows, counter_delta
+from vmigrate.result import Result
+from vmigrate.result.base import WindowFigures
+from vmigrate.result.document import Event
 
 S = 1_000_000_000  # ns per second
 T0 = 1_000 * S
@@ -88,23 +95,24 @@ def test_latency_windows_errors_and_sla() -> None:
         1.0,
         100.0,
     )
-    lat = service["latency_ms"]
-    assert lat["baseline"]["p50"] == pytest.approx(2.0)
-    assert lat["baseline"]["max"] == pytest.approx(2.0)
-    assert lat["during"]["max"] == pytest.approx(300.0)
-    assert lat["during"]["p99"] == pytest.approx(300.0)  # 50 of 1000 requests are slow
-    assert lat["during"]["p90"] == pytest.approx(2.0)
-    assert service["requests"] == {
+    baseline, during = service.latency_ms["baseline"], service.latency_ms["during"]
+    assert baseline is not None and during is not None
+    assert baseline.p50 == pytest.approx(2.0)
+    assert baseline.max == pytest.approx(2.0)
+    assert during.max == pytest.approx(300.0)
+    assert during.p99 == pytest.approx(300.0)  # 50 of 1000 requests are slow
+    assert during.p90 == pytest.approx(2.0)
+    assert service.requests.model_dump() == {
         "sent": 3000,
         "ok": 2999,
         "errors": 0,
         "timeouts": 1,
         "failed_during": 1,
     }
-    assert service["sla_violations"]["over_sla"] == 51  # 50 slow + 1 timed out at 20.0 s
-    assert service["sla_violations"]["baseline_p99_ms"] == pytest.approx(2.0)
-    assert service["throughput_rps"]["baseline"] == pytest.approx(100.0, rel=0.01)
-    assert service["histograms"]["during"]
+    assert service.sla_violations.over_sla == 51  # 50 slow + 1 timed out at 20.0 s
+    assert service.sla_violations.baseline_p99_ms == pytest.approx(2.0)
+    assert service.throughput_rps["baseline"] == pytest.approx(100.0, rel=0.01)
+    assert service.histograms["during"]
 
 
 def cpu_rows(
@@ -139,15 +147,15 @@ def as_table(rows: dict[str, list[object]]) -> dict[str, np.ndarray]:
 def test_a_cpu_rate_step_gives_the_known_extra_cpu_seconds() -> None:
     # 0.25 CPU-s/s in the baseline, 0.75 during 10 s of migration: 5 extra CPU-seconds.
     host = host_section(as_table(cpu_rows(42, "source", 0.25, 0.75)), {}, {}, WINDOWS, 200.0)
-    cpu = host["cpu_seconds"]
-    assert cpu["baseline_rate"] == pytest.approx(0.25, abs=0.01)
-    assert cpu["during"] == pytest.approx(7.5, abs=0.2)
-    assert cpu["extra"] == pytest.approx(5.0, abs=0.2)
-    assert host["cpu_pct_peak"] == pytest.approx(75.0, abs=1.0)
+    cpu = host.cpu_seconds
+    assert cpu.baseline_rate == pytest.approx(0.25, abs=0.01)
+    assert cpu.during == pytest.approx(7.5, abs=0.2)
+    assert cpu.extra == pytest.approx(5.0, abs=0.2)
+    assert host.cpu_pct_peak == pytest.approx(75.0, abs=1.0)
     # Steady 1 MB/s of disk writes costs nothing extra.
-    assert host["disk_write_bytes"]["during"] == pytest.approx(10e6, abs=1.1e6)
-    assert host["disk_write_bytes"]["extra"] == pytest.approx(0.0, abs=1.1e6)
-    assert host["rss_bytes"] == {"before": 100e6, "peak": 150e6, "after": 150e6}
+    assert host.disk_write_bytes.during == pytest.approx(10e6, abs=1.1e6)
+    assert host.disk_write_bytes.extra == pytest.approx(0.0, abs=1.1e6)
+    assert host.rss_bytes.model_dump() == {"before": 100e6, "peak": 150e6, "after": 150e6}
 
 
 def test_a_process_that_starts_during_the_migration_counts_from_zero() -> None:
@@ -157,9 +165,9 @@ def test_a_process_that_starts_during_the_migration_counts_from_zero() -> None:
     late["cpu_s"] = [float(c) - 6.0 for c in late["cpu_s"]]  # type: ignore[arg-type]
     host = host_section(as_table(late), {}, {}, WINDOWS, 200.0)
     # It used 0.5 CPU-s/s from 12 s: 4 s of it inside the window; no baseline.
-    assert host["cpu_seconds"]["during"] == pytest.approx(4.0, abs=0.15)
-    assert host["cpu_seconds"]["baseline_rate"] == 0.0
-    assert host["rss_bytes"]["before"] == 0.0
+    assert host.cpu_seconds.during == pytest.approx(4.0, abs=0.15)
+    assert host.cpu_seconds.baseline_rate == 0.0
+    assert host.rss_bytes.before == 0.0
 
 
 def test_counter_delta_rounds_the_window_outward() -> None:
@@ -171,13 +179,16 @@ def test_counter_delta_rounds_the_window_outward() -> None:
 
 def test_phases_from_events() -> None:
     events = [
-        {"t_s": 10.5, "host": "source", "event": "migration_pass", "data": {"pass": 1}},
-        {"t_s": 12.0, "host": "source", "event": "migration_pass", "data": {"pass": 2}},
-        {"t_s": 13.0, "host": "source", "event": "stopped", "data": {}},
-        {"t_s": 13.1, "host": "source", "event": "migration", "data": {"status": "completed"}},
-        {"t_s": 13.2, "host": "destination", "event": "resumed", "data": {}},
+        Event.model_validate({"name": "", **e})
+        for e in (
+            {"t_s": 10.5, "host": "source", "event": "migration_pass", "data": {"pass": 1}},
+            {"t_s": 12.0, "host": "source", "event": "migration_pass", "data": {"pass": 2}},
+            {"t_s": 13.0, "host": "source", "event": "stopped", "data": {}},
+            {"t_s": 13.1, "host": "source", "event": "migration", "data": {"status": "completed"}},
+            {"t_s": 13.2, "host": "destination", "event": "resumed", "data": {}},
+        )
     ]
-    phases = phases_section(events, WINDOWS)
+    phases = phases_section(events, WINDOWS).model_dump(mode="json")
     assert phases["iterations"] == [{"pass": 1, "t_s": 0.5}, {"pass": 2, "t_s": 2.0}]
     assert phases["stop_and_copy_s"] == pytest.approx(3.0)
     assert phases["completion_s"] == pytest.approx(3.1)
@@ -192,9 +203,9 @@ def test_data_and_amplification() -> None:
         "iterations": np.array([1.0, 2.0, 5.0]),
     }
     data = data_section(progress, 512 * 1024 * 1024)
-    assert data["amplification_ratio"] == pytest.approx(2.0, abs=0.001)
-    assert data["iterations"] == 5
-    assert data["dirty_rate_mib_s"] == {"mean": 10.0, "peak": 20.0}
+    assert data.amplification_ratio == pytest.approx(2.0, abs=0.001)
+    assert data.iterations == 5
+    assert data.dirty_rate_mib_s.model_dump() == {"mean": 10.0, "peak": 20.0}
 
 
 def test_a_restarted_migration_counts_every_attempt() -> None:
@@ -205,34 +216,36 @@ def test_a_restarted_migration_counts_every_attempt() -> None:
         "attempt": np.array([1.0, 1.0, 1.0, 2.0, 2.0, 2.0]),
     }
     data = data_section(progress, 700 * 1024 * 1024)
-    assert data["transferred_bytes"] == 700 * 1024 * 1024
-    assert data["iterations"] == 7
-    assert data["amplification_ratio"] == 1.0
+    assert data.transferred_bytes == 700 * 1024 * 1024
+    assert data.iterations == 7
+    assert data.amplification_ratio == 1.0
 
 
 def result_for_checks(
     tx: float, observed: float, reported: float, total_s: float, off_wire_ms: float = 0.4
-) -> dict[str, object]:
-    return {
-        "outage": {"capture": {"probe_minus_capture_ms": off_wire_ms}},
-        "scenario": {"network": {"bandwidth_mbit": 1000.0}},
-        "migration": {
-            "transferred_bytes": 100_000_000,
-            "downtime_reported_ms": reported,
-            "total_time_s": total_s,
-        },
-        "service": {
-            "observed_downtime_ms": observed,
-            "probe_interval_ms": 1.0,
-            "probe_replies_after_migration": 10,
-        },
-        "resources": {"hosts": {"source": {"net_tx_bytes": {"during": tx}}}},
-    }
+) -> Result:
+    """A completed run's result (on a 1000 Mbit/s link) with the figures the checks compare."""
+    t0 = 1_000 * S
+    document = analyze(Path("/nonexistent-run"), result_of(completed_record(t0), t0)).model_dump()
+    document["migration"].update(
+        transferred_bytes=100_000_000, downtime_reported_ms=reported, total_time_s=total_s
+    )
+    document["service"].update(
+        observed_downtime_ms=observed, probe_interval_ms=1.0, probe_replies_after_migration=10
+    )
+    document["resources"]["hosts"]["source"]["net_tx_bytes"]["during"] = tx
+    document["outage"]["capture"] = {
+        "network_outage_ms": 60.0, "network_outage_start_s": 1.0,
+        "probe_minus_capture_ms": off_wire_ms, "replies_on_wire": 100, "replies_probe_missed": 0,
+        "replies_not_on_wire": 0, "receive_offset_us": {"median": 5.0, "max_abs": 20.0},
+        "kernel_dropped": 0, "guest_announce_s": None, "error": None,
+    }  # fmt: skip
+    return Result.model_validate(document)
 
 
 def test_consistent_figures_pass_every_check() -> None:
-    checks = consistency_checks(result_for_checks(1.05e8, 60.0, 57.0, 1.0))  # type: ignore[arg-type]
-    assert [c["ok"] for c in checks] == [True, True, True, True, True]
+    checks = consistency_checks(result_for_checks(1.05e8, 60.0, 57.0, 1.0))
+    assert [c.ok for c in checks] == [True, True, True, True, True]
 
 
 @pytest.mark.parametrize(
@@ -245,8 +258,8 @@ def test_consistent_figures_pass_every_check() -> None:
     ],
 )
 def test_each_inconsistency_is_caught(args: tuple[float, ...], failing: str) -> None:
-    checks = consistency_checks(result_for_checks(*args))  # type: ignore[arg-type]
-    assert [c["name"] for c in checks if c["ok"] is False] == [failing]
+    checks = consistency_checks(result_for_checks(*args))
+    assert [c.name for c in checks if c.ok is False] == [failing]
 
 
 @pytest.mark.parametrize(
@@ -261,19 +274,19 @@ def test_the_downtime_floor_is_the_vcpus_pause_when_the_events_show_a_shorter_on
     observed: float, reported: float, stop_s: float | None, resume_s: float | None, ok: bool
 ) -> None:
     result = result_for_checks(1.05e8, observed, reported, 1.0)
-    result["phases"] = {"stop_and_copy_s": stop_s, "resume_on_destination_s": resume_s}
-    checks = {c["name"]: c for c in consistency_checks(result)}  # type: ignore[arg-type]
-    assert checks["observed_downtime_covers_reported"]["ok"] is ok
+    result.phases.stop_and_copy_s, result.phases.resume_on_destination_s = stop_s, resume_s
+    checks = {c.name: c for c in consistency_checks(result)}
+    assert checks["observed_downtime_covers_reported"].ok is ok
 
 
 def test_the_cpu_split_puts_the_guests_pause_beside_the_migrations_work() -> None:
     # A cold migration: the host's total fell (the guest's vCPUs stopped: -1.5 CPU-s) while the
     # migration's own threads worked (+0.7): the headline is the work, not the sum (-0.8).
-    total = {"during": 2.0, "extra": -0.8, "baseline_rate": 0.5}
-    split = cpu_split(total, {"during": 0.5, "extra": -1.5})
-    assert split["migration_cpu_seconds"] == {"during": 1.5, "extra": 0.7}
-    assert split["vcpu_cpu_seconds"] == {"during": 0.5, "extra": -1.5}
+    total = WindowFigures(during=2.0, extra=-0.8)
+    work, vcpu = cpu_split(total, WindowFigures(during=0.5, extra=-1.5))
+    assert work == WindowFigures(during=1.5, extra=0.7)
+    assert vcpu == WindowFigures(during=0.5, extra=-1.5)
     # A host without a VM (the storage host): all of it is the migration's.
-    assert cpu_split(total, None)["migration_cpu_seconds"] == {"during": 2.0, "extra": -0.8}
-    assert cpu_split({"during": None, "extra": None}, None)["migration_cpu_seconds"] == {
-        "during": None, "extra": None}  # fmt: skip
+    assert cpu_split(total, None)[0] == WindowFigures(during=2.0, extra=-0.8)
+    unsampled = WindowFigures(during=None, extra=None)
+    assert cpu_split(unsampled, None)[0] == unsampled

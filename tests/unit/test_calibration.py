@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from test_result import completed_document, preflight_with
 from typer.testing import CliRunner
 
 from vmigrate.cli import app
@@ -61,34 +63,29 @@ def test_the_fit_finds_the_constants_that_made_the_runs() -> None:
     assert score(runs, fitted) < 0.05
 
 
-def result_json(outcome: str, total_s: float) -> dict[str, object]:
-    return {
-        "outcome": outcome,
-        "preflight": {
-            "checks": [
-                {
-                    "name": "estimate",
-                    "figures": {
-                        "model": "precopy",
-                        "memory_bytes": 256 * MIB,
-                        "dirty_rate_mib_s": 0.0,
-                        "bandwidth_mib_s": 100.0,
-                        "downtime_limit_ms": 300,
-                    },
-                }
-            ]
-        },
-        "migration": {
-            "total_time_s": total_s,
-            "transferred_bytes": 256 * MIB,
-            "downtime_reported_ms": 20.0,
-            "iterations": 3,
-        },
-        "data": {"downtime_bytes": 1 * MIB},
-    }
+def result_json(outcome: str, total_s: float) -> dict[str, Any]:
+    document = completed_document()
+    document["outcome"] = outcome
+    document["preflight"] = preflight_with(
+        estimate={
+            "model": "precopy",
+            "memory_bytes": 256 * MIB,
+            "dirty_rate_mib_s": 0.0,
+            "bandwidth_mib_s": 100.0,
+            "downtime_limit_ms": 300,
+        }
+    )
+    document["migration"].update(
+        total_time_s=total_s,
+        transferred_bytes=256 * MIB,
+        downtime_reported_ms=20.0,
+        iterations=3,
+    )
+    document["data"]["downtime_bytes"] = 1 * MIB
+    return document
 
 
-def sweep_dir(path: Path, results: dict[str, dict[str, object]]) -> Path:
+def sweep_dir(path: Path, results: dict[str, dict[str, Any]]) -> Path:
     for name, result in results.items():
         (path / "runs" / name).mkdir(parents=True)
         (path / "runs" / name / "result.json").write_text(json.dumps(result))
@@ -102,7 +99,7 @@ def test_only_completed_runs_with_an_estimate_are_observations(tmp_path: Path) -
             {
                 "a": result_json("completed", 3.2),
                 "b": result_json("failed", 9.0),
-                "c": {"outcome": "completed", "migration": {}},
+                "c": {"outcome": "completed", "migration": {}},  # not a result: left out
             },
         )
     )

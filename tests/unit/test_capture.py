@@ -26,6 +26,7 @@ from vmigrate.measure.capture import (
     start_capture,
 )
 from vmigrate.measure.client import build_client, read_probe, start_probe
+from vmigrate.result.outage import Capture
 
 pytestmark = pytest.mark.timeout(120)
 GUEST, CLIENT = "10.241.0.100", "10.241.0.4"
@@ -95,12 +96,12 @@ def test_the_referee_measures_the_outage_on_the_wire(tmp_path: Path) -> None:
     windows = Windows.from_marks(0, {"baseline_start": 0.0, "migration_start": 0.1,
                                      "migration_end": 0.9, "after_end": 1.0})  # fmt: skip
     ref = referee_section(series, probe, windows, stop_s=0.4)
-    assert ref is not None
-    assert ref["network_outage_ms"] == pytest.approx(101.0)
-    assert ref["probe_minus_capture_ms"] == pytest.approx(0.0, abs=1e-6)
-    assert ref["receive_offset_us"] == {"median": 30.0, "max_abs": 30.0}
-    assert ref["replies_on_wire"] == 900 and ref["replies_probe_missed"] == 0
-    assert ref["guest_announce_s"] == pytest.approx(0.48)
+    assert isinstance(ref, Capture)
+    assert ref.network_outage_ms == pytest.approx(101.0)
+    assert ref.probe_minus_capture_ms == pytest.approx(0.0, abs=1e-6)
+    assert ref.receive_offset_us.model_dump() == {"median": 30.0, "max_abs": 30.0}
+    assert ref.replies_on_wire == 900 and ref.replies_probe_missed == 0
+    assert ref.guest_announce_s == pytest.approx(0.48)
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from test_result import completed_document, preflight_with
 
 from vmigrate.analysis.prediction import prediction_section
 from vmigrate.migration.estimate import ModelConstants, postcopy_estimate, precopy_estimate
+from vmigrate.result import Result
 
 MIB = 1024 * 1024
 
@@ -49,18 +51,14 @@ def test_postcopy_pauses_only_for_the_device_state() -> None:
     assert est.transferred_bytes == pytest.approx(202 * MIB)
 
 
-def result_with(outcome: str, figures: dict[str, Any] | None) -> dict[str, Any]:
-    checks = [{"name": "estimate", "figures": figures}] if figures else []
-    return {
-        "outcome": outcome,
-        "preflight": {"checks": [{"name": "cpu", "figures": {}}, *checks]},
-        "migration": {
-            "total_time_s": 2.0,
-            "iterations": 4,
-            "downtime_reported_ms": 80.0,
-            "transferred_bytes": 400 * MIB,
-        },
-    }
+def result_with(outcome: str, figures: dict[str, Any] | None) -> Result:
+    document = completed_document()
+    document["outcome"] = outcome
+    document["preflight"] = preflight_with(cpu={}, **({"estimate": figures} if figures else {}))
+    document["migration"].update(
+        total_time_s=2.0, iterations=4, downtime_reported_ms=80.0, transferred_bytes=400 * MIB
+    )
+    return Result.model_validate(document)
 
 
 FIGURES = {
@@ -75,9 +73,9 @@ FIGURES = {
 def test_the_prediction_beside_what_happened() -> None:
     section = prediction_section(result_with("completed", FIGURES))
     assert section is not None
-    assert section["calibrated_runs"] == 12 and section["inputs"]["dirty_rate_mib_s"] == 5.0
-    assert section["predicted"]["total_time_s"] == 2.2 and section["actual"]["iterations"] == 4
-    assert section["error"] == {
+    assert section.calibrated_runs == 12 and section.inputs.dirty_rate_mib_s == 5.0
+    assert section.predicted.total_time_s == 2.2 and section.actual.iterations == 4
+    assert section.error.model_dump() == {
         "total_time_pct": pytest.approx(10.0),
         "transferred_pct": pytest.approx(-5.0),
         "downtime_ms": pytest.approx(15.0),
@@ -87,5 +85,5 @@ def test_the_prediction_beside_what_happened() -> None:
 
 def test_no_error_for_a_failed_migration_and_no_section_without_an_estimate() -> None:
     failed = prediction_section(result_with("failed", FIGURES))
-    assert failed is not None and set(failed["error"].values()) == {None}
+    assert failed is not None and set(failed.error.model_dump().values()) == {None}
     assert prediction_section(result_with("completed", None)) is None

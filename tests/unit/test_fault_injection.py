@@ -62,8 +62,8 @@ def test_the_injector_fires_once_when_due_and_undoes_after_the_duration(
     injector.close()  # already undone: not twice
     assert done == ["cut", "mend"]
     assert seen == [0.1, 0.2, 0.3]  # every poll passed on
-    record = injector.as_dict(0, 0)
-    assert record["injected"] and record["actions"] == ["fault: cut", "fault undone: mend"]
+    record = injector.section(0, 0)
+    assert record.injected and record.actions == ["fault: cut", "fault undone: mend"]
 
 
 def test_close_undoes_a_fault_still_in_effect_and_a_failed_injection_is_said(
@@ -80,5 +80,5 @@ def test_close_undoes_a_fault_still_in_effect_and_a_failed_injection_is_said(
     assert done == ["mend"]
     missing = FaultInjector(FaultSpec(kind="kill-destination", at="0s"), targets, None)
     missing.migration_progress(0.0, stats(0, 1))
-    assert missing.as_dict(0, 0)["injected"] is False
+    assert missing.section(0, 0).injected is False
     assert "no destination process to send SIGKILL to" in (missing.error or "")

@@ -28,8 +28,8 @@ def same_text(document: dict[str, Any]) -> None:
 
 def test_a_produced_document_round_trips_exactly(tmp_path: Path) -> None:
     t0 = time.monotonic_ns()
-    same_text(analyze(tmp_path, result_of(completed_record(t0), t0)))
-    same_text(analyze(tmp_path, result_of(None, 0)))
+    same_text(analyze(tmp_path, result_of(completed_record(t0), t0)).model_dump(mode="json"))
+    same_text(analyze(tmp_path, result_of(None, 0)).model_dump(mode="json"))
 
 
 def test_the_synthetic_run_loads_with_typed_sections(tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_the_synthetic_run_loads_with_typed_sections(tmp_path: Path) -> None:
 
 def test_a_capture_that_could_not_be_read_keeps_its_one_key(tmp_path: Path) -> None:
     t0 = time.monotonic_ns()
-    document = analyze(tmp_path, result_of(completed_record(t0), t0))
+    document = analyze(tmp_path, result_of(completed_record(t0), t0)).model_dump(mode="json")
     document["outage"]["capture"] = {"error": "truncated pcap"}
     outage = Result.model_validate(document).outage
     assert outage is not None and isinstance(outage.capture, CaptureFailure)

@@ -4,7 +4,6 @@ is tested) without any VM, and `vmigrate report RUN` can redo it from a run dire
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from vmigrate.analysis.checks import consistency_checks
 from vmigrate.analysis.fault import fault_effect
@@ -16,54 +15,65 @@ from vmigrate.analysis.resources import resources_section, table
 from vmigrate.analysis.service import answered, service_section
 from vmigrate.analysis.windows import Windows
 from vmigrate.measure.recorder import SERIES_DIR, load_series
+from vmigrate.result.document import Recorded, Result
+from vmigrate.result.outage import Outage
 
 
-def analyze(run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
-    """`result` (its scenario, timeline, events, migration figures) plus the sections computed
-    from RUN/series (and the prediction): phases, service, outage, resources, data, prediction,
-    checks."""
-    scenario = result["scenario"]
-    windows = Windows.from_marks(result["clock"]["t0_ns"], result["timeline_s"])
+def analyze(run_dir: Path, recorded: Recorded) -> Result:
+    """`recorded` (its scenario, timeline, events, migration figures) completed with the
+    sections computed from RUN/series (and the prediction): phases, service, outage,
+    resources, data, prediction, checks. A whole `Result` may be given: its analysed sections
+    are computed anew."""
+    scenario = recorded.scenario
+    windows = Windows.from_marks(recorded.clock.t0_ns, recorded.timeline_s)
     probe, _ = load_series(run_dir, "probe")
     requests, request_text = load_series(run_dir, "requests")
     progress, _ = load_series(run_dir, "migration")
     series = {
         name: table(*load_series(run_dir, name)) for name in ("processes", "threads", "links")
     }
-    analysed = dict(result)
-    analysed["phases"] = phases_section(result["events"], windows)
-    analysed["service"] = service_section(
+    errors = request_text.get("error", [])
+    # analysis/outage.py reads events and the capture as plain dicts
+    events = [event.model_dump() for event in recorded.events]
+    stop_s = switchover_moments(events)["stop"]
+    capture = referee_section(run_dir / SERIES_DIR, probe, windows, stop_s)
+    outage = outage_section(
+        events,
         probe,
         requests,
-        request_text.get("error", []),
-        windows,
-        scenario["load"]["probe_interval_ms"],
-        scenario["load"]["sla_ms"],
-    )
-    stop_s = switchover_moments(result["events"])["stop"]
-    analysed["outage"] = outage_section(
-        result["events"],
-        probe,
-        requests,
-        answered(requests, request_text.get("error", [])),
+        answered(requests, errors),
         windows,
         scenario["load"]["sla_ms"],
-        result["migration"].get("downtime_reported_ms"),
-        referee_section(run_dir / SERIES_DIR, probe, windows, stop_s),
+        recorded.migration.downtime_reported_ms,
+        capture.model_dump() if capture is not None else None,
     )
-    analysed["resources"] = resources_section(
-        series["processes"],
-        series["threads"],
-        series["links"],
-        windows,
-        scenario["measure"]["resource_interval_ms"],
+    kept = {name: getattr(recorded, name) for name in Recorded.model_fields}
+    if recorded.fault is not None:
+        kept["fault"] = fault_effect(recorded.fault, recorded.verification, probe, windows)
+    else:
+        del kept["fault"]  # absent without one
+    result = Result(
+        **kept,
+        phases=phases_section(recorded.events, windows),
+        service=service_section(
+            probe,
+            requests,
+            errors,
+            windows,
+            scenario["load"]["probe_interval_ms"],
+            scenario["load"]["sla_ms"],
+        ),
+        outage=Outage.model_validate(outage),
+        resources=resources_section(
+            series["processes"],
+            series["threads"],
+            series["links"],
+            windows,
+            scenario["measure"]["resource_interval_ms"],
+        ),
+        data=data_section(progress, recorded.migration.guest_ram_bytes),
+        prediction=prediction_section(recorded),
+        checks=[],
     )
-    analysed["data"] = data_section(progress, result["migration"]["guest_ram_bytes"])
-    if "fault" in result:
-        analysed["fault"] = {
-            **result["fault"],
-            **fault_effect(result["fault"], result["verification"], probe, windows),
-        }
-    analysed["prediction"] = prediction_section(result)
-    analysed["checks"] = consistency_checks(analysed)
-    return analysed
+    result.checks = consistency_checks(result)
+    return result

@@ -6,23 +6,26 @@ from __future__ import annotations
 from typing import Any
 
 from vmigrate.analysis.referee import AGREEMENT_MS
+from vmigrate.result.checks import ConsistencyCheck
+from vmigrate.result.document import Result
+from vmigrate.result.outage import Capture
 
 LINK_TOLERANCE = 1.02  # tbf lets a burst of a few ms through above the rate
 
 
-def check(name: str, ok: bool | None, detail: str, **figures: Any) -> dict[str, Any]:
-    return {"name": name, "ok": ok, "detail": detail, "figures": figures}
+def check(name: str, ok: bool | None, detail: str, **figures: Any) -> ConsistencyCheck:
+    return ConsistencyCheck(name=name, ok=ok, detail=detail, figures=figures)
 
 
-def consistency_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
+def consistency_checks(result: Result) -> list[ConsistencyCheck]:
     """The checks of one run, from its result sections."""
-    mig = result["migration"]
-    service = result["service"]
-    source = result["resources"]["hosts"].get("source", {})
-    transferred = mig.get("transferred_bytes") or 0
+    mig = result.migration
+    service = result.service
+    source = result.resources.hosts.get("source")
+    transferred = mig.transferred_bytes
     checks = []
 
-    tx = source.get("net_tx_bytes", {}).get("during")
+    tx = source.net_tx_bytes.during if source else None
     checks.append(
         check(
             "source_uplink_carried_the_migration",
@@ -33,14 +36,13 @@ def consistency_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
         )
     )
 
-    observed = service.get("observed_downtime_ms")
-    reported = mig.get("downtime_reported_ms")
-    interval = service.get("probe_interval_ms")
+    observed = service.observed_downtime_ms
+    reported = mig.downtime_reported_ms
+    interval = service.probe_interval_ms
     # The vCPUs' own pause, from the hypervisor's events (stopped on the source → resumed on
     # the destination). A backend's "downtime" can exceed it by its bookkeeping (libvirt times
     # its own handling of both events), so the lower bound is the smaller of the two.
-    phases = result.get("phases", {})
-    stop_s, resume_s = phases.get("stop_and_copy_s"), phases.get("resume_on_destination_s")
+    stop_s, resume_s = result.phases.stop_and_copy_s, result.phases.resume_on_destination_s
     paused = (resume_s - stop_s) * 1000 if stop_s is not None and resume_s is not None else None
     floor = reported if paused is None or reported is None else min(reported, paused)
     checks.append(
@@ -56,8 +58,8 @@ def consistency_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
         )
     )
 
-    total_s = mig.get("total_time_s")
-    link_mbit = result["scenario"]["network"]["bandwidth_mbit"]
+    total_s = mig.total_time_s
+    link_mbit = result.scenario["network"]["bandwidth_mbit"]
     rate = transferred * 8 / total_s / 1e6 if total_s else None
     checks.append(
         check(
@@ -70,19 +72,20 @@ def consistency_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
         )
     )
 
-    capture = result.get("outage", {}).get("capture") or {}
-    differ = capture.get("probe_minus_capture_ms")
+    capture = result.outage.capture if result.outage else None
+    wire = capture if isinstance(capture, Capture) else None
+    differ = wire.probe_minus_capture_ms if wire else None
     checks.append(
         check(
             "probe_agrees_with_capture",
             None if differ is None else abs(differ) <= AGREEMENT_MS,
             f"the probe's network outage is the packet capture's, within ±{AGREEMENT_MS:g} ms",
             probe_minus_capture_ms=differ,
-            capture_network_outage_ms=capture.get("network_outage_ms"),
+            capture_network_outage_ms=wire.network_outage_ms if wire else None,
         )
     )
 
-    after = result["service"].get("probe_replies_after_migration")
+    after = service.probe_replies_after_migration
     checks.append(
         check(
             "service_reachable_after_migration",

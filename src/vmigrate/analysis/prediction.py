@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from vmigrate.analysis.windows import finite_or_none
+from vmigrate.result.document import Recorded
+from vmigrate.result.prediction import Figures, Prediction, PredictionError, PredictionInputs
 
 #: predicted figure in the estimate check → the migration's own figure, as result.json names them
 COMPARED = (
@@ -19,13 +21,9 @@ INPUTS = ("dirty_rate_mib_s", "bandwidth_mib_s", "link_mbit_s", "memory_bytes",
           "guest_ram_bytes", "downtime_limit_ms")  # fmt: skip
 
 
-def estimate_figures(result: dict[str, Any]) -> dict[str, Any] | None:
+def estimate_figures(result: Recorded) -> dict[str, Any] | None:
     """The pre-flight estimate's figures (None when it did not run or measured nothing)."""
-    for check in (result.get("preflight") or {}).get("checks", []):
-        if check.get("name") == "estimate" and check.get("figures"):
-            figures: dict[str, Any] = check["figures"]
-            return figures
-    return None
+    return result.preflight.figures_of("estimate") if result.preflight else None
 
 
 def _error(predicted: Any, actual: Any, relative: bool) -> float | None:
@@ -36,32 +34,31 @@ def _error(predicted: Any, actual: Any, relative: bool) -> float | None:
     return finite_or_none(float(predicted - actual), 3)
 
 
-def prediction_section(result: dict[str, Any]) -> dict[str, Any] | None:
+def prediction_section(result: Recorded) -> Prediction | None:
     """The `prediction` section: model, inputs, predicted, actual and error (signed: predicted
     minus actual; % for time and bytes, ms for the downtime, count for the iterations). The
     error is only given for a completed migration (a failed one did something else)."""
     figures = estimate_figures(result)
     if figures is None:
         return None
-    migration = result.get("migration") or {}
     predicted = {name: figures.get(key) for name, key, _ in COMPARED}
-    actual = {name: migration.get(key) for name, _, key in COMPARED}
-    completed = result.get("outcome") == "completed"
+    actual = {name: getattr(result.migration, key) for name, _, key in COMPARED}
+    completed = result.outcome == "completed"
 
     def error(name: str, relative: bool) -> float | None:
         return _error(predicted[name], actual[name], relative) if completed else None
 
-    return {
-        "model": figures.get("model", "precopy"),
-        "calibrated_runs": figures.get("calibrated_runs", 0),
-        "converges": figures.get("converges"),
-        "inputs": {name: figures.get(name) for name in INPUTS},
-        "predicted": predicted,
-        "actual": actual,
-        "error": {
-            "total_time_pct": error("total_time_s", True),
-            "transferred_pct": error("transferred_bytes", True),
-            "downtime_ms": error("downtime_ms", False),
-            "iterations": error("iterations", False),
-        },
-    }
+    return Prediction(
+        model=figures.get("model", "precopy"),
+        calibrated_runs=figures.get("calibrated_runs", 0),
+        converges=figures.get("converges"),
+        inputs=PredictionInputs.model_validate({name: figures.get(name) for name in INPUTS}),
+        predicted=Figures.model_validate(predicted),
+        actual=Figures.model_validate(actual),
+        error=PredictionError(
+            total_time_pct=error("total_time_s", True),
+            transferred_pct=error("transferred_bytes", True),
+            downtime_ms=error("downtime_ms", False),
+            iterations=error("iterations", False),
+        ),
+    )

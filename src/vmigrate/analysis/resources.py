@@ -22,6 +22,8 @@ from vmigrate.analysis.windows import (
     value_before,
     window_figures,
 )
+from vmigrate.result.base import WindowFigures
+from vmigrate.result.resources import CpuSeconds, HostResources, Resources, RssBytes
 
 HOSTS = ("source", "destination", "storage")
 THREAD_CLASSES = ("vcpu", "migration", "main", "other")
@@ -57,10 +59,10 @@ def _delta(groups: list[dict[str, Any]], column: str, window: tuple[int, int]) -
 
 def _figures(
     groups: list[dict[str, Any]], column: str, windows: Windows, digits: int = 3
-) -> dict[str, Any]:
+) -> WindowFigures:
     """{during, extra} of a counter summed over groups; None for both when nothing was sampled."""
     if not groups:
-        return {"during": None, "extra": None}
+        return WindowFigures(during=None, extra=None)
     return window_figures(
         _delta(groups, column, windows.during),
         _delta(groups, column, windows.baseline),
@@ -88,13 +90,15 @@ def on_grid(groups: list[dict[str, Any]], column: str, grid: Array, cumulative: 
 
 def host_section(
     processes: Table, threads: Table, links: Table, windows: Windows, interval_ms: float
-) -> dict[str, Any]:
+) -> HostResources:
     """The resources of one host, from its rows of the processes, threads and links series."""
     per_pid = _split(processes, "pid")
-    cpu = _figures(per_pid, "cpu_s", windows)
     base_s = windows.duration_s("baseline")
     cpu_base = _delta(per_pid, "cpu_s", windows.baseline)
-    cpu["baseline_rate"] = round(cpu_base / base_s, 4) if base_s > 0 else None
+    cpu = CpuSeconds(
+        **_figures(per_pid, "cpu_s", windows).model_dump(),
+        baseline_rate=round(cpu_base / base_s, 4) if base_s > 0 else None,
+    )
 
     step = interval_ms * 1e6
     start, end = windows.baseline[0], windows.after[1]
@@ -107,51 +111,54 @@ def host_section(
     rss = on_grid(per_pid, "rss_bytes", grid, cumulative=False)
     during_rss = rss[(grid >= windows.during[0]) & (grid <= windows.during[1] + step)]
 
-    per_thread_class: dict[str, Any] = {}
+    per_thread_class: dict[str, WindowFigures] = {}
     if len(threads.get("t_ns", [])):
         for name in THREAD_CLASSES:
             rows = _select(threads, threads["thread_class"] == name)
             per_thread_class[name] = _figures(_split(rows, "tid"), "cpu_s", windows)
 
     link = _split(links, "host")
-    return {
-        "cpu_seconds": cpu,
-        **cpu_split(cpu, per_thread_class.get("vcpu")),
-        "cpu_pct_peak": finite_or_none(peak, 1),
-        "qemu_cpu_seconds": per_thread_class,
-        "net_tx_bytes": _figures(link, "tx_bytes", windows, 0),
-        "net_rx_bytes": _figures(link, "rx_bytes", windows, 0),
-        "disk_read_bytes": _figures(per_pid, "read_bytes", windows, 0),
-        "disk_write_bytes": _figures(per_pid, "write_bytes", windows, 0),
-        "rss_bytes": {
-            "before": finite_or_none(value_before(grid, rss, windows.during[0] - 1), 0),
-            "peak": finite_or_none(float(np.max(during_rss)), 0) if len(during_rss) else None,
-            "after": finite_or_none(value_before(grid, rss, windows.after[1]), 0),
-        },
-        "processes": sorted({str(n) for n in processes.get("name", [])}),
-    }
+    migration_cpu, vcpu_cpu = cpu_split(cpu, per_thread_class.get("vcpu"))
+    return HostResources(
+        cpu_seconds=cpu,
+        migration_cpu_seconds=migration_cpu,
+        vcpu_cpu_seconds=vcpu_cpu,
+        cpu_pct_peak=finite_or_none(peak, 1),
+        qemu_cpu_seconds=per_thread_class,
+        net_tx_bytes=_figures(link, "tx_bytes", windows, 0),
+        net_rx_bytes=_figures(link, "rx_bytes", windows, 0),
+        disk_read_bytes=_figures(per_pid, "read_bytes", windows, 0),
+        disk_write_bytes=_figures(per_pid, "write_bytes", windows, 0),
+        rss_bytes=RssBytes(
+            before=finite_or_none(value_before(grid, rss, windows.during[0] - 1), 0),
+            peak=finite_or_none(float(np.max(during_rss)), 0) if len(during_rss) else None,
+            after=finite_or_none(value_before(grid, rss, windows.after[1]), 0),
+        ),
+        processes=sorted({str(n) for n in processes.get("name", [])}),
+    )
 
 
-def cpu_split(cpu: Mapping[str, Any], vcpu: Mapping[str, Any] | None) -> dict[str, Any]:
+def cpu_split(
+    cpu: WindowFigures, vcpu: WindowFigures | None
+) -> tuple[WindowFigures, WindowFigures]:
     """The host's CPU split in two: `migration_cpu_seconds`, the work the migration adds (every
     process and QEMU thread but the guest's vCPUs: migration and multifd threads, QEMU's main
     loop, NBD, the NFS server), and `vcpu_cpu_seconds`, what the guest's vCPUs ran (it drops
     while the VM is paused or moves away). Each {during, extra}; the host total is their sum."""
-    zero = {"during": 0.0, "extra": 0.0}
-    vcpu = vcpu if vcpu and vcpu.get("during") is not None else zero
-    if cpu.get("during") is None:
-        return {"migration_cpu_seconds": {"during": None, "extra": None}, "vcpu_cpu_seconds": vcpu}
-    return {
-        "migration_cpu_seconds": {
-            key: round(cpu[key] - vcpu[key], 3) for key in ("during", "extra")
-        },
-        "vcpu_cpu_seconds": {key: vcpu[key] for key in ("during", "extra")},
-    }
+    if vcpu is None or vcpu.during is None or vcpu.extra is None:
+        vcpu = WindowFigures(during=0.0, extra=0.0)
+    if cpu.during is None or cpu.extra is None:
+        return WindowFigures(during=None, extra=None), vcpu
+    during, extra = vcpu.during or 0.0, vcpu.extra or 0.0
+    migration = WindowFigures(
+        during=round(cpu.during - during, 3), extra=round(cpu.extra - extra, 3)
+    )
+    return migration, WindowFigures(during=during, extra=extra)
 
 
 def resources_section(
     processes: Table, threads: Table, links: Table, windows: Windows, interval_ms: float
-) -> dict[str, Any]:
+) -> Resources:
     """The `resources` section: every hypervisor and storage host."""
 
     def of(rows: Table, host: str) -> dict[str, Any]:
@@ -159,12 +166,12 @@ def resources_section(
             return {}
         return _select(rows, rows["host"] == host)
 
-    return {
-        "sample_interval_ms": interval_ms,
-        "hosts": {
+    return Resources(
+        sample_interval_ms=interval_ms,
+        hosts={
             host: host_section(
                 of(processes, host), of(threads, host), of(links, host), windows, interval_ms
             )
             for host in HOSTS
         },
-    }
+    )

@@ -8,12 +8,11 @@ HdrHistogram reports.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from vmigrate.analysis.windows import WINDOW_NAMES, Array, Mask, Windows, finite_or_none
+from vmigrate.result.service import LatencySummary, Requests, Service, SlaViolations
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
 HDR_MAX_US = 3_600_000_000  # one hour
@@ -28,16 +27,22 @@ def nearest_rank(values: Array, percentile: float) -> float:
     return float(ordered[max(rank, 1) - 1])
 
 
-def latency_summary(latency_ms: Array) -> dict[str, float | int | None] | None:
+def latency_summary(latency_ms: Array) -> LatencySummary | None:
     """count, p50, p90, p99, p999, max, mean of a set of latencies in ms (None when empty)."""
     if len(latency_ms) == 0:
         return None
-    summary: dict[str, float | int | None] = {"count": len(latency_ms)}
-    for name, pct in PERCENTILES.items():
-        summary[name] = finite_or_none(nearest_rank(latency_ms, pct))
-    summary["max"] = finite_or_none(float(np.max(latency_ms)))
-    summary["mean"] = finite_or_none(float(np.mean(latency_ms)))
-    return summary
+    ranked = {
+        name: finite_or_none(nearest_rank(latency_ms, pct)) for name, pct in PERCENTILES.items()
+    }
+    return LatencySummary(
+        count=len(latency_ms),
+        p50=ranked["p50"],
+        p90=ranked["p90"],
+        p99=ranked["p99"],
+        p999=ranked["p999"],
+        max=finite_or_none(float(np.max(latency_ms))),
+        mean=finite_or_none(float(np.mean(latency_ms))),
+    )
 
 
 def hdr_encoded(latency_ms: Array) -> str | None:
@@ -95,7 +100,7 @@ def service_section(
     windows: Windows,
     probe_interval_ms: float,
     sla_ms: float,
-) -> dict[str, Any]:
+) -> Service:
     """The `service` section of result.json."""
     send_ns = probe.get("send_ns", np.array([]))
     recv_ns = probe.get("recv_ns", np.array([]))
@@ -110,7 +115,7 @@ def service_section(
     timeouts = error == "timeout"
     latency_ms = (done - intended) / 1e6
 
-    latency: dict[str, Any] = {}
+    latency: dict[str, LatencySummary | None] = {}
     histograms: dict[str, str | None] = {}
     throughput: dict[str, float | None] = {}
     for name in WINDOW_NAMES:
@@ -124,7 +129,8 @@ def service_section(
             finite_or_none(np.count_nonzero(completed) / seconds) if seconds > 0 else None
         )
 
-    baseline_p99 = latency["baseline"]["p99"] if latency["baseline"] else None
+    baseline = latency["baseline"]
+    baseline_p99 = baseline.p99 if baseline else None
     start, end = windows.during
     during = (intended >= start) & (intended <= end)
     failed = during & ~ok
@@ -135,29 +141,27 @@ def service_section(
         if baseline_p99 is not None
         else None
     )
-    return {
-        "probe_interval_ms": probe_interval_ms,
-        "observed_downtime_ms": finite_or_none(gap_ms),
-        "observed_downtime_start_s": finite_or_none(
+    return Service(
+        probe_interval_ms=probe_interval_ms,
+        observed_downtime_ms=finite_or_none(gap_ms),
+        observed_downtime_start_s=finite_or_none(
             (gap_start - windows.t0_ns) / 1e9 if gap_start is not None else None, 6
         ),
-        "probe_sent": sent,
-        "probe_lost": lost,
-        "probe_replies_after_migration": replies_after if len(send_ns) else None,
-        "latency_ms": latency,
-        "requests": {
-            "sent": len(intended),
-            "ok": int(np.count_nonzero(ok)),
-            "errors": int(np.count_nonzero(~ok & ~timeouts)),
-            "timeouts": int(np.count_nonzero(timeouts)),
-            "failed_during": int(np.count_nonzero(failed)),
-        },
-        "sla_ms": sla_ms,
-        "sla_violations": {
-            "over_sla": over_sla,
-            "over_2x_baseline_p99": over_2x,
-            "baseline_p99_ms": baseline_p99,
-        },
-        "throughput_rps": throughput,
-        "histograms": histograms,
-    }
+        probe_sent=sent,
+        probe_lost=lost,
+        probe_replies_after_migration=replies_after if len(send_ns) else None,
+        latency_ms=latency,
+        requests=Requests(
+            sent=len(intended),
+            ok=int(np.count_nonzero(ok)),
+            errors=int(np.count_nonzero(~ok & ~timeouts)),
+            timeouts=int(np.count_nonzero(timeouts)),
+            failed_during=int(np.count_nonzero(failed)),
+        ),
+        sla_ms=sla_ms,
+        sla_violations=SlaViolations(
+            over_sla=over_sla, over_2x_baseline_p99=over_2x, baseline_p99_ms=baseline_p99
+        ),
+        throughput_rps=throughput,
+        histograms=histograms,
+    )

@@ -10,10 +10,11 @@ sampling points: a total never misses what happened inside it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from vmigrate.result.base import WindowFigures
 
 Array = npt.NDArray[np.float64]
 Mask = npt.NDArray[np.bool_]
@@ -50,10 +51,10 @@ class Windows:
         start, end = self.get(name)
         return max(0.0, (end - start) / 1e9)
 
-    def as_seconds(self) -> dict[str, list[float]]:
-        """{window: [start_s, end_s]} since t0, for result.json."""
+    def as_seconds(self) -> dict[str, tuple[float, float]]:
+        """{window: (start_s, end_s)} since t0, for result.json."""
         return {
-            name: [round((a - self.t0_ns) / 1e9, 6), round((b - self.t0_ns) / 1e9, 6)]
+            name: (round((a - self.t0_ns) / 1e9, 6), round((b - self.t0_ns) / 1e9, 6))
             for name in WINDOW_NAMES
             for a, b in [self.get(name)]
         }
@@ -82,12 +83,12 @@ def counter_delta(t: Array, v: Array, window: tuple[int, int]) -> float:
 
 def window_figures(
     total_during: float, total_baseline: float, windows: Windows, digits: int = 3
-) -> dict[str, Any]:
+) -> WindowFigures:
     """{during, extra}: extra = during minus the baseline rate over the same duration."""
     base_s = windows.duration_s("baseline")
     rate = total_baseline / base_s if base_s > 0 else 0.0
     extra = total_during - rate * windows.duration_s("during")
-    return {"during": round(total_during, digits), "extra": round(extra, digits)}
+    return WindowFigures(during=round(total_during, digits), extra=round(extra, digits))
 
 
 def finite_or_none(value: float | None, digits: int = 3) -> float | None:

@@ -12,13 +12,11 @@ measured against held-out runs (`--check`), not against the runs it was fitted o
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vmigrate.analysis.prediction import estimate_figures
 from vmigrate.errors import UsageError
@@ -28,6 +26,8 @@ from vmigrate.migration.estimate import (
     postcopy_estimate,
     precopy_estimate,
 )
+from vmigrate.migration.orchestrator import Outcome
+from vmigrate.result import Result, load_result
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -61,13 +61,12 @@ class Observation:
         )  # fmt: skip
 
 
-def observation(run: str, result: dict[str, Any]) -> Observation | None:
+def observation(run: str, result: Result) -> Observation | None:
     """The observation a result.json makes (None: not completed, or no estimate ran)."""
     figures = estimate_figures(result)
-    migration = result.get("migration")
-    if result.get("outcome") != "completed" or figures is None or not isinstance(migration, dict):
+    migration = result.migration
+    if result.outcome != Outcome.COMPLETED or figures is None:
         return None
-    data = result.get("data")
     try:
         return Observation(
             run=run,
@@ -76,17 +75,24 @@ def observation(run: str, result: dict[str, Any]) -> Observation | None:
             dirty_bytes_s=float(figures["dirty_rate_mib_s"]) * MIB,
             bandwidth_bytes_s=float(figures["bandwidth_mib_s"]) * MIB,
             downtime_limit_ms=float(figures["downtime_limit_ms"]),
-            total_time_s=float(migration["total_time_s"]),
-            transferred_bytes=float(migration["transferred_bytes"]),
-            downtime_ms=float(migration["downtime_reported_ms"]),
-            iterations=int(migration["iterations"]),
-            downtime_bytes=float(data["downtime_bytes"])
-            if isinstance(data, dict) and data.get("downtime_bytes")
+            total_time_s=float(_known(migration.total_time_s)),
+            transferred_bytes=float(migration.transferred_bytes),
+            downtime_ms=float(_known(migration.downtime_reported_ms)),
+            iterations=migration.iterations,
+            downtime_bytes=float(result.data.downtime_bytes)
+            if result.data.downtime_bytes
             else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         log.warning("%s: not an observation: %s", run, exc)
         return None
+
+
+def _known(value: float | None) -> float:
+    """A figure the observation needs. :raise ValueError: the run did not measure it."""
+    if value is None:
+        raise ValueError("a figure the model is judged on is missing")
+    return value
 
 
 def load_observations(sweep_dir: Path) -> list[Observation]:
@@ -102,9 +108,9 @@ def load_observations(sweep_dir: Path) -> list[Observation]:
     found = []
     for path in runs:
         try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            log.warning("%s: %s", path, exc)
+            result = load_result(path)
+        except UsageError as exc:
+            log.warning("%s", exc)
             continue
         if (obs := observation(path.parent.name, result)) is not None:
             found.append(obs)

@@ -18,13 +18,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from vmigrate.config import FaultSpec
 from vmigrate.errors import MigrationError
 from vmigrate.hypervisor.base import MigrationStats
 from vmigrate.migration.orchestrator import MigrationObserver
 from vmigrate.proc import run
+from vmigrate.result.fault import Fault as FaultSection
 
 log = logging.getLogger(__name__)
 
@@ -189,23 +189,23 @@ class FaultInjector(MigrationObserver):
         if self.injected_ns is not None:
             self._undo()
 
-    def as_dict(self, t0_ns: int, migration_start_ns: int | None) -> dict[str, Any]:
+    def section(self, t0_ns: int, migration_start_ns: int | None) -> FaultSection:
         """The fault for result.json: what, when (seconds since the run and since the
-        migration started), what was done, when it was undone."""
+        migration started), what was done, when it was undone (the analysis adds its effect)."""
 
         def since(t_ns: int | None, origin: int | None) -> float | None:
             if t_ns is None or origin is None:
                 return None
             return round((t_ns - origin) / 1e9, 6)
 
-        return {
-            "kind": self.spec.kind,
-            "at": self.spec.at,
-            "duration_ms": self.spec.duration_ms,
-            "injected": self.injected_ns is not None,
-            "injected_at_s": since(self.injected_ns, t0_ns),
-            "injected_after_migration_start_s": since(self.injected_ns, migration_start_ns),
-            "undone_at_s": since(self.undone_ns, t0_ns),
-            "actions": [action for _, action in self.actions],
-            "error": self.error,
-        }
+        return FaultSection(
+            kind=self.spec.kind,
+            at=self.spec.at,
+            duration_ms=self.spec.duration_ms,
+            injected=self.injected_ns is not None,
+            injected_at_s=since(self.injected_ns, t0_ns),
+            injected_after_migration_start_s=since(self.injected_ns, migration_start_ns),
+            undone_at_s=since(self.undone_ns, t0_ns),
+            actions=[action for _, action in self.actions],
+            error=self.error,
+        )

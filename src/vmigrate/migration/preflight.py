@@ -17,17 +17,17 @@ import shutil
 import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from vmigrate.config import Scenario
 from vmigrate.errors import CommandFailed, UsageError
 from vmigrate.hypervisor.cpu import BASELINE, CpuCatalog, baseline, missing
 from vmigrate.hypervisor.introspect import QEMU_BINARY, machine_types
 from vmigrate.proc import run
+from vmigrate.result.preflight import PreflightCheck, PreflightResult, Status
 from vmigrate.testbed.netns import call_in_netns
 from vmigrate.testbed.testbed import Testbed
 
-Status = Literal["pass", "warn", "fail"]
 HYPERVISORS = ("source", "destination")
 SAFE_SHARED_CACHE = ("none", "directsync")
 QEMU_OVERHEAD_MIB = 192  # QEMU's own memory beyond guest RAM (TCG translation cache, devices)
@@ -60,16 +60,20 @@ class Preflight:
     def failures(self) -> list[Check]:
         return [c for c in self.checks if c.status == "fail"]
 
+    def section(self) -> PreflightResult:
+        """The `preflight` section of result.json."""
+        return PreflightResult(
+            skipped=self.skipped,
+            unsafe_allowed=self.unsafe_allowed,
+            cpu_model_requested=self.cpu_model_requested,
+            cpu_model=self.cpu_model,
+            machine=self.machine,
+            passed=not self.failures,
+            checks=[PreflightCheck.model_validate(asdict(c)) for c in self.checks],
+        )
+
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "skipped": self.skipped,
-            "unsafe_allowed": self.unsafe_allowed,
-            "cpu_model_requested": self.cpu_model_requested,
-            "cpu_model": self.cpu_model,
-            "machine": self.machine,
-            "passed": not self.failures,
-            "checks": [asdict(c) for c in self.checks],
-        }
+        return self.section().model_dump(mode="json")
 
 
 def _offered(scenario: Scenario, catalog: CpuCatalog, role: str) -> frozenset[str]:

@@ -7,44 +7,25 @@ newer vmigrate re-reads old runs with its newer analysis.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from vmigrate.analysis import analyze
 from vmigrate.errors import UsageError
 from vmigrate.report.html.page import render_report
-from vmigrate.report.result import RESULT_FILE, write_result
-
-
-def load_result(run_dir: Path) -> dict[str, Any]:
-    """A run's result.json, or a clear error when `run_dir` is not a run directory."""
-    path = run_dir / RESULT_FILE
-    try:
-        result: dict[str, Any] = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(
-            f"{run_dir} has no {RESULT_FILE}: give the directory a `vmigrate run` wrote (--out)"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path} is not valid JSON ({exc}); re-run the experiment") from None
-    if "clock" not in result or "timeline_s" not in result:
-        raise UsageError(f"{path} predates recorded series (no clock); re-run the experiment")
-    return result
-
+from vmigrate.result import Result, load_recorded, write_result
 
 # What damaged recorded data (a hand-edited result.json, a truncated series) raises in the
 # analysis: bad input, said in one line, not a traceback.
 DAMAGE = (KeyError, TypeError, ValueError, IndexError, AttributeError, ArithmeticError)
 
 
-def reanalyse(run_dir: Path) -> dict[str, Any]:
+def reanalyse(run_dir: Path) -> Result:
     """A run's result, its cost sections recomputed from RUN/series.
 
     :raise UsageError: not a run directory, or its files are damaged."""
-    result = load_result(run_dir)
+    recorded = load_recorded(run_dir)
     try:
-        return analyze(run_dir, result)
+        return analyze(run_dir, recorded)
     except DAMAGE as exc:
         raise UsageError(
             f"{run_dir} cannot be re-analysed: its result.json or series/ are damaged "
@@ -52,7 +33,7 @@ def reanalyse(run_dir: Path) -> dict[str, Any]:
         ) from exc
 
 
-def rebuild(run_dir: Path) -> tuple[dict[str, Any], Path]:
+def rebuild(run_dir: Path) -> tuple[Result, Path]:
     """Recompute result.json from the recorded series and write report.html beside it."""
     result = reanalyse(run_dir)
     write_result(run_dir, result)

@@ -41,7 +41,9 @@ class ExperimentRunner:
         if not self.owns_testbed and not self.testbed.is_healthy():
             self.owns_testbed = True
             self.testbed.up(scenario.network.bandwidth_mbit, self.observer.stage)
-        return run_experiment(scenario, out_dir, self.testbed, self.observer)
+        return run_experiment(scenario, out_dir, self.testbed, self.observer).model_dump(
+            mode="json"
+        )
 
     def close(self) -> list[str]:
         """Take the testbed down if this sweep brought it up; return what could not be removed."""
