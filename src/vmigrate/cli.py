@@ -109,7 +109,7 @@ def _run_scenario(
             observer.close()
 
     result, out_dir = guarded(body)
-    console.print(summary_table(result.model_dump(mode="json")))
+    console.print(summary_table(result))
     console.print(f"result: {out_dir / 'result.json'}  report: {out_dir / 'report.html'}")
     if result.outcome != Outcome.COMPLETED:
         raise typer.Exit(1)
@@ -212,7 +212,7 @@ def report(
     from vmigrate.report.terminal import summary_table
 
     result, html = guarded(lambda: rebuild(run_dir))
-    console.print(summary_table(result.model_dump(mode="json")))
+    console.print(summary_table(result))
     console.print(f"report: {html}")
 
 

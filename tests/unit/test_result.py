@@ -183,7 +183,7 @@ def test_a_restarted_migration_bills_both_attempts_and_says_so(tmp_path: Path) -
     assert mig.transferred_bytes == 950_000_000
     assert mig.total_time_s == 9.0  # not the 2 s QEMU counted for the last attempt alone
     console = Console(record=True, width=120)
-    console.print(summary_table(result.model_dump(mode="json")))
+    console.print(summary_table(result))
     text = console.export_text()
     assert "attempts (restarted after a stall)" in text
     assert "at 5.0 s" in text and "restart with auto-converge" in text

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
+from test_result import completed_document
 from typer.testing import CliRunner
 
 import vmigrate.sweep.runner as runner_module
@@ -29,6 +30,7 @@ from vmigrate.cli import app
 from vmigrate.config import Scenario, scenario_to_dict
 from vmigrate.errors import EnvironmentProblem, ScenarioError, VmigrateError
 from vmigrate.report.comparison import render_comparison
+from vmigrate.result import Result
 from vmigrate.sweep.database import RunRecord, result_figures
 from vmigrate.sweep.execute import ERROR_OUTCOME, execute_sweep, run_sweep
 from vmigrate.sweep.plan import PlannedRun, Sweep, load_sweep, run_dir_name
@@ -58,45 +60,38 @@ def write(tmp_path: Path, text: str, name: str = "sweep.toml") -> Path:
     return path
 
 
-def fake_result(scenario: Scenario, total_s: float, outcome: str = "completed") -> dict[str, Any]:
-    """A result document shaped like result.json, with the figures the sweep reads."""
+def fake_result(scenario: Scenario, total_s: float, outcome: str = "completed") -> Result:
+    """A whole result document, with the figures the sweep reads set from `total_s`."""
     done = outcome == "completed"
-    return {
-        "schema_version": 1,
-        "started_at": "2026-01-01T00:00:00+00:00",
-        "clock": {"t0_ns": 123},
-        "scenario": scenario_to_dict(scenario),
-        "environment": {"tool_version": "0", "accel": "tcg"},
-        "outcome": outcome,
-        "error": None if done else f"not finished after {scenario.migration.timeout_s:g} s",
-        "migration": {
-            "strategy": scenario.migration.strategy,
-            "total_time_s": total_s if done else None,
-            "downtime_reported_ms": 10 * total_s if done else None,
-            "transferred_bytes": int(100 * MIB * total_s),
-            "iterations": 3,
-            "actions": [{"t_s": 1.0, "action": "x"}],
-        },
-        "timeline_s": {"migration_start": 11.0},
-        "events": [{"t_s": 1.0, "host": "source", "event": "stopped", "data": {}}],
-        "service": {
-            "observed_downtime_ms": 12 * total_s if done else None,
-            "latency_ms": {"during": {"p99": 3 * total_s, "p50": 1.0}, "after": None},
-            "histograms": {"during": "HISTFAAA"},
-        },
-        "resources": {
-            "hosts": {
-                host: {
-                    "cpu_seconds": {"extra": share * total_s, "during": 2.0},
-                    "migration_cpu_seconds": {"extra": share * total_s, "during": 2.0},
-                    "processes": [],
-                }
-                for host, share in (("source", 1.0), ("destination", 0.5), ("storage", 0.1))
-            }
-        },
-        "verification": {"running_on": "destination", "memory_writes_intact": done},
-        "checks": [{"name": "service_reachable", "ok": done, "detail": "", "figures": {}}],
-    }
+    document = completed_document()
+    document.update(
+        scenario=scenario_to_dict(scenario),
+        outcome=outcome,
+        error=None if done else f"not finished after {scenario.migration.timeout_s:g} s",
+        timeline_s={"migration_start": 11.0},
+    )
+    document["migration"].update(
+        strategy=scenario.migration.strategy,
+        total_time_s=total_s if done else None,
+        downtime_reported_ms=10 * total_s if done else None,
+        transferred_bytes=int(100 * MIB * total_s),
+        iterations=3,
+        actions=[{"t_s": 1.0, "action": "x"}],
+    )
+    service = document["service"]
+    service["observed_downtime_ms"] = 12 * total_s if done else None
+    service["latency_ms"]["during"] = {
+        "count": 100, "p50": 1.0, "p90": 2.0, "p99": 3 * total_s, "p999": 3 * total_s,
+        "max": 3 * total_s, "mean": 1.5,
+    }  # fmt: skip
+    service["histograms"]["during"] = "HISTFAAA"
+    for host, share in (("source", 1.0), ("destination", 0.5), ("storage", 0.1)):
+        figures = document["resources"]["hosts"][host]
+        figures["cpu_seconds"].update(extra=share * total_s, during=2.0)
+        figures["migration_cpu_seconds"].update(extra=share * total_s, during=2.0)
+    document["verification"]["memory_writes_intact"] = done
+    document["checks"] = [{"name": "service_reachable", "ok": done, "detail": "", "figures": {}}]
+    return Result.model_validate(document)
 
 
 class FakeRunner:
@@ -112,7 +107,7 @@ class FakeRunner:
         self.fail = fail or {}
         self.calls: list[tuple[str, Path]] = []
 
-    def __call__(self, scenario: Scenario, out_dir: Path) -> dict[str, Any]:
+    def __call__(self, scenario: Scenario, out_dir: Path) -> Result:
         strategy = scenario.migration.strategy
         seen = sum(1 for s, _ in self.calls if s == strategy)
         self.calls.append((strategy, out_dir))
@@ -360,7 +355,7 @@ def test_every_run_becomes_a_row_with_scenario_and_figure_columns(tmp_path: Path
 
 def test_result_figures_flatten_numbers_and_booleans_only() -> None:
     result = fake_result(Scenario(), 2.0)
-    figures = result_figures(result)
+    figures = result_figures(result.model_dump(mode="json"))
     assert figures["migration.total_time_s"] == 2.0
     assert figures["migration.iterations"] == 3
     assert figures["timeline_s.migration_start"] == 11.0
@@ -454,7 +449,7 @@ def test_interrupting_a_sweep_keeps_what_was_recorded(tmp_path: Path) -> None:
     out = tmp_path / "out"
 
     class Interrupting(FakeRunner):
-        def __call__(self, scenario: Scenario, out_dir: Path) -> dict[str, Any]:
+        def __call__(self, scenario: Scenario, out_dir: Path) -> Result:
             if len(self.calls) == 3:
                 raise KeyboardInterrupt
             return super().__call__(scenario, out_dir)
@@ -602,7 +597,7 @@ def test_the_comparison_is_self_contained_and_flags_incomplete_cells(tmp_path: P
     )
 
     class Mixed(FakeRunner):
-        def __call__(self, scenario: Scenario, out_dir: Path) -> dict[str, Any]:
+        def __call__(self, scenario: Scenario, out_dir: Path) -> Result:
             result = super().__call__(scenario, out_dir)
             strategy = scenario.migration.strategy
             if strategy == "postcopy" and sum(s == strategy for s, _ in self.calls) == 2:
@@ -697,7 +692,7 @@ def test_the_terminal_shows_a_bar_a_line_per_run_and_a_table(tmp_path: Path) -> 
     progress = RichSweepProgress(console)
     sweep = load_sweep(write(tmp_path, QUICK))
 
-    def runner(scenario: Scenario, out_dir: Path) -> dict[str, Any]:
+    def runner(scenario: Scenario, out_dir: Path) -> Result:
         progress.stage("booting the guest")
         return FakeRunner(fail={"cold": "timeout"})(scenario, out_dir)
 
@@ -832,9 +827,7 @@ def test_the_real_runner_brings_the_testbed_up_once_and_down_if_it_did(
 
     seen: list[tuple[float, Path]] = []
 
-    def fake_experiment(
-        scenario: Scenario, out_dir: Path, testbed: Any, observer: Any
-    ) -> dict[str, Any]:
+    def fake_experiment(scenario: Scenario, out_dir: Path, testbed: Any, observer: Any) -> Result:
         seen.append((scenario.network.bandwidth_mbit, out_dir))
         return fake_result(scenario, 1.0)
 

@@ -10,7 +10,12 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from vmigrate.hypervisor.base import MigrationStats, MigrationStatus
+from vmigrate.migration.orchestrator import Outcome
 from vmigrate.migration.preflight import Check
+from vmigrate.result import Result
+from vmigrate.result.migration import MigrationFigures
+from vmigrate.result.outage import Outage
+from vmigrate.result.service import Service
 
 MIB = 1024 * 1024
 
@@ -86,93 +91,103 @@ def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
     return f"{value}{unit}"
 
 
-def _outage_rows(outage: dict[str, Any] | None) -> list[tuple[str, str]]:
+def _outage_rows(outage: Outage | None) -> list[tuple[str, str]]:
     """The outage's parts: what the vCPUs, the network and the service each lost."""
-    if not outage:
+    if outage is None:
         return []
     return [
-        ("  vCPU blackout (stop → run)", _fmt(outage["blackout_ms"], " ms", 1)),
-        ("  network reconvergence (run → 1st reply)", _fmt(outage["reconvergence_ms"], " ms", 1)),
-        ("  service outage (no HTTP response)", _fmt(outage["service_outage_ms"], " ms", 1)),
-        (
-            f"  brownout (slower than {outage['sla_ms']:g} ms)",
-            _fmt(outage["brownout_ms"], " ms", 0),
-        ),
+        ("  vCPU blackout (stop → run)", _fmt(outage.blackout_ms, " ms", 1)),
+        ("  network reconvergence (run → 1st reply)", _fmt(outage.reconvergence_ms, " ms", 1)),
+        ("  service outage (no HTTP response)", _fmt(outage.service_outage_ms, " ms", 1)),
+        (f"  brownout (slower than {outage.sla_ms:g} ms)", _fmt(outage.brownout_ms, " ms", 0)),
     ]
 
 
-def summary_table(result: dict[str, Any]) -> Table:
-    """The headline figures of one run: what it took, what the client saw, what hosts paid."""
-    mig = result["migration"]
-    ver = result["verification"]
-    outcome = result["outcome"]
-    colour = "green" if outcome == "completed" else "red"
-    table = Table(title=f"vmigrate — {result['scenario']['name']}: [{colour}]{outcome}[/{colour}]")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    service = result.get("service", {})
-    rows: list[tuple[str, str]] = [
-        ("strategy", _fmt(mig["strategy"]) + (" over TLS" if mig.get("tls") else "")),
-        ("total migration time", _fmt(mig["total_time_s"], " s", 3)),
-        ("setup time", _fmt(mig["setup_time_s"], " s", 3)),
-        ("downtime (hypervisor)", _fmt(mig["downtime_reported_ms"], " ms", 1)),
-        ("downtime (client probe)", _fmt(service.get("observed_downtime_ms"), " ms", 1)),
-        *_outage_rows(result.get("outage")),
-        ("transferred", _fmt(_mib(mig["transferred_bytes"]), " MiB", 1)),
-        ("iterations", _fmt(mig["iterations"])),
-        ("average throughput", _fmt(mig["throughput_mbit_s"], " Mbit/s", 1)),
-    ]
-    if mig.get("attempts", 1) > 1:
-        rows.append(("attempts (restarted after a stall)", _fmt(mig["attempts"])))
-    for action in mig.get("actions", []):
-        rows.append((f"at {action['t_s']:.1f} s", action["action"]))
-    for pause in mig.get("postcopy_pauses", []):
-        rows.append((f"post-copy paused at {pause['paused_at_s']:.1f} s",
-                     _fmt(pause["paused_ms"], " ms", 0) + f" ({pause['cause']})"))  # fmt: skip
-    fault = result.get("fault")
-    if fault and fault.get("injected"):
-        rows.append((f"fault {fault['kind']}: outage / recovery",
-                     f"{_fmt(fault.get('service_outage_ms'), '', 0)} / "
-                     f"{_fmt(fault.get('recovery_ms'), ' ms', 0)}"))  # fmt: skip
-    latency = service.get("latency_ms", {})
+def _along_the_way(mig: MigrationFigures) -> list[tuple[str, str]]:
+    """What happened to the migration on its way: restarts, actions, post-copy pauses."""
+    rows: list[tuple[str, str]] = []
+    if mig.attempts > 1:
+        rows.append(("attempts (restarted after a stall)", _fmt(mig.attempts)))
+    rows += [(f"at {action.t_s:.1f} s", action.action) for action in mig.actions]
+    rows += [(f"post-copy paused at {pause.paused_at_s:.1f} s",
+              _fmt(pause.paused_ms, " ms", 0) + f" ({pause.cause})")
+             for pause in mig.postcopy_pauses]  # fmt: skip
+    return rows
+
+
+def _service_rows(service: Service) -> list[tuple[str, str]]:
+    """Latency per window and how the requests ended."""
+    rows: list[tuple[str, str]] = []
     for window in ("baseline", "during", "after"):
-        stats = latency.get(window)
-        if stats:
-            rows.append(
-                (f"latency p50 / p99 {window}", f"{stats['p50']:.1f} / {stats['p99']:.1f} ms")
-            )
-    requests = service.get("requests")
-    if requests and requests["sent"]:
+        stats = service.latency_ms.get(window)
+        if stats and stats.p50 is not None and stats.p99 is not None:
+            rows.append((f"latency p50 / p99 {window}", f"{stats.p50:.1f} / {stats.p99:.1f} ms"))
+    requests = service.requests
+    if requests.sent:
         rows.append(
             (
                 "requests ok / errors / timeouts",
-                f"{requests['ok']:,} / {requests['errors']:,} / {requests['timeouts']:,}",
+                f"{requests.ok:,} / {requests.errors:,} / {requests.timeouts:,}",
             )
         )
-    for host, figures in result.get("resources", {}).get("hosts", {}).items():
-        work = figures.get("migration_cpu_seconds", figures["cpu_seconds"])["extra"]
-        vcpu = figures.get("vcpu_cpu_seconds", {}).get("extra")
-        tx = figures["net_tx_bytes"]["extra"]
-        rx = figures["net_rx_bytes"]["extra"]
+    return rows
+
+
+def _host_rows(result: Result) -> list[tuple[str, str]]:
+    """Per host: the migration's extra CPU beside the guest's, and the extra traffic."""
+    rows: list[tuple[str, str]] = []
+    for host, figures in result.resources.hosts.items():
+        work = figures.migration_cpu_seconds.extra
+        vcpu = figures.vcpu_cpu_seconds.extra
+        tx, rx = figures.net_tx_bytes.extra, figures.net_rx_bytes.extra
         rows.append((f"extra CPU {host}: migration / guest vCPUs",
                      f"{_fmt(work, '', 2)} / {_fmt(vcpu, ' CPU-s', 2)}"))  # fmt: skip
         rows.append(
             (f"extra net tx / rx {host}", f"{_fmt(_mib(tx), '', 1)} / {_fmt(_mib(rx), ' MiB', 1)}")
         )
-    rows += [
-        ("VM runs on", _fmt(ver["running_on"])),
-        ("service answers after (same guest)", _fmt(ver["service_ok_after"])),
-        ("memory checksum unchanged", _fmt(ver["memory_checksum_ok"])),
-        ("no guest write lost", _fmt(ver["memory_writes_intact"])),
-        ("disk content intact", _fmt(ver.get("disk_checksum_ok"))),
+    return rows
+
+
+def summary_table(result: Result) -> Table:
+    """The headline figures of one run: what it took, what the client saw, what hosts paid."""
+    mig, ver, outcome = result.migration, result.verification, result.outcome
+    colour = "green" if outcome == Outcome.COMPLETED else "red"
+    name = result.scenario.get("name", "")
+    table = Table(title=f"vmigrate — {name}: [{colour}]{outcome.value}[/{colour}]")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows: list[tuple[str, str]] = [
+        ("strategy", _fmt(mig.strategy) + (" over TLS" if mig.tls else "")),
+        ("total migration time", _fmt(mig.total_time_s, " s", 3)),
+        ("setup time", _fmt(mig.setup_time_s, " s", 3)),
+        ("downtime (hypervisor)", _fmt(mig.downtime_reported_ms, " ms", 1)),
+        ("downtime (client probe)", _fmt(result.service.observed_downtime_ms, " ms", 1)),
+        *_outage_rows(result.outage),
+        ("transferred", _fmt(_mib(mig.transferred_bytes), " MiB", 1)),
+        ("iterations", _fmt(mig.iterations)),
+        ("average throughput", _fmt(mig.throughput_mbit_s, " Mbit/s", 1)),
+        *_along_the_way(mig),
     ]
-    for item in result.get("checks", []):
-        rows.append((f"check: {item['name'].replace('_', ' ')}", _fmt(item["ok"])))
-    rows.append(("accelerator", _fmt(result["environment"]["accel"])))
-    for name, value in rows:
-        table.add_row(name, value)
-    if result.get("error"):
-        table.caption = f"[red]{result['error']}[/red]"
+    fault = result.fault
+    if fault and fault.injected:
+        rows.append((f"fault {fault.kind}: outage / recovery",
+                     f"{_fmt(fault.service_outage_ms, '', 0)} / "
+                     f"{_fmt(fault.recovery_ms, ' ms', 0)}"))  # fmt: skip
+    rows += _service_rows(result.service)
+    rows += _host_rows(result)
+    rows += [
+        ("VM runs on", _fmt(ver.running_on)),
+        ("service answers after (same guest)", _fmt(ver.service_ok_after)),
+        ("memory checksum unchanged", _fmt(ver.memory_checksum_ok)),
+        ("no guest write lost", _fmt(ver.memory_writes_intact)),
+        ("disk content intact", _fmt(ver.disk_checksum_ok)),
+    ]
+    rows += [(f"check: {item.name.replace('_', ' ')}", _fmt(item.ok)) for item in result.checks]
+    rows.append(("accelerator", _fmt(result.environment.accel)))
+    for label, value in rows:
+        table.add_row(label, value)
+    if result.error:
+        table.caption = f"[red]{result.error}[/red]"
     return table
 
 

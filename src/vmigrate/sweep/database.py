@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 from vmigrate.config import Scenario, scenario_to_dict
+from vmigrate.result import Result
 from vmigrate.sweep.plan import PlannedRun, Sweep
 
 # result.json parts that are not figures of the run (the scenario gets its own columns)
@@ -35,8 +36,9 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def result_figures(result: Mapping[str, Any]) -> dict[str, float]:
-    """Every numeric figure of a result document under its dotted name; booleans (verification)
-    as 0/1, and each consistency check as `checks.NAME.ok`."""
+    """Every numeric figure of a result document (as JSON: the columns follow its keys) under
+    its dotted name; booleans (verification) as 0/1, and each consistency check as
+    `checks.NAME.ok`."""
     figures: dict[str, float] = {}
     for key, value in result.items():
         if key in _NOT_FIGURES:
@@ -84,7 +86,7 @@ class RunRecord:
     duration_s: float
     outcome: str
     error: str | None
-    result: dict[str, Any] | None
+    result: Result | None
 
 
 def scenario_json(scenario: Scenario) -> str:
@@ -162,7 +164,8 @@ class SweepDatabase:
     def record(self, rec: RunRecord, run_dir: str) -> None:
         """Insert (or replace an earlier failed attempt of) one run."""
         scenario = scenario_columns(rec.run.cell.scenario)
-        figures = result_figures(rec.result) if rec.result is not None else {}
+        document = rec.result.model_dump(mode="json") if rec.result is not None else None
+        figures = result_figures(document) if document is not None else {}
         row: dict[str, Any] = {
             "run_id": rec.run.run_id,
             "cell_id": rec.run.cell.cell_id,
@@ -173,7 +176,7 @@ class SweepDatabase:
             "outcome": rec.outcome,
             "error": rec.error,
             "scenario_json": scenario_json(rec.run.cell.scenario),
-            "result_json": json.dumps(rec.result) if rec.result is not None else None,
+            "result_json": json.dumps(document) if document is not None else None,
         }
         with self.conn:
             self._ensure_columns(scenario, "")

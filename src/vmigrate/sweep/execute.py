@@ -16,6 +16,7 @@ from typing import Any
 from vmigrate.config import Scenario
 from vmigrate.errors import ScenarioError, UsageError
 from vmigrate.report.comparison import render_comparison
+from vmigrate.result import Result
 from vmigrate.sweep.database import RunRecord, SweepDatabase, flatten, scenario_json
 from vmigrate.sweep.plan import PlannedRun, Sweep, load_sweep, one_line
 from vmigrate.sweep.progress import SilentProgress, SweepProgress
@@ -26,7 +27,7 @@ SUMMARY_FILE = "summary.json"
 RUNS_DIR = "runs"
 ERROR_OUTCOME = "error"  # the runner raised: no result.json; retried when the sweep resumes
 
-Runner = Callable[[Scenario, Path], dict[str, Any]]
+Runner = Callable[[Scenario, Path], Result]
 
 
 @dataclass
@@ -121,11 +122,10 @@ def _run_one(run: PlannedRun, out_dir: Path, runner: Runner) -> RunRecord:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     started_at = dt.datetime.now(dt.UTC).isoformat()
     t0 = time.monotonic()
-    result: dict[str, Any] | None
+    result: Result | None
     try:
         result = runner(run.cell.scenario, run_dir)
-        outcome = str(result.get("outcome") or "failed")
-        error = result.get("error")
+        outcome, error = result.outcome.value, result.error
     except UsageError:
         raise
     except Exception as exc:

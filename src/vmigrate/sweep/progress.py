@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from vmigrate.sweep.database import RunRecord, is_number
+from vmigrate.sweep.database import RunRecord
 from vmigrate.sweep.plan import PlannedRun, Sweep, one_line
 
 if TYPE_CHECKING:
@@ -166,12 +166,11 @@ def run_line(rec: RunRecord, index: int, todo: int) -> str:
         f"#{rec.run.repetition}: [{colour}]{rec.outcome}[/{colour}]"
     )
     if rec.result is not None:
-        mig = rec.result.get("migration") or {}
-        svc = rec.result.get("service") or {}
+        mig, svc = rec.result.migration, rec.result.service
         parts = [
-            _fig(mig.get("total_time_s"), " s", 2, "migration "),
-            _fig(svc.get("observed_downtime_ms"), " ms", 0, "downtime "),
-            _fig(mig.get("downtime_reported_ms"), " ms", 0, "reported "),
+            _fig(mig.total_time_s, " s", 2, "migration "),
+            _fig(svc.observed_downtime_ms, " ms", 0, "downtime "),
+            _fig(mig.downtime_reported_ms, " ms", 0, "reported "),
         ]
         text += " · " + " · ".join(p for p in parts if p) if any(parts) else ""
     if rec.error:
@@ -179,5 +178,5 @@ def run_line(rec: RunRecord, index: int, todo: int) -> str:
     return text + f" [dim]({rec.duration_s:.0f} s)[/dim]"
 
 
-def _fig(value: Any, unit: str, digits: int, label: str) -> str:
-    return f"{label}{value:,.{digits}f}{unit}" if is_number(value) else ""
+def _fig(value: float | None, unit: str, digits: int, label: str) -> str:
+    return f"{label}{value:,.{digits}f}{unit}" if value is not None else ""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vmigrate.config import Scenario
 from vmigrate.errors import EnvironmentProblem
 
 if TYPE_CHECKING:
     from vmigrate.experiment import ExperimentObserver
+    from vmigrate.result import Result
     from vmigrate.testbed.testbed import Testbed
 
 
@@ -33,7 +34,7 @@ class ExperimentRunner:
     ) -> None:
         self.close()
 
-    def __call__(self, scenario: Scenario, out_dir: Path) -> dict[str, Any]:
+    def __call__(self, scenario: Scenario, out_dir: Path) -> Result:
         from vmigrate.experiment import run_experiment
 
         if os.geteuid() != 0:
@@ -41,9 +42,7 @@ class ExperimentRunner:
         if not self.owns_testbed and not self.testbed.is_healthy():
             self.owns_testbed = True
             self.testbed.up(scenario.network.bandwidth_mbit, self.observer.stage)
-        return run_experiment(scenario, out_dir, self.testbed, self.observer).model_dump(
-            mode="json"
-        )
+        return run_experiment(scenario, out_dir, self.testbed, self.observer)
 
     def close(self) -> list[str]:
         """Take the testbed down if this sweep brought it up; return what could not be removed."""
