@@ -19,12 +19,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from vmigrate.analysis.service import nearest_rank, observed_downtime
+from vmigrate.analysis.service import observed_downtime
 from vmigrate.config import validate_scenario
 from vmigrate.experiment import Experiment, SilentObserver
 from vmigrate.hypervisor.base import EventKind
 from vmigrate.measure.client import read_probe, read_requests
 from vmigrate.pids import process_start_ticks
+from vmigrate.stats import nearest_rank
 from vmigrate.testbed.testbed import Testbed
 
 PAUSES_MS = (100, 300, 1000)

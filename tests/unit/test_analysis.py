@@ -14,11 +14,12 @@ from vmigrate.analysis import analyze
 from vmigrate.analysis.checks import consistency_checks
 from vmigrate.analysis.migration import data_section, phases_section
 from vmigrate.analysis.resources import cpu_split, host_section, table
-from vmigrate.analysis.service import nearest_rank, observed_downtime, service_section
+from vmigrate.analysis.service import observed_downtime, service_section
 from vmigrate.analysis.windows import Windows, counter_delta
 from vmigrate.result import Result
 from vmigrate.result.base import WindowFigures
 from vmigrate.result.document import Event
+from vmigrate.stats import nearest_rank
 
 S = 1_000_000_000  # ns per second
 T0 = 1_000 * S

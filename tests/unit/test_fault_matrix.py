@@ -6,16 +6,35 @@ import json
 from pathlib import Path
 from typing import Any
 
+from test_result import completed_document
+
 from vmigrate.report.fault_matrix import fault_cells, is_fault_sweep, write_fault_matrix
 
 
 def result(outcome: str, on: str, intact: bool, outage: float, recovery: float) -> dict[str, Any]:
-    return {
-        "outcome": outcome,
-        "verification": {"running_on": on},
-        "fault": {"vm_ends_on": on, "intact": intact, "service_outage_ms": outage,
-                  "recovery_ms": recovery},
+    document = completed_document()
+    document["outcome"] = outcome
+    document["verification"]["running_on"] = on
+    document["fault"] = {
+        "kind": "kill-source", "at": "40%", "duration_ms": 0, "injected": True,
+        "injected_at_s": 12.0, "injected_after_migration_start_s": 1.0, "undone_at_s": None,
+        "actions": ["fault: SIGKILL"], "error": None, "vm_ends_on": on, "intact": intact,
+        "service_outage_ms": outage, "recovery_ms": recovery,
     }  # fmt: skip
+    return document
+
+
+def baseline() -> dict[str, Any]:
+    """A run of the no-fault cell: intact, its outage the migration's own."""
+    document = completed_document()
+    document["verification"].update(
+        running_on="destination",
+        memory_checksum_ok=True,
+        memory_writes_intact=True,
+        disk_checksum_ok=True,
+    )
+    document["service"]["observed_downtime_ms"] = 120.0
+    return document
 
 
 def sweep_dir(tmp_path: Path) -> Path:
@@ -23,9 +42,7 @@ def sweep_dir(tmp_path: Path) -> Path:
         "kill": [result("failed", "source", True, 10, 100),
                  result("failed", "source", True, 30, 300),
                  result("vm_lost", "none", False, 5000, 50)],
-        "none": [{"outcome": "completed", "verification": {"running_on": "destination",
-                  "memory_checksum_ok": True, "memory_writes_intact": True,
-                  "disk_checksum_ok": True}, "service": {"observed_downtime_ms": 120.0}}],
+        "none": [baseline()],
     }  # fmt: skip
     cells = []
     for label, results in runs.items():

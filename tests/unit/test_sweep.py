@@ -31,11 +31,11 @@ from vmigrate.config import Scenario, scenario_to_dict
 from vmigrate.errors import EnvironmentProblem, ScenarioError, VmigrateError
 from vmigrate.report.comparison import render_comparison
 from vmigrate.result import Result
+from vmigrate.stats import describe, t_quantile_975
 from vmigrate.sweep.database import RunRecord, result_figures
 from vmigrate.sweep.execute import ERROR_OUTCOME, execute_sweep, run_sweep
 from vmigrate.sweep.plan import PlannedRun, Sweep, load_sweep, run_dir_name
 from vmigrate.sweep.progress import RichSweepProgress
-from vmigrate.sweep.stats import describe, t_quantile_975
 from vmigrate.sweep.summary import summary_table
 
 MIB = 1024 * 1024

@@ -13,18 +13,10 @@ from hdrh.histogram import HdrHistogram
 
 from vmigrate.analysis.windows import WINDOW_NAMES, Array, Mask, Windows, finite_or_none
 from vmigrate.result.service import LatencySummary, Requests, Service, SlaViolations
+from vmigrate.stats import nearest_rank
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
 HDR_MAX_US = 3_600_000_000  # one hour
-
-
-def nearest_rank(values: Array, percentile: float) -> float:
-    """The nearest-rank percentile of `values` (NaN when empty)."""
-    if len(values) == 0:
-        return float("nan")
-    ordered = np.sort(values)
-    rank = int(np.ceil(percentile / 100.0 * len(ordered)))
-    return float(ordered[max(rank, 1) - 1])
 
 
 def latency_summary(latency_ms: Array) -> LatencySummary | None:

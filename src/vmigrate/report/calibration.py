@@ -3,13 +3,13 @@ downtime with the plain physics and with the fitted constants."""
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 
 from rich.table import Table
 
 from vmigrate.migration.calibration import Observation
 from vmigrate.migration.estimate import ModelConstants
+from vmigrate.stats import median_or_none
 
 
 def median_errors(
@@ -27,11 +27,7 @@ def median_errors(
             abs(est.transferred_bytes - obs.transferred_bytes) / obs.transferred_bytes * 100
         )
         pauses.append(abs(est.downtime_ms - obs.downtime_ms))
-
-    def median(values: list[float]) -> float | None:
-        return statistics.median(values) if values else None
-
-    return median(times), median(sizes), median(pauses), len(times)
+    return median_or_none(times), median_or_none(sizes), median_or_none(pauses), len(times)
 
 
 def error_table(

@@ -9,14 +9,18 @@ at any time; written as DIR/faults.md and shown after `vmigrate sweep`.
 from __future__ import annotations
 
 import json
-import statistics
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rich.table import Table
 
+from vmigrate.errors import UsageError
+from vmigrate.result import RESULT_FILE, Result, load_result
+from vmigrate.stats import median_or_none
+
+log = logging.getLogger(__name__)
 FAULTS_FILE = "faults.md"
 
 
@@ -32,36 +36,40 @@ class FaultCell:
     outage_ms: list[float] = field(default_factory=list)
     recovery_ms: list[float] = field(default_factory=list)
 
-    def add(self, result: dict[str, Any]) -> None:
+    def add(self, result: Result) -> None:
         self.runs += 1
-        self.outcomes[str(result.get("outcome"))] += 1
-        fault = result.get("fault") or {}
-        verification = result.get("verification") or {}
-        self.ends_on[str(fault.get("vm_ends_on", verification.get("running_on")))] += 1
-        if fault:
-            self.intact += bool(fault.get("intact"))
-            for values, key in (
-                (self.outage_ms, "service_outage_ms"),
-                (self.recovery_ms, "recovery_ms"),
+        self.outcomes[result.outcome.value] += 1
+        fault, verification = result.fault, result.verification
+        if fault is not None:
+            self.ends_on[str(fault.vm_ends_on)] += 1
+            self.intact += fault.intact
+            for values, figure in (
+                (self.outage_ms, fault.service_outage_ms),
+                (self.recovery_ms, fault.recovery_ms),
             ):
-                if isinstance(fault.get(key), int | float):
-                    values.append(float(fault[key]))
+                if figure is not None:
+                    values.append(figure)
             return
         # The no-fault baseline: intact by the same checks; its outage is the migration's own.
+        self.ends_on[verification.running_on] += 1
         self.intact += all(
-            verification.get(key) is True
-            for key in ("memory_checksum_ok", "memory_writes_intact", "disk_checksum_ok")
+            ok is True
+            for ok in (
+                verification.memory_checksum_ok,
+                verification.memory_writes_intact,
+                verification.disk_checksum_ok,
+            )
         )
-        observed = (result.get("service") or {}).get("observed_downtime_ms")
-        if isinstance(observed, int | float):
-            self.outage_ms.append(float(observed))
+        if result.service.observed_downtime_ms is not None:
+            self.outage_ms.append(result.service.observed_downtime_ms)
 
     def row(self) -> list[str]:
         def counts(counter: Counter[str]) -> str:
             return ", ".join(f"{n} {what}" for what, n in counter.most_common())
 
         def median(values: list[float]) -> str:
-            return f"{statistics.median(values):,.0f}" if values else "—"
+            middle = median_or_none(values)
+            return f"{middle:,.0f}" if middle is not None else "—"
 
         return [
             self.label,
@@ -83,9 +91,13 @@ def fault_cells(sweep_dir: Path) -> list[FaultCell]:
     for cell in summary.get("cells", []):
         out = FaultCell(str(cell.get("label", cell.get("cell_id"))))
         for run in cell.get("run_list", []):
-            path = sweep_dir / str(run.get("run_dir", "")) / "result.json"
-            if path.is_file():
-                out.add(json.loads(path.read_text()))
+            path = sweep_dir / str(run.get("run_dir", "")) / RESULT_FILE
+            if not path.is_file():
+                continue  # the run crashed before it wrote one
+            try:
+                out.add(load_result(path))
+            except UsageError as exc:
+                log.warning("%s", exc)
         cells.append(out)
     return cells
 

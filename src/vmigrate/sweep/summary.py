@@ -12,8 +12,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from vmigrate.stats import describe
 from vmigrate.sweep.database import SweepDatabase
-from vmigrate.sweep.stats import describe
 
 SUMMARY_VERSION = 1
 

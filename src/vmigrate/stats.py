@@ -1,12 +1,32 @@
-"""Statistics over a cell's repetitions: mean, median, stdev and a Student-t 95 % interval."""
+"""The statistics vmigrate's figures use, in one place: nearest-rank percentiles (latency, as
+HdrHistogram reports them), the median of what was measured, and the summary of a cell's
+repetitions (mean, median, stdev and a Student-t 95 % interval)."""
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+def nearest_rank(values: npt.NDArray[np.float64], percentile: float) -> float:
+    """The nearest-rank percentile of `values` (the value at rank ceil(p·N); NaN when empty)."""
+    if len(values) == 0:
+        return float("nan")
+    ordered = np.sort(values)
+    rank = int(np.ceil(percentile / 100.0 * len(ordered)))
+    return float(ordered[max(rank, 1) - 1])
+
+
+def median_or_none(values: Sequence[float]) -> float | None:
+    """The median of `values` (the mean of the middle two for an even count); None when empty."""
+    return statistics.median(values) if values else None
+
 
 # Student t: the 0.975 quantile for 1..30 degrees of freedom (two-sided 95 %).
 _T975 = (
