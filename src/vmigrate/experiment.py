@@ -254,7 +254,7 @@ class Experiment:
         )
         result = analyze(ctx.out_dir, recorded)
         write_result(ctx.out_dir, result)
-        render_report(ctx.out_dir)
+        render_report(ctx.out_dir, result)
         return result
 
     def _environment(self) -> Environment:

@@ -183,7 +183,7 @@ class OwnHostsExperiment:
         )
         result = analyze(self.out_dir, recorded)
         write_result(self.out_dir, result)
-        render_report(self.out_dir)
+        render_report(self.out_dir, result)
         return result
 
     async def _environment(self) -> Environment:

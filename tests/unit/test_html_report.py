@@ -29,9 +29,12 @@ import jsonschema
 import numpy as np
 import pytest
 from synthetic_run import make_synthetic_run
+from test_result import result_of
 
-from vmigrate.report.html.page import render_report
+from vmigrate.analysis import analyze
+from vmigrate.report.html.page import render_html, render_report
 from vmigrate.report.html.series import downsample, summed_rate, thin_marks
+from vmigrate.result import Result, load_result, write_result
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs/result.schema.json").read_text())
 CHROMIUM = Path("/usr/bin/chromium")
@@ -190,13 +193,17 @@ def test_missing_series_say_no_data_instead_of_failing(tmp_path: Path) -> None:
 
 
 def bare_run(path: Path) -> Path:
-    """A run that failed early: result.json without the analysed sections, no series."""
-    result = json.loads((make_synthetic_run(path) / "result.json").read_text())
-    for key in ("phases", "service", "outage", "resources", "data", "prediction", "checks"):
-        result.pop(key)
-    result["outcome"], result["error"] = "failed", "guest never booted"
-    shutil.rmtree(path / "series")
-    (path / "result.json").write_text(json.dumps(result))
+    """A run that failed early, as vmigrate writes it: nothing migrated, no series recorded,
+    every analysed section empty."""
+    path.mkdir(parents=True)
+    recorded = result_of(None, 0)
+    verification = recorded.verification.model_copy(
+        update={"running_on": "none", "service_ok_after": False}
+    )
+    recorded = recorded.model_copy(
+        update={"error": "guest never booted", "verification": verification}
+    )
+    write_result(path, analyze(path, recorded))
     render_report(path)
     return path
 
@@ -204,7 +211,15 @@ def bare_run(path: Path) -> Path:
 def test_a_run_that_failed_early_still_renders(tmp_path: Path) -> None:
     text = (bare_run(tmp_path / "bare") / "report.html").read_text()
     assert text.count('"text":"no data"') == 8
-    assert "guest never booted" in text and "no checks recorded" in text
+    assert "guest never booted" in text and "0 passed · 0 failed · 5 not evaluated" in text
+    assert "no checks recorded" in render_html(tmp_path / "bare", no_checks(tmp_path / "bare"))
+
+
+def no_checks(run_dir: Path) -> Result:
+    """The run's result without consistency checks (a document may have none)."""
+    result = load_result(run_dir)
+    result.checks = []
+    return result
 
 
 def test_the_waterfall_draws_each_step_of_the_switchover(synthetic: Path) -> None:

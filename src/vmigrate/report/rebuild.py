@@ -37,4 +37,4 @@ def rebuild(run_dir: Path) -> tuple[Result, Path]:
     """Recompute result.json from the recorded series and write report.html beside it."""
     result = reanalyse(run_dir)
     write_result(run_dir, result)
-    return result, render_report(run_dir)
+    return result, render_report(run_dir, result)

@@ -12,9 +12,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from vmigrate.report.html.formatting import esc, is_num, num, obj
+from vmigrate.report.html.formatting import esc
 from vmigrate.report.html.series import Array, Series, downsample, group_rows
 from vmigrate.report.html.style import HOST_COLOURS, SPARE_COLOURS
+from vmigrate.result import Result
 
 ROWS = (  # key, panel title, y axis title
     ("latency", "Request latency — each request, rolling p50/p99, failures", "ms (log)"),
@@ -35,7 +36,7 @@ class TimelineFigure:
     (read once), seconds since the run started, one colour per host, traces and axes."""
 
     run_dir: Path
-    result: dict[str, Any]
+    result: Result
     fig: Any = None
     t0_ns: float = 0.0
     sample_s: float = 0.2
@@ -45,12 +46,10 @@ class TimelineFigure:
     cache: dict[str, Series] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.t0_ns = float(obj(self.result.get("clock")).get("t0_ns") or 0)
-        interval = num(obj(self.result.get("resources")).get("sample_interval_ms"))
+        self.t0_ns = float(self.result.clock.t0_ns)
+        interval = self.result.resources.sample_interval_ms
         self.sample_s = interval / 1000 if interval else 0.2
-        for name, span in obj(obj(self.result.get("phases")).get("windows_s")).items():
-            if isinstance(span, list) and len(span) == 2 and all(is_num(v) for v in span):
-                self.windows[str(name)] = (float(span[0]), float(span[1]))
+        self.windows.update(self.result.phases.windows_s)
         if self.windows:
             lo = min(a for a, _ in self.windows.values())
             hi = max(b for _, b in self.windows.values())
@@ -87,7 +86,7 @@ class TimelineFigure:
         """The origin of phases.* (seconds since the run started)."""
         if "during" in self.windows:
             return self.windows["during"][0]
-        return num(obj(self.result.get("timeline_s")).get("migration_start"))
+        return self.result.timeline_s.get("migration_start")
 
     def add(self, row: int, trace: Any, secondary: bool = False) -> None:
         """Add a trace to a panel, listed in that panel's own legend."""

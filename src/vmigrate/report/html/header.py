@@ -3,34 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from vmigrate.report.html.formatting import TIMES, esc, figure_label, fmt, is_num, num, obj, plain
+from vmigrate.report.html.formatting import TIMES, esc, figure_label, fmt, obj, plain
 from vmigrate.report.html.style import OUTCOME_CLASS, WINDOW_NAMES
+from vmigrate.result import Result
 
 
-def header_html(result: dict[str, Any], run_dir: Path) -> str:
+def header_html(result: Result, run_dir: Path) -> str:
     """Scenario name, coloured outcome, strategy, accelerator, start, set-up and the error."""
-    scenario = obj(result.get("scenario"))
-    env = obj(result.get("environment"))
-    mig = obj(result.get("migration"))
-    outcome = str(result.get("outcome", "unknown"))
-    strategy = mig.get("strategy") or obj(scenario.get("migration")).get("strategy")
-    accel = env.get("accel") or "?"
-    reason = env.get("accel_reason")
+    scenario = result.scenario
+    env, mig = result.environment, result.migration
+    outcome = result.outcome.value
+    strategy = mig.strategy or obj(scenario.get("migration")).get("strategy")
+    accel = env.accel or "?"
+    reason = env.accel_reason
     meta = [
-        ("strategy", esc(strategy or "—") + (" over TLS" if mig.get("tls") else "")),
+        ("strategy", esc(strategy or "—") + (" over TLS" if mig.tls else "")),
         (
             "accelerator",
             esc(accel) + (f' <span class="muted">({esc(reason)})</span>' if reason else ""),
         ),
-        ("started", esc(result.get("started_at", "—"))),
+        ("started", esc(result.started_at)),
         ("run", esc(run_dir.name)),
-        ("QEMU", esc(env.get("qemu_version", "—"))),
-        ("vmigrate", esc(env.get("tool_version", "—"))),
+        ("QEMU", esc(env.qemu_version)),
+        ("vmigrate", esc(env.tool_version)),
     ]
-    if env.get("backend") == "libvirt":
-        meta.insert(1, ("backend", "libvirt " + esc(env.get("libvirt_version", ""))))
+    if env.backend == "libvirt":
+        meta.insert(1, ("backend", "libvirt " + esc(env.libvirt_version or "")))
     vm = obj(scenario.get("vm"))
     work = obj(scenario.get("workload"))
     net = obj(scenario.get("network"))
@@ -51,7 +50,7 @@ def header_html(result: dict[str, Any], run_dir: Path) -> str:
         ("link", fmt("x_mbit_s", net.get("bandwidth_mbit"))),
         ("downtime limit", fmt("x_ms", obj(scenario.get("migration")).get("downtime_limit_ms"))),
     ]
-    error = result.get("error")
+    error = result.error
     error_html = (
         f'<div class="error" id="run-error"><b>error</b> <pre>{esc(error)}</pre></div>'
         if error
@@ -70,13 +69,13 @@ def header_html(result: dict[str, Any], run_dir: Path) -> str:
     )
 
 
-def checks_html(result: dict[str, Any]) -> tuple[str, str]:
+def checks_html(result: Result) -> tuple[str, str]:
     """(banner, section): the banner only when a check is false."""
-    checks = [c for c in result.get("checks", []) if isinstance(c, dict)]
-    failed = [c for c in checks if c.get("ok") is False]
+    checks = result.checks
+    failed = [c for c in checks if c.ok is False]
     banner = ""
     if failed:
-        names = ", ".join(str(c.get("name")) for c in failed)
+        names = ", ".join(c.name for c in failed)
         banner = (
             f'<div class="banner" id="check-banner" role="alert">✗ {len(failed)} of '
             f"{len(checks)} consistency check{'s' if len(checks) != 1 else ''} failed: "
@@ -84,7 +83,7 @@ def checks_html(result: dict[str, Any]) -> tuple[str, str]:
         )
     rows = []
     for check in checks:
-        ok = check.get("ok")
+        ok = check.ok
         cls, word = (
             ("check-ok", "pass")
             if ok is True
@@ -92,20 +91,19 @@ def checks_html(result: dict[str, Any]) -> tuple[str, str]:
             if ok is False
             else ("check-na", "n/a")
         )
-        figures = obj(check.get("figures"))
         chips = "".join(
             f'<span class="chip"><span class="muted">{esc(figure_label(k))}</span> '
             f"{fmt(k, v)}</span>"
-            for k, v in figures.items()
+            for k, v in check.figures.items()
         )
         rows.append(
             f'<tr class="{cls}"><td><span class="badge {cls}">{word}</span></td>'
-            f'<td><code>{esc(check.get("name", "?"))}</code><div class="muted small">'
-            f"{esc(check.get('detail', ''))}</div></td><td>{chips}</td></tr>"
+            f'<td><code>{esc(check.name)}</code><div class="muted small">'
+            f"{esc(check.detail)}</div></td><td>{chips}</td></tr>"
         )
     summary = (
-        f"{sum(c.get('ok') is True for c in checks)} passed · {len(failed)} failed · "
-        f"{sum(c.get('ok') is None for c in checks)} not evaluated"
+        f"{sum(c.ok is True for c in checks)} passed · {len(failed)} failed · "
+        f"{sum(c.ok is None for c in checks)} not evaluated"
     )
     table = (
         '<table class="grid checks"><thead><tr><th></th><th>check</th><th>figures</th></tr>'
@@ -120,38 +118,33 @@ def checks_html(result: dict[str, Any]) -> tuple[str, str]:
     return banner, section
 
 
-def cards_html(result: dict[str, Any]) -> str:
+def cards_html(result: Result) -> str:
     """The headline figures, big, above everything else."""
-    mig = obj(result.get("migration"))
-    svc = obj(result.get("service"))
-    lat = obj(svc.get("latency_ms"))
-    req = obj(svc.get("requests"))
-    sla = obj(svc.get("sla_violations"))
-    ram = num(mig.get("guest_ram_bytes"))
-    sent = num(mig.get("transferred_bytes"))
-    p99 = [num(obj(lat.get(w)).get("p99")) for w in WINDOW_NAMES]
-    counts = [req[k] for k in ("errors", "timeouts") if is_num(req.get(k))]
-    failed = sum(counts) if counts else None
+    mig, svc = result.migration, result.service
+    req, sla = svc.requests, svc.sla_violations
+    ram, sent = mig.guest_ram_bytes, mig.transferred_bytes
+    p99 = [latency.p99 if (latency := svc.latency_ms.get(w)) else None for w in WINDOW_NAMES]
+    failed = req.errors + req.timeouts
     cards = [
         (
             "migration time",
-            fmt("x_s", mig.get("total_time_s")),
-            f"setup {fmt('x_s', mig.get('setup_time_s'))}",
+            fmt("x_s", mig.total_time_s),
+            f"setup {fmt('x_s', mig.setup_time_s)}",
         ),
         (
             "downtime (probe)",
-            fmt("x_ms", svc.get("observed_downtime_ms")),
-            f"hypervisor reports {fmt('x_ms', mig.get('downtime_reported_ms'))}",
+            fmt("x_ms", svc.observed_downtime_ms),
+            f"hypervisor reports {fmt('x_ms', mig.downtime_reported_ms)}",
         ),
         (
             "transferred",
-            fmt("x_bytes", mig.get("transferred_bytes")),
-            f"{plain(sent / ram, 2)} {TIMES} guest RAM" if sent is not None and ram else "",
+            fmt("x_bytes", sent),
+            f"{plain(sent / ram, 2)} {TIMES} guest RAM" if ram else "",
         ),
         (
             "throughput",
-            fmt("x_mbit_s", mig.get("throughput_mbit_s")),
-            f"{fmt('x', mig.get('iterations'))} iterations",
+            fmt("x_mbit_s", mig.throughput_mbit_s),
+            f"{fmt('x', mig.iterations)} iterations",
         ),
         (
             "latency p99 during",
@@ -160,18 +153,18 @@ def cards_html(result: dict[str, Any]) -> str:
         ),
         (
             "over SLA",
-            fmt("x", sla.get("over_sla")),
-            f"requests slower than {fmt('x_ms', svc.get('sla_ms'))} during the migration",
+            fmt("x", sla.over_sla),
+            f"requests slower than {fmt('x_ms', svc.sla_ms)} during the migration",
         ),
         (
             "failed requests",
             fmt("x", failed),
-            f"of {fmt('x', req.get('sent'))} · timeouts {fmt('x', req.get('timeouts'))}",
+            f"of {fmt('x', req.sent)} · timeouts {fmt('x', req.timeouts)}",
         ),
         (
             "probes lost",
-            fmt("x", svc.get("probe_lost")),
-            f"of {fmt('x', svc.get('probe_sent'))} sent during the migration",
+            fmt("x", svc.probe_lost),
+            f"of {fmt('x', svc.probe_sent)} sent during the migration",
         ),
     ]
     body = "".join(
@@ -185,33 +178,26 @@ def cards_html(result: dict[str, Any]) -> str:
 PREFLIGHT_CLASS = {"pass": "check-ok", "warn": "warn", "fail": "check-fail"}
 
 
-def preflight_html(result: dict[str, Any]) -> str:
+def preflight_html(result: Result) -> str:
     """The pre-flight checks: status, what each found, and the fix for what did not pass."""
-    pre = result.get("preflight")
-    if not isinstance(pre, dict):
+    pre = result.preflight
+    if pre is None:
         return ""
-    if pre.get("skipped"):
+    if pre.skipped:
         head = '<span class="muted small">skipped (--skip-preflight)</span>'
     else:
         head = (
-            f'<span class="muted small">guest CPU {esc(pre.get("cpu_model"))} · machine '
-            f"{esc(pre.get('machine'))}</span>"
+            f'<span class="muted small">guest CPU {esc(pre.cpu_model)} · machine '
+            f"{esc(pre.machine)}</span>"
         )
     rows = []
-    for check in pre.get("checks", []):
-        if not isinstance(check, dict):
-            continue
-        status = str(check.get("status"))
-        cls = PREFLIGHT_CLASS.get(status, "check-na")
-        fix = (
-            f'<div class="small"><b>fix:</b> {esc(check.get("fix"))}</div>'
-            if check.get("fix")
-            else ""
-        )
+    for check in pre.checks:
+        cls = PREFLIGHT_CLASS.get(check.status, "check-na")
+        fix = f'<div class="small"><b>fix:</b> {esc(check.fix)}</div>' if check.fix else ""
         rows.append(
-            f'<tr class="{cls}"><td><span class="badge {cls}">{esc(status)}</span></td>'
-            f"<td><code>{esc(check.get('name', '?'))}</code></td>"
-            f"<td>{esc(check.get('message', ''))}{fix}</td></tr>"
+            f'<tr class="{cls}"><td><span class="badge {cls}">{esc(check.status)}</span></td>'
+            f"<td><code>{esc(check.name)}</code></td>"
+            f"<td>{esc(check.message)}{fix}</td></tr>"
         )
     table = (
         '<table class="grid checks"><thead><tr><th></th><th>check</th><th>finding</th></tr>'

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from vmigrate.report.html.formatting import esc, kv_table, num, obj, plain
+from vmigrate.result import Result
 
 #: The waterfall's moments in order: key in outage.waterfall_s, what ends there, and the colour
 #: of the bar that ends there (amber: the VM still runs, red: its vCPUs are stopped, green: the
@@ -120,9 +121,10 @@ def _tick_step(span_ms: float) -> float:
     return 10000.0
 
 
-def outage_html(result: dict[str, Any]) -> str:
+def outage_html(result: Result) -> str:
     """The outage section (nothing for a result without one)."""
-    outage = obj(result.get("outage"))
+    # read as a dict, like analysis/outage.py writes it (both change together)
+    outage = result.outage.model_dump() if result.outage is not None else {}
     if not outage:
         return ""
     return (

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import plotly.offline
 
-from vmigrate.report.html.formatting import esc, num, obj, plain
+from vmigrate.report.html.formatting import esc, plain
 from vmigrate.report.html.header import cards_html, checks_html, header_html, preflight_html
 from vmigrate.report.html.outage import outage_html
 from vmigrate.report.html.sections import (
@@ -21,39 +19,36 @@ from vmigrate.report.html.sections import (
 )
 from vmigrate.report.html.style import ACTION_LINE, CSS, MOMENTS, WINDOW_FILL
 from vmigrate.report.html.timeline import timeline_html
+from vmigrate.result import Result, load_result
 
 REPORT_FILE = "report.html"
-RESULT_FILE = "result.json"
 
 
-def _timeline_section(fragment: str, result: dict[str, Any]) -> str:
+def _timeline_section(fragment: str, result: Result) -> str:
     """The figure under a key to its shaded windows and vertical moment lines."""
-    windows = obj(obj(result.get("phases")).get("windows_s"))
+    windows = result.phases.windows_s
     swatches = "".join(
         f'<span class="swatch" style="background:{swatch}"></span>{name}'
         + (
-            f' <span class="muted">{plain(float(span[0]), 2)}&ndash;'
-            f"{plain(float(span[1]), 2)} s</span>"
-            if isinstance(span := windows.get(name), list) and len(span) == 2
+            f' <span class="muted">{plain(span[0], 2)}&ndash;{plain(span[1], 2)} s</span>'
+            if (span := windows.get(name)) is not None
             else ""
         )
         for name, (_, swatch) in WINDOW_FILL.items()
     )
-    phases = obj(result.get("phases"))
     moments = "".join(
         f'<span class="swatch" style="background:{colour};height:3px;border:0"></span>{label}'
         + (
             f' <span class="muted">+{plain(at, 3)} s</span>'
-            if (at := num(phases.get(key))) is not None
+            if (at := getattr(result.phases, key)) is not None
             else ""
         )
         for key, label, colour, _ in MOMENTS
     )
     actions = "".join(
         f'<span class="swatch" style="background:{ACTION_LINE[0]};height:3px;border:0"></span>'
-        f'{esc(a.get("action"))} <span class="muted">{plain(float(a["t_s"]), 2)} s</span>'
-        for a in obj(result.get("migration")).get("actions", [])
-        if isinstance(a, dict) and num(a.get("t_s")) is not None
+        f'{esc(a.action)} <span class="muted">{plain(a.t_s, 2)} s</span>'
+        for a in result.migration.actions
     )
     actions_note = (
         f'<div class="legend-note">orchestrator actions:{actions}</div>' if actions else ""
@@ -68,10 +63,10 @@ def _timeline_section(fragment: str, result: dict[str, Any]) -> str:
     )
 
 
-def render_html(run_dir: Path, result: dict[str, Any]) -> str:
+def render_html(run_dir: Path, result: Result) -> str:
     """The whole page as a string (plotly.js inlined)."""
     banner, checks = checks_html(result)
-    name = obj(result.get("scenario")).get("name", "run")
+    name = result.scenario.get("name", "run")
     body = (
         header_html(result, run_dir)
         + banner
@@ -94,7 +89,7 @@ def render_html(run_dir: Path, result: dict[str, Any]) -> str:
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>vmigrate · {esc(name)} · {esc(result.get('outcome', ''))}</title>"
+        f"<title>vmigrate · {esc(name)} · {esc(result.outcome.value)}</title>"
         f"<style>{CSS}</style>"
         f"<script>{plotly_js}</script>"
         f"</head><body><main>{body}"
@@ -103,10 +98,12 @@ def render_html(run_dir: Path, result: dict[str, Any]) -> str:
     )
 
 
-def render_report(run_dir: Path) -> Path:
-    """Write RUN/report.html from RUN/result.json and RUN/series; return its path."""
-    result = json.loads((run_dir / RESULT_FILE).read_text())
-    page = render_html(run_dir, result)
+def render_report(run_dir: Path, result: Result | None = None) -> Path:
+    """Write RUN/report.html from `result` (default: RUN/result.json) and RUN/series; return
+    its path.
+
+    :raise UsageError: no `result` given and RUN/result.json does not load."""
+    page = render_html(run_dir, result if result is not None else load_result(run_dir))
     path = run_dir / REPORT_FILE
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")

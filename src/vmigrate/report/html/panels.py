@@ -7,7 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from vmigrate.report.html.figure import TimelineFigure
-from vmigrate.report.html.formatting import MIB, is_num, num, obj, plain
+from vmigrate.report.html.formatting import MIB, num, obj, plain
 from vmigrate.report.html.series import (
     Array,
     Series,
@@ -54,7 +54,7 @@ def latency_panel(tl: TimelineFigure, row: int) -> bool:
     label = f"{window * 1000:.0f} ms" if window < 10 else f"{window:.0f} s"
     tl.line(row, centres, p50, f"p50 ({label})", "#1f2328", unit="ms", width=1.8, gl=True)
     tl.line(row, centres, p99, f"p99 ({label})", "#d9480f", unit="ms", width=1.8, gl=True)
-    timeout_ms = num(obj(obj(tl.result.get("scenario")).get("load")).get("timeout_ms"))
+    timeout_ms = num(obj(tl.result.scenario.get("load")).get("timeout_ms"))
     top = float(np.nanmax(latency[ok])) if np.any(ok) else 1.0
     for mask, name, symbol in ((failed, "error", "x"), (timeout, "timeout", "triangle-up")):
         if not np.any(mask):
@@ -81,7 +81,7 @@ def latency_panel(tl: TimelineFigure, row: int) -> bool:
                 hovertemplate=f"{name}<br>%{{y:.1f}} ms<br>intended at %{{x:.3f}} s<extra></extra>",
             ),
         )
-    sla = num(obj(tl.result.get("service")).get("sla_ms"))
+    sla = tl.result.service.sla_ms
     if sla and len(t):
         lo, hi = tl.x_range or (float(np.nanmin(t)), float(np.nanmax(t)))
         tl.add(
@@ -140,7 +140,7 @@ def probe_panel(tl: TimelineFigure, row: int) -> bool:
         )
     lost = t_send[~replied]
     if len(lost):
-        interval = num(obj(tl.result.get("service")).get("probe_interval_ms")) or 1.0
+        interval = tl.result.service.probe_interval_ms or 1.0
         marks = thin_marks(lost)
         tl.add(
             row,
@@ -158,11 +158,8 @@ def probe_panel(tl: TimelineFigure, row: int) -> bool:
                 hovertemplate="lost, sent at %{x:.3f} s<extra></extra>",
             ),
         )
-    svc = obj(tl.result.get("service"))
-    start, width = (
-        num(svc.get("observed_downtime_start_s")),
-        num(svc.get("observed_downtime_ms")),
-    )
+    svc = tl.result.service
+    start, width = svc.observed_downtime_start_s, svc.observed_downtime_ms
     if start is not None and width is not None:
         xref, yref = tl.refs(row)
         tl.fig.add_shape(
@@ -252,8 +249,8 @@ def dirty_panel(tl: TimelineFigure, row: int) -> bool:
         tl.line(row, t[order], rate[order], "dirty rate", "#c2255c", unit="MiB/s", width=2)
         drew = True
     start = tl.migration_start()
-    passes = [p for p in obj(tl.result.get("phases")).get("iterations", []) if isinstance(p, dict)]
-    times = [float(p["t_s"]) + start for p in passes if start is not None and is_num(p.get("t_s"))]
+    passes = tl.result.phases.iterations
+    times = [p.t_s + start for p in passes if start is not None]
     if times:
         tl.add(
             row,
@@ -262,7 +259,7 @@ def dirty_panel(tl: TimelineFigure, row: int) -> bool:
                 y=[0.0] * len(times),
                 name="pass starts",
                 mode="markers+text",
-                text=[f"#{p.get('pass')}" for p in passes][: len(times)],
+                text=[f"#{p.pass_}" for p in passes][: len(times)],
                 textposition="top center",
                 textfont={"size": 10, "color": "#57606a"},
                 marker={"symbol": "triangle-up", "size": 9, "color": "#57606a"},

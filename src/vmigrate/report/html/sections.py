@@ -16,69 +16,58 @@ from vmigrate.report.html.formatting import (
     grid_table,
     is_num,
     kv_table,
-    num,
-    obj,
     plain,
 )
 from vmigrate.report.html.style import MOMENTS, WINDOW_NAMES
+from vmigrate.result import Result
+from vmigrate.result.base import WindowFigures
+from vmigrate.result.resources import HostResources
 
 
-def migration_html(result: dict[str, Any]) -> str:
+def migration_html(result: Result) -> str:
     """Times, downtime reported vs observed, bytes, passes, throughput, and its moments."""
-    mig = obj(result.get("migration"))
-    svc = obj(result.get("service"))
-    phases = obj(result.get("phases"))
-    ram = num(mig.get("guest_ram_bytes"))
-    sent = num(mig.get("transferred_bytes"))
+    mig, svc, phases = result.migration, result.service, result.phases
+    ram, sent = mig.guest_ram_bytes, mig.transferred_bytes
     share = (
-        f' <span class="muted">({plain(100 * sent / ram, 1)} % of guest RAM)</span>'
-        if sent is not None and ram
-        else ""
+        f' <span class="muted">({plain(100 * sent / ram, 1)} % of guest RAM)</span>' if ram else ""
     )
-    interval = svc.get("probe_interval_ms")
-    passes = [p for p in phases.get("iterations", []) if isinstance(p, dict)]
     rows = [
-        ("strategy", fmt("strategy", mig.get("strategy"))),
-        ("total time", fmt("total_time_s", mig.get("total_time_s"))),
-        ("setup time", fmt("setup_time_s", mig.get("setup_time_s"))),
-        (
-            "downtime reported (hypervisor)",
-            fmt("downtime_reported_ms", mig.get("downtime_reported_ms")),
-        ),
+        ("strategy", fmt("strategy", mig.strategy)),
+        ("total time", fmt("total_time_s", mig.total_time_s)),
+        ("setup time", fmt("setup_time_s", mig.setup_time_s)),
+        ("downtime reported (hypervisor)", fmt("downtime_reported_ms", mig.downtime_reported_ms)),
         (
             "downtime observed (probe)",
-            fmt("observed_downtime_ms", svc.get("observed_downtime_ms"))
-            + (
-                f' <span class="muted">± {fmt("x_ms", interval)}</span>'
-                if interval is not None
-                else ""
-            ),
+            fmt("observed_downtime_ms", svc.observed_downtime_ms)
+            + f' <span class="muted">± {fmt("x_ms", svc.probe_interval_ms)}</span>',
         ),
-        ("transferred", fmt("transferred_bytes", mig.get("transferred_bytes")) + share),
-        ("remaining at the end", fmt("remaining_bytes", mig.get("remaining_bytes"))),
-        ("iterations (pre-copy passes)", fmt("iterations", mig.get("iterations"))),
-        ("average throughput", fmt("throughput_mbit_s", mig.get("throughput_mbit_s"))),
-        ("guest RAM", fmt("guest_ram_bytes", mig.get("guest_ram_bytes"))),
-        ("progress samples", fmt("progress_samples", mig.get("progress_samples"))),
-        ("attempts", fmt("attempts", mig.get("attempts"))),
+        ("transferred", fmt("transferred_bytes", sent) + share),
+        ("remaining at the end", fmt("remaining_bytes", mig.remaining_bytes)),
+        ("iterations (pre-copy passes)", fmt("iterations", mig.iterations)),
+        ("average throughput", fmt("throughput_mbit_s", mig.throughput_mbit_s)),
+        ("guest RAM", fmt("guest_ram_bytes", ram)),
+        ("progress samples", fmt("progress_samples", mig.progress_samples)),
+        ("attempts", fmt("attempts", mig.attempts)),
     ]
     rows += [
         (
-            f"orchestrator at {plain(float(a['t_s']), 2)} s",
-            esc(a.get("action")) + ' <span class="muted">(since the run started)</span>',
+            f"orchestrator at {plain(a.t_s, 2)} s",
+            esc(a.action) + ' <span class="muted">(since the run started)</span>',
         )
-        for a in mig.get("actions", [])
-        if isinstance(a, dict) and num(a.get("t_s")) is not None
+        for a in mig.actions
     ]
     moments = [
-        (f"{label} at", fmt("x_s", phases.get(key)) + ' <span class="muted">after the start</span>')
+        (
+            f"{label} at",
+            fmt("x_s", getattr(phases, key)) + ' <span class="muted">after the start</span>',
+        )
         for key, label, _, _ in MOMENTS
     ]
-    if passes:
+    if phases.iterations:
         moments.append(
             (
                 "passes started at",
-                ", ".join(f"#{esc(p.get('pass'))} {fmt('x_s', p.get('t_s'))}" for p in passes),
+                ", ".join(f"#{p.pass_} {fmt('x_s', p.t_s)}" for p in phases.iterations),
             )
         )
     return (
@@ -90,62 +79,50 @@ def migration_html(result: dict[str, Any]) -> str:
     )
 
 
-def service_html(result: dict[str, Any]) -> str:
+def service_html(result: Result) -> str:
     """Latency per window, requests, SLA violations, probe figures."""
-    svc = obj(result.get("service"))
-    lat = obj(svc.get("latency_ms"))
-    rps = obj(svc.get("throughput_rps"))
+    svc = result.service
+    lat, rps = svc.latency_ms, svc.throughput_rps
     windows = list(WINDOW_NAMES) + [w for w in lat if w not in WINDOW_NAMES]
     header = ["window", "requests", "p50", "p90", "p99", "p99.9", "max", "mean", "throughput"]
     rows = []
     for window in windows:
-        stats = obj(lat.get(window))
+        stats = lat.get(window)
         rows.append(
-            [f"<b>{esc(window)}</b>", fmt("count", stats.get("count"))]
-            + [fmt("x_ms", stats.get(k)) for k in ("p50", "p90", "p99", "p999", "max", "mean")]
+            [f"<b>{esc(window)}</b>", fmt("count", stats.count if stats else None)]
+            + [
+                fmt("x_ms", getattr(stats, k) if stats else None)
+                for k in ("p50", "p90", "p99", "p999", "max", "mean")
+            ]
             + [fmt("x_rps", rps.get(window))]
         )
-    req = obj(svc.get("requests"))
-    sla = obj(svc.get("sla_violations"))
-    requests = [(figure_label(k), fmt(k, v)) for k, v in req.items()]
+    sla = svc.sla_violations
+    requests = [(figure_label(k), fmt(k, v)) for k, v in svc.requests.model_dump().items()]
     violations = [
-        ("SLA", fmt("sla_ms", svc.get("sla_ms"))),
-        ("slower than the SLA (migration window)", fmt("over_sla", sla.get("over_sla"))),
+        ("SLA", fmt("sla_ms", svc.sla_ms)),
+        ("slower than the SLA (migration window)", fmt("over_sla", sla.over_sla)),
         (
             f"slower than 2 {TIMES} baseline p99",
-            fmt("x", sla.get("over_2x_baseline_p99"))
+            fmt("x", sla.over_2x_baseline_p99)
             + ' <span class="muted">(baseline p99 '
-            + f"{fmt('x_ms', sla.get('baseline_p99_ms'))})</span>",
+            + f"{fmt('x_ms', sla.baseline_p99_ms)})</span>",
         ),
     ]
     probe = [
-        ("interval", fmt("probe_interval_ms", svc.get("probe_interval_ms"))),
-        ("sent during the migration", fmt("probe_sent", svc.get("probe_sent"))),
-        ("lost during the migration", fmt("probe_lost", svc.get("probe_lost"))),
-        (
-            "longest gap between replies",
-            fmt("observed_downtime_ms", svc.get("observed_downtime_ms")),
-        ),
+        ("interval", fmt("probe_interval_ms", svc.probe_interval_ms)),
+        ("sent during the migration", fmt("probe_sent", svc.probe_sent)),
+        ("lost during the migration", fmt("probe_lost", svc.probe_lost)),
+        ("longest gap between replies", fmt("observed_downtime_ms", svc.observed_downtime_ms)),
         (
             "gap started at",
-            fmt("x_s", svc.get("observed_downtime_start_s"))
+            fmt("x_s", svc.observed_downtime_start_s)
             + ' <span class="muted">since the run started</span>',
         ),
+        (
+            figure_label("probe_replies_after_migration"),
+            fmt("probe_replies_after_migration", svc.probe_replies_after_migration),
+        ),
     ]
-    known = {
-        "probe_interval_ms",
-        "observed_downtime_ms",
-        "observed_downtime_start_s",
-        "probe_sent",
-        "probe_lost",
-        "latency_ms",
-        "requests",
-        "sla_ms",
-        "sla_violations",
-        "throughput_rps",
-        "histograms",
-    }
-    probe += [(figure_label(k), fmt(k, v)) for k, v in svc.items() if k not in known]
     return (
         '<section id="service"><h2>Service <span class="muted small">as the client saw it; '
         "latency from each request's intended send time</span></h2>"
@@ -158,24 +135,23 @@ def service_html(result: dict[str, Any]) -> str:
     )
 
 
-def _window_cell(figures: Any, render: Callable[[Any], str]) -> str:
+def _window_cell(figures: WindowFigures | None, render: Callable[[Any], str]) -> str:
     """`during` big, `extra` (over what the baseline rate predicts) small, signed."""
-    fig = obj(figures)
-    during, extra = fig.get("during"), fig.get("extra")
+    during = figures.during if figures else None
+    extra = figures.extra if figures else None
     if during is None and extra is None:
         return '<span class="muted">—</span>'
     extra_html = ""
-    if extra is not None and is_num(extra):
+    if extra is not None:
         sign = "+" if extra >= 0 else MINUS
         extra_html = f' <span class="extra">{sign}{render(abs(extra))} extra</span>'
     return f"{render(during)}{extra_html}"
 
 
-def resources_html(result: dict[str, Any]) -> str:
+def resources_html(result: Result) -> str:
     """One column per host: CPU (total, baseline, peak, QEMU by thread class), network, disk,
     RSS; totals over the migration window with what they cost above the baseline."""
-    res = obj(result.get("resources"))
-    hosts = obj(res.get("hosts"))
+    hosts = result.resources.hosts
     if not hosts:
         return '<section id="resources"><h2>Resources</h2><p class="muted">no data</p></section>'
     names = list(hosts)
@@ -186,50 +162,38 @@ def resources_html(result: dict[str, Any]) -> str:
     def size(v: Any) -> str:
         return fmt("x_bytes", v)
 
-    def row(label: str, cell: Callable[[dict[str, Any]], str]) -> list[str]:
-        return [f"<b>{esc(label)}</b>"] + [cell(obj(hosts[h])) for h in names]
+    def row(label: str, cell: Callable[[HostResources], str]) -> list[str]:
+        return [f"<b>{esc(label)}</b>"] + [cell(hosts[h]) for h in names]
 
-    def window(
-        key: str, render: Callable[[Any], str], sub: str | None = None
-    ) -> Callable[..., str]:
-        """A cell: figures `key` (or `key`.`sub`) of a host, as during + extra."""
+    def window(key: str, render: Callable[[Any], str]) -> Callable[[HostResources], str]:
+        """A cell: the host's figures `key`, as during + extra."""
+        return lambda host: _window_cell(getattr(host, key), render)
 
-        def cell(host: dict[str, Any]) -> str:
-            figures = obj(host.get(key)).get(sub) if sub else host.get(key)
-            return _window_cell(figures, render)
+    def rss(which: str) -> Callable[[HostResources], str]:
+        return lambda host: size(getattr(host.rss_bytes, which))
 
-        return cell
+    def qemu(klass: str) -> Callable[[HostResources], str]:
+        """A cell: the host's QEMU CPU of one thread class, as during + extra."""
+        return lambda host: _window_cell(host.qemu_cpu_seconds.get(klass), cpu_s)
 
-    def rss(which: str) -> Callable[..., str]:
-        return lambda host: size(obj(host.get("rss_bytes")).get(which))
+    def baseline(host: HostResources) -> str:
+        rate = host.cpu_seconds.baseline_rate
+        if rate is None:
+            return fmt("x", None)
+        return fmt("x_pct", 100 * rate) + ' <span class="muted">of a core</span>'
 
     rows = [
         row("CPU during the migration", window("cpu_seconds", cpu_s)),
-        row(
-            "CPU in the baseline",
-            lambda h: (
-                fmt("x_pct", 100 * v) + ' <span class="muted">of a core</span>'
-                if (v := num(obj(h.get("cpu_seconds")).get("baseline_rate"))) is not None
-                else fmt("x", None)
-            ),
-        ),
+        row("CPU in the baseline", baseline),
         row(
             "CPU peak",
-            lambda h: fmt("x_pct", h.get("cpu_pct_peak")) + ' <span class="muted">of a core</span>',
+            lambda h: fmt("x_pct", h.cpu_pct_peak) + ' <span class="muted">of a core</span>',
         ),
     ]
     classes: list[str] = []
     for h in names:
-        for klass in obj(obj(hosts[h]).get("qemu_cpu_seconds")):
-            if klass not in classes:
-                classes.append(klass)
-    for klass in classes:
-        rows.append(
-            row(
-                f"QEMU CPU, {klass} threads",
-                window("qemu_cpu_seconds", cpu_s, klass),
-            )
-        )
+        classes += [klass for klass in hosts[h].qemu_cpu_seconds if klass not in classes]
+    rows += [row(f"QEMU CPU, {klass} threads", qemu(klass)) for klass in classes]
     for key, label in (
         ("net_tx_bytes", "network sent"),
         ("net_rx_bytes", "network received"),
@@ -239,8 +203,8 @@ def resources_html(result: dict[str, Any]) -> str:
         rows.append(row(label, window(key, size)))
     for key, label in (("before", "before"), ("peak", "peak during"), ("after", "after")):
         rows.append(row(f"RSS {label}", rss(key)))
-    rows.append(row("processes", lambda h: fmt("processes", h.get("processes"))))
-    interval = res.get("sample_interval_ms")
+    rows.append(row("processes", lambda h: fmt("processes", h.processes)))
+    interval = result.resources.sample_interval_ms
     return (
         '<section id="resources"><h2>Resources per host <span class="muted small">totals over the '
         "migration window; <i>extra</i> = above what the baseline rate predicts for the same "
@@ -250,17 +214,15 @@ def resources_html(result: dict[str, Any]) -> str:
     )
 
 
-def data_html(result: dict[str, Any]) -> str:
+def data_html(result: Result) -> str:
     """The data section, every figure with its unit."""
-    data = obj(result.get("data"))
-    rows = [(figure_label(k), fmt(k, v)) for k, v in data.items()]
-    body = kv_table(rows) if rows else '<p class="muted">no data</p>'
-    return f'<section id="data"><h2>Data moved</h2>{body}</section>'
+    rows = [(figure_label(k), fmt(k, v)) for k, v in result.data.model_dump().items()]
+    return f'<section id="data"><h2>Data moved</h2>{kv_table(rows)}</section>'
 
 
-def verification_html(result: dict[str, Any]) -> str:
+def verification_html(result: Result) -> str:
     """Where the VM runs and whether it is intact; a mismatch or a change in red."""
-    ver = obj(result.get("verification"))
+    ver = result.verification.model_dump()  # the keys the document has, in its order
     rows = []
     for key, value in ver.items():
         cell = fmt(key, value)
@@ -270,8 +232,7 @@ def verification_html(result: dict[str, Any]) -> str:
         if twin and ver.get(twin) is not None and value is not None and ver[twin] != value:
             cell = f'<span class="no">{cell}</span> <span class="muted">(changed)</span>'
         rows.append((figure_label(key), cell))
-    body = kv_table(rows) if rows else '<p class="muted">no data</p>'
-    return f'<section id="verification"><h2>Verification</h2>{body}</section>'
+    return f'<section id="verification"><h2>Verification</h2>{kv_table(rows)}</section>'
 
 
 def _flatten(prefix: str, value: Any) -> list[tuple[str, str]]:
@@ -284,25 +245,25 @@ def _flatten(prefix: str, value: Any) -> list[tuple[str, str]]:
     return [(prefix, esc(json.dumps(value)) if not isinstance(value, str) else esc(value))]
 
 
-def run_details_html(result: dict[str, Any]) -> str:
+def run_details_html(result: Result) -> str:
     """Scenario, environment, timeline marks, files and events: the context of the figures."""
-    env = [(figure_label(k), esc(v)) for k, v in obj(result.get("environment")).items()]
-    marks = [(k.replace("_", " "), fmt("x_s", v)) for k, v in obj(result.get("timeline_s")).items()]
+    env = [(figure_label(k), esc(v)) for k, v in result.environment.model_dump().items()]
+    marks = [(k.replace("_", " "), fmt("x_s", v)) for k, v in result.timeline_s.items()]
     files = []
-    for key, value in obj(result.get("files")).items():
+    for key, value in result.files.items():
         target = str(value)
         local = "://" not in target and not target.startswith(("/", "\\", "javascript:"))
         link = f'<a href="{esc(target)}">{esc(target)}</a>' if local else esc(target)
         files.append((key.replace("_", " "), link))
-    scenario = _flatten("", obj(result.get("scenario")))
-    events = [e for e in result.get("events", []) if isinstance(e, dict)]
+    scenario = _flatten("", result.scenario)
+    events = result.events
     event_rows = [
         [
-            fmt("x_s", e.get("t_s")),
-            esc(e.get("host", "")),
-            f"<code>{esc(e.get('event', ''))}</code>",
-            f"<code>{esc(e.get('name', ''))}</code>",
-            f"<code>{esc(json.dumps(e.get('data', {}), sort_keys=True))}</code>",
+            fmt("x_s", e.t_s),
+            esc(e.host),
+            f"<code>{esc(e.event.value)}</code>",
+            f"<code>{esc(e.name)}</code>",
+            f"<code>{esc(json.dumps(e.data, sort_keys=True))}</code>",
         ]
         for e in events
     ]

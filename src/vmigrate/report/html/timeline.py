@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from vmigrate.report.html.figure import ROW_HEIGHT_PX, ROWS, TimelineFigure
-from vmigrate.report.html.formatting import esc, num, obj
+from vmigrate.report.html.formatting import esc
 from vmigrate.report.html.panels import (
     cpu_panel,
     dirty_panel,
@@ -23,6 +23,7 @@ from vmigrate.report.html.panels import (
     rss_panel,
 )
 from vmigrate.report.html.style import ACTION_LINE, MOMENTS, WINDOW_FILL
+from vmigrate.result import Result
 
 Moment = tuple[float, str, str, str]  # t_s, label, colour, dash
 
@@ -49,17 +50,12 @@ def decorate(tl: TimelineFigure, drawn: Sequence[bool]) -> None:
 
 def _moments(tl: TimelineFigure) -> list[Moment]:
     """The vertical lines: the migration's moments and what the orchestrator did."""
-    start = tl.migration_start()
-    phases = obj(tl.result.get("phases"))
+    start, phases = tl.migration_start(), tl.result.phases
     return [
-        (float(phases[key]) + start, label, colour, dash)
+        (at + start, label, colour, dash)
         for key, label, colour, dash in MOMENTS
-        if start is not None and num(phases.get(key)) is not None
-    ] + [
-        (float(a["t_s"]), str(a.get("action")), *ACTION_LINE)
-        for a in obj(tl.result.get("migration")).get("actions", [])
-        if isinstance(a, dict) and num(a.get("t_s")) is not None
-    ]
+        if start is not None and (at := getattr(phases, key)) is not None
+    ] + [(a.t_s, a.action, *ACTION_LINE) for a in tl.result.migration.actions]
 
 
 def _decorate_panel(
@@ -203,7 +199,7 @@ def build(tl: TimelineFigure) -> Any:
     return tl.fig
 
 
-def timeline_html(run_dir: Path, result: dict[str, Any]) -> str:
+def timeline_html(run_dir: Path, result: Result) -> str:
     """The time-line figure as an HTML fragment (plotly.js itself not included)."""
     figure = build(TimelineFigure(run_dir, result))
     fragment: str = pio.to_html(
