@@ -32,7 +32,7 @@ from vmigrate.errors import (
     VmigrateError,
 )
 from vmigrate.guest.build import build_image
-from vmigrate.guest.facts import GuestFacts, ask_guest, integrity, wait_for_agent
+from vmigrate.guest.facts import GuestFacts, ask_guest, wait_for_agent
 from vmigrate.guest.image import GuestImage
 from vmigrate.hypervisor.accel import resolve_accel
 from vmigrate.hypervisor.base import Domain, Hypervisor, RunState, VmConfig
@@ -56,9 +56,9 @@ from vmigrate.migration.preflight import Check, Preflight
 from vmigrate.migration.strategy import plan_for
 from vmigrate.placement import Placement
 from vmigrate.report.html.page import render_report
-from vmigrate.report.result import build_result
+from vmigrate.report.result import build_result, guest_verification
 from vmigrate.result import Result, write_result
-from vmigrate.result.document import Environment, Verification
+from vmigrate.result.document import Environment
 from vmigrate.runlog import run_log
 from vmigrate.testbed.testbed import Testbed
 
@@ -248,7 +248,12 @@ class Experiment:
             marks_ns=ctx.marks_ns,
             environment=self._environment(),
             preflight=ctx.preflight.section() if ctx.preflight else None,
-            verification=self._verification(),
+            verification=guest_verification(
+                ctx.before,
+                ctx.after,
+                ctx.running_on,
+                ctx.record.source_state_after if ctx.record else None,
+            ),
             error=ctx.error,
             fault=self.injector.section(ctx.t0_ns, started) if self.injector else None,
         )
@@ -271,29 +276,6 @@ class Experiment:
                 **{k: v for k, v in ctx.versions.items() if k != "qemu_version"},
                 "guest_kernel": ctx.image.kernel_version if ctx.image else "",
                 "guest_image_digest": ctx.image.digest if ctx.image else "",
-            }
-        )
-
-    def _verification(self) -> Verification:
-        """Where the VM runs after the run, and whether the guest's memory and disk are intact."""
-        ctx = self.ctx
-        intact = integrity(ctx.before, ctx.after)
-        return Verification.model_validate(
-            {
-                "running_on": ctx.running_on,
-                "source_state_after": ctx.record.source_state_after if ctx.record else None,
-                "service_ok_after": intact.same_guest,
-                "memory_checksum_ok": intact.memory_checksum_ok,
-                "memory_writes_intact": intact.memory_writes_intact,
-                "working_set_pages_checked": ctx.after.pages_checked,
-                "working_set_pages_mismatched": ctx.after.pages_mismatched,
-                "disk_checksum_ok": intact.disk_checksum_ok,
-                "disk_blocks_checked": ctx.after.disk_blocks_checked,
-                "disk_blocks_mismatched": ctx.after.disk_blocks_mismatched,
-                "boot_id_before": ctx.before.boot_id,
-                "boot_id_after": ctx.after.boot_id,
-                "memory_checksum_before": ctx.before.checksum,
-                "memory_checksum_after": ctx.after.checksum,
             }
         )
 

@@ -15,6 +15,8 @@ from test_result import completed_record, result_of
 
 from vmigrate.analysis import analyze
 from vmigrate.errors import UsageError
+from vmigrate.guest.facts import GuestFacts
+from vmigrate.report.result import guest_verification
 from vmigrate.result import Result, load_recorded, load_result
 from vmigrate.result.outage import Capture, CaptureFailure
 
@@ -89,3 +91,24 @@ def test_unknown_keys_are_refused_except_in_open_parts(tmp_path: Path) -> None:
     (run / "result.json").write_text(json.dumps(document))
     with pytest.raises(UsageError, match=r"migration\.downtime"):
         load_result(run)
+
+
+def test_the_testbed_verification_compares_the_guest_before_and_after() -> None:
+    before = GuestFacts(boot_id="b1", service_ok=True, checksum="c1")
+    after = GuestFacts(
+        boot_id="b1",
+        service_ok=True,
+        checksum="c1",
+        pages_checked=64,
+        pages_mismatched=0,
+        disk_blocks_checked=8,
+        disk_blocks_mismatched=0,
+    )
+    verification = guest_verification(before, after, "destination", "postmigrate")
+    assert verification.service_ok_after and verification.memory_checksum_ok
+    assert verification.memory_writes_intact and verification.disk_checksum_ok
+    assert verification.model_dump()["boot_id_after"] == "b1"
+    # a guest that never answered: nothing compared, and no key for what it never said
+    silent = guest_verification(GuestFacts(), GuestFacts(), "none", None)
+    assert silent.memory_checksum_ok is False and silent.service_ok_after is False
+    assert "boot_id_before" not in silent.model_dump()

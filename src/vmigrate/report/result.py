@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from vmigrate.config import Scenario, scenario_to_dict
+from vmigrate.guest.facts import GuestFacts, integrity
 from vmigrate.migration.orchestrator import MigrationRecord, Outcome
 from vmigrate.result.document import Clock, Environment, Event, Recorded, Verification
 from vmigrate.result.fault import Fault
@@ -114,6 +115,32 @@ def _events(record: MigrationRecord | None, t0_ns: int) -> list[Event]:
         )
         for e in record.events
     ]
+
+
+def guest_verification(
+    before: GuestFacts, after: GuestFacts, running_on: str, source_state: str | None
+) -> Verification:
+    """Where the VM runs after the run, and whether the testbed guest's memory and disk are
+    intact: its agent's answers before and after the migration, compared."""
+    intact = integrity(before, after)
+    return Verification.model_validate(
+        {
+            "running_on": running_on,
+            "source_state_after": source_state,
+            "service_ok_after": intact.same_guest,
+            "memory_checksum_ok": intact.memory_checksum_ok,
+            "memory_writes_intact": intact.memory_writes_intact,
+            "working_set_pages_checked": after.pages_checked,
+            "working_set_pages_mismatched": after.pages_mismatched,
+            "disk_checksum_ok": intact.disk_checksum_ok,
+            "disk_blocks_checked": after.disk_blocks_checked,
+            "disk_blocks_mismatched": after.disk_blocks_mismatched,
+            "boot_id_before": before.boot_id,
+            "boot_id_after": after.boot_id,
+            "memory_checksum_before": before.checksum,
+            "memory_checksum_after": after.checksum,
+        }
+    )
 
 
 def build_result(
