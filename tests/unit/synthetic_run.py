@@ -186,8 +186,16 @@ EVENTS: list[tuple[float, str, str, dict[str, Any]]] = [
     (STOP, "source", "migration_pass", {"pass": 4}),
     (STOP, "source", "stopped", {}),
     (STOP + 0.001, "source", "migration", {"status": "device"}),
+    (STOP + 0.09, "source", "checkpoint", {"checkpoint": "src-iterable-saved"}),
+    (STOP + 0.11, "source", "checkpoint", {"checkpoint": "src-non-iterable-saved"}),
     (COMPLETED, "source", "migration", {"status": "completed"}),
     (COMPLETED + 0.001, "destination", "migration", {"status": "completed"}),
+    (
+        COMPLETED + 0.0015,
+        "destination",
+        "checkpoint",
+        {"checkpoint": "dst-precopy-loadvm-completed"},
+    ),
     (RESUMED, "destination", "resumed", {}),
 ]
 
