@@ -28,9 +28,11 @@ PARTS = (
     ("brownout (over the SLA)", "brownout_ms"),
 )
 STEPS = (
-    ("stop → device state", "stop", "device_state"),
-    ("device state → the source has sent it all", "device_state", "source_done"),
-    ("sent → the destination runs", "source_done", "destination_running"),
+    ("stop → the last RAM written (QEMU)", "stop", "ram_saved"),
+    ("the last RAM → the device state written (QEMU)", "ram_saved", "devices_saved"),
+    ("device state written → the source has sent it all", "devices_saved", "source_done"),
+    ("sent → the destination has loaded it (QEMU)", "source_done", "destination_loaded"),
+    ("loaded → the destination runs", "destination_loaded", "destination_running"),
     ("runs → the guest's announcement on the wire", "destination_running", "announce"),
     ("runs → first probe reply", "destination_running", "first_packet"),
     ("runs → first HTTP response", "destination_running", "first_response"),

@@ -22,8 +22,9 @@ DIRTYING = {"kind": "memory", "working_set_mib": 64, "dirty_rate_mib_s": 20}
 
 
 def fault_run(testbed: Testbed, tmp_path: Path, **sections: Any) -> dict[str, Any]:
+    workload = sections.pop("workload", DIRTYING)
     try:
-        return run(testbed, tmp_path, workload=DIRTYING, **sections)
+        return run(testbed, tmp_path, workload=workload, **sections)
     finally:
         testbed.shape(1000)
 
@@ -112,6 +113,9 @@ def test_postcopy_rides_a_three_second_link_cut_by_pausing_and_recovering(
         network={"bandwidth_mbit": 200},
         migration={"strategy": "postcopy", "timeout_s": 60},
         fault={"kind": "link-down", "at": "50%", "duration_ms": 3000},
+        # A working set that cannot all have come over at 50% and that the guest touches
+        # within the cut: it must wait for a page (a small one may have been fetched already).
+        workload={"kind": "memory", "working_set_mib": 256, "dirty_rate_mib_s": 100},
     )
     assert result["outcome"] == "completed", result["error"]
     assert_intact_on(result, "destination")
@@ -247,6 +251,9 @@ def test_postcopy_through_libvirt_rides_a_short_cut_on_tcp(
         network={"bandwidth_mbit": 200},
         migration={"strategy": "postcopy", "timeout_s": 60},
         fault={"kind": "link-down", "at": "50%", "duration_ms": 3000},
+        # A working set that cannot all have come over at 50% and that the guest touches
+        # within the cut: it must wait for a page (a small one may have been fetched already).
+        workload={"kind": "memory", "working_set_mib": 256, "dirty_rate_mib_s": 100},
     )
     assert result["outcome"] == "completed", result["error"]
     assert_intact_on(result, "destination")

@@ -36,8 +36,8 @@ def test_the_outage_decomposed_and_the_probe_agrees_with_the_wire(
     assert outage["network_outage_ms"] == pytest.approx(parts, abs=2.0)
     assert outage["service_outage_ms"] is not None and outage["brownout_ms"] is not None
     waterfall = outage["waterfall_s"]
-    order = ("last_pass", "stop", "device_state", "source_done", "destination_running",
-             "first_packet")  # fmt: skip
+    order = ("last_pass", "stop", "ram_saved", "devices_saved", "source_done",
+             "destination_loaded", "destination_running", "first_packet")  # fmt: skip
     moments = [waterfall[key] for key in order]
     assert None not in moments and moments == sorted(moments), waterfall
     assert waterfall["first_response"] >= waterfall["destination_running"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -49,6 +50,22 @@ def test_hosts_are_wired_and_nothing_touches_the_root_namespace(testbed: Testbed
         text=True,
     ).stdout
     assert "tbf" in qdisc and "1Gbit" in qdisc
+
+
+def test_the_hosts_stacks_are_tuned_for_live_migration(testbed: Testbed) -> None:
+    def sysctl(role: str, key: str) -> str:
+        ns = testbed.hosts[role].netns
+        argv = ["ip", "netns", "exec", ns, "sysctl", "-n", key]
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+
+    for role in testbed.hosts:
+        assert sysctl(role, "net.ipv4.tcp_notsent_lowat") == "131072", role
+    assert sysctl("client", "net.ipv4.tcp_thin_linear_timeouts") == "1"
+    assert sysctl("source", "net.ipv4.tcp_thin_linear_timeouts") == "0"  # the client's alone
+    client = testbed.hosts["client"]
+    route = subprocess.run(["ip", "-n", client.netns, "route", "get", testbed.guest_ip],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert re.search(r"rto_min (lock )?5ms", route), route
 
 
 def test_nfs_export_is_served_to_the_hypervisor_hosts(testbed: Testbed) -> None:

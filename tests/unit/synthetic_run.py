@@ -186,13 +186,21 @@ EVENTS: list[tuple[float, str, str, dict[str, Any]]] = [
     (STOP, "source", "migration_pass", {"pass": 4}),
     (STOP, "source", "stopped", {}),
     (STOP + 0.001, "source", "migration", {"status": "device"}),
+    (STOP + 0.09, "source", "checkpoint", {"checkpoint": "src-iterable-saved"}),
+    (STOP + 0.11, "source", "checkpoint", {"checkpoint": "src-non-iterable-saved"}),
     (COMPLETED, "source", "migration", {"status": "completed"}),
     (COMPLETED + 0.001, "destination", "migration", {"status": "completed"}),
+    (
+        COMPLETED + 0.0015,
+        "destination",
+        "checkpoint",
+        {"checkpoint": "dst-precopy-loadvm-completed"},
+    ),
     (RESUMED, "destination", "resumed", {}),
 ]
 # what QEMU calls each kind of event (the backend's own name, kept in result.json)
 QMP_NAMES = {"migration": "MIGRATION", "migration_pass": "MIGRATION_PASS", "stopped": "STOP",
-             "resumed": "RESUME"}  # fmt: skip
+             "resumed": "RESUME", "checkpoint": "vmstate_downtime_checkpoint"}  # fmt: skip
 
 
 def _requests(rng: np.random.Generator) -> tuple[Array, Array, Array, Array, list[str]]:

@@ -225,10 +225,12 @@ def no_checks(run_dir: Path) -> Result:
 def test_the_waterfall_draws_each_step_of_the_switchover(synthetic: Path) -> None:
     text = (synthetic / "report.html").read_text()
     waterfall = text.split('id="waterfall"')[1].split("</svg>")[0]
-    # last pass, stop, device state, stream sent, running, first reply, first response:
-    # six steps (no capture: no announcement); the blackout is the stop → running bars.
-    assert waterfall.count('class="wf-bar"') == 6
-    assert "+119.0 ms" in waterfall and "+178.1 ms" in waterfall
+    # last pass, stop, RAM written, devices written, stream sent, loaded, running, first reply,
+    # first response: eight steps (no capture: no announcement); the blackout is the stop →
+    # running bars.
+    assert waterfall.count('class="wf-bar"') == 8
+    assert "+90.0 ms" in waterfall and "+20.0 ms" in waterfall  # QEMU's own checkpoints
+    assert "+178.1 ms" in waterfall
     assert "vCPU blackout (stop → running on the destination)" in text
 
 
@@ -555,8 +557,8 @@ def test_chromium_renders_the_report_without_errors(synthetic: Path, tmp_path: P
     assert facts["traces"] >= 25, facts
     assert facts["gl"] >= 1, facts  # the scattergl layers exist
     assert facts["no_data_at"] == [], facts
-    bars = facts["waterfall_bars"]  # the switch-over's six steps, laid out and visible
-    assert len(bars) == 6 and all(width >= 1 for width in bars) and max(bars) > 100, facts
+    bars = facts["waterfall_bars"]  # the switch-over's eight steps, laid out and visible
+    assert len(bars) == 8 and all(width >= 1 for width in bars) and max(bars) > 100, facts
 
     pixels = png_pixels(seen["thumbnail"])
     assert pixels.shape[0] >= seen["height"] // 4 - 2 and pixels.shape[1] == 350

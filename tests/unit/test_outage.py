@@ -29,7 +29,10 @@ EVENTS = [
     event(14.0, "source", "stopped"),
     event(14.0005, "source", "migration", status="device"),
     event(14.001, "source", "migration_pass", **{"pass": 3}),  # the final pass, stopped
+    event(14.03, "source", "checkpoint", checkpoint="src-iterable-saved"),
+    event(14.079, "source", "checkpoint", checkpoint="src-non-iterable-saved"),
     event(14.08, "source", "migration", status="completed"),
+    event(14.099, "destination", "checkpoint", checkpoint="dst-precopy-loadvm-completed"),
     event(14.1, "destination", "resumed"),
 ]
 
@@ -58,13 +61,22 @@ def test_the_switchover_moments_come_from_both_hypervisors_events() -> None:
         "last_pass": 13.5,
         "stop": 14.0,
         "device_state": 14.0005,
+        "ram_saved": 14.03,
+        "devices_saved": 14.079,
         "source_done": 14.08,
+        "destination_loaded": 14.099,
         "destination_running": 14.1,
     }
 
 
 def test_no_resume_on_the_destination_gives_no_moments() -> None:
     assert set(switchover_moments(EVENTS[:-1]).values()) == {None}
+
+
+def test_a_backend_without_checkpoints_gives_the_events_moments_only() -> None:
+    moments = switchover_moments([e for e in EVENTS if e["event"] != "checkpoint"])
+    assert moments["ram_saved"] is None and moments["destination_loaded"] is None
+    assert moments["stop"] == 14.0 and moments["destination_running"] == 14.1
 
 
 def test_the_outage_decomposed() -> None:

@@ -1,7 +1,11 @@
-"""QMP events are stamped when QEMU emitted them, not when our event loop got round to them."""
+"""QMP events are stamped when QEMU emitted them, not when our event loop got round to them;
+QEMU's switch-over checkpoints come from its log."""
+
+from pathlib import Path
 
 from vmigrate.hypervisor.base import EventKind
-from vmigrate.hypervisor.qemu import event_from_qmp
+from vmigrate.hypervisor.qemu_checkpoints import read_checkpoints
+from vmigrate.hypervisor.qmp_vocabulary import event_from_qmp
 
 OFFSET_NS = 1_700_000_000_000_000_000  # wall clock minus monotonic clock
 
@@ -40,3 +44,26 @@ def test_a_stamp_that_cannot_be_true_leaves_the_receipt_time() -> None:
     )
     unstamped = event_from_qmp("source", received_ns, {"event": "RESUME"}, OFFSET_NS)
     assert future.t_ns == stepped.t_ns == unstamped.t_ns == received_ns
+
+
+def test_checkpoints_are_read_from_the_lines_of_this_qemu_only(tmp_path: Path) -> None:
+    log = tmp_path / "qemu-source.log"
+    earlier = (
+        b"$ ip netns exec vmx-source qemu-system-x86_64 ...\n"
+        b"111@1796257820.103643:vmstate_downtime_checkpoint src-vm-stopped\n"
+    )
+    log.write_bytes(
+        earlier
+        + b"$ ip netns exec vmx-source qemu-system-x86_64 ...\n"
+        + b"222@1796257821.000100:migrate_set_state new state device\n"
+        + b"223@1796257821.000200:vmstate_downtime_checkpoint src-vm-stopped\n"
+        + b"qemu-system-x86_64: a warning\n"
+        + b"223@1796257821.047821:vmstate_downtime_checkpoint src-iterable-saved\n"
+        + b"$ ip netns exec vmx-source qemu-system-x86_64 ...\n"  # a later QEMU
+        + b"333@1796257830.000001:vmstate_downtime_checkpoint src-vm-stopped\n"
+    )
+    assert read_checkpoints(log, len(earlier)) == [
+        (1796257821_000200_000, "src-vm-stopped"),
+        (1796257821_047821_000, "src-iterable-saved"),
+    ]
+    assert read_checkpoints(tmp_path / "missing.log", 0) == []

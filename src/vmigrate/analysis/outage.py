@@ -48,14 +48,30 @@ def _first_after(times: list[float], limit: float) -> float | None:
     return min(later) if later else None
 
 
+#: QEMU's own checkpoints of the switch-over (hypervisor/qemu_checkpoints.py): the moment's key,
+#: the host and the checkpoint's names (pre-copy's, post-copy's).
+CHECKPOINTS = (
+    ("ram_saved", "source", ("src-iterable-saved",)),
+    ("devices_saved", "source", ("src-non-iterable-saved",)),
+    (
+        "destination_loaded",
+        "destination",
+        ("dst-precopy-loadvm-completed", "dst-postcopy-bh-enter"),
+    ),
+)
+
+
 def switchover_moments(events: list[Event]) -> dict[str, float | None]:
     """The switch-over's moments (s since t0): the destination's first RESUME, the source's last
     STOP before it, the last pass that began while the vCPUs still ran, the source entering its
-    device-state phase and finishing the stream. None where a hypervisor gave no such event."""
+    device-state phase and finishing the stream, and (QEMU only) its own checkpoints: the last
+    RAM and the device state written, the destination done loading. None where a hypervisor gave
+    no such event."""
     resumed = _times(events, "destination", "resumed")
     moments: dict[str, float | None] = dict.fromkeys(
-        ("last_pass", "stop", "device_state", "source_done", "destination_running")
-    )
+        ("last_pass", "stop", "device_state", "ram_saved", "devices_saved", "source_done",
+         "destination_loaded", "destination_running")
+    )  # fmt: skip
     if not resumed:
         return moments
     running = min(resumed)
@@ -72,6 +88,9 @@ def switchover_moments(events: list[Event]) -> dict[str, float | None]:
     moments["source_done"] = _first_after(
         _times(events, "source", "migration", status="completed"), stop
     )
+    for key, host, names in CHECKPOINTS:
+        found = [t for name in names for t in _times(events, host, "checkpoint", checkpoint=name)]
+        moments[key] = _first_after(found, stop)
     return moments
 
 

@@ -76,6 +76,7 @@ class EventKind(StrEnum):
     RESUMED = "resumed"  # the vCPUs run again
     MIGRATION_STATUS = "migration"  # the migration job changed status (data: status)
     MIGRATION_PASS = "migration_pass"  # a pre-copy pass began (data: pass)
+    CHECKPOINT = "checkpoint"  # a step of the switch-over, QEMU's own (data: checkpoint)
     OTHER = "other"
 
 

@@ -20,7 +20,22 @@ class Waterfall(Section):
     device_state: float | None = Field(
         description="the source began sending device state (QEMU only)"
     )
+    ram_saved: float | None = Field(
+        None,
+        description="QEMU's checkpoint: the last RAM pass written to the stream "
+        "(src-iterable-saved)",
+    )
+    devices_saved: float | None = Field(
+        None,
+        description="QEMU's checkpoint: the device state written to the stream "
+        "(src-non-iterable-saved)",
+    )
     source_done: float | None = Field(description="the source finished the stream")
+    destination_loaded: float | None = Field(
+        None,
+        description="QEMU's checkpoint: the destination has loaded it all "
+        "(dst-precopy-loadvm-completed)",
+    )
     destination_running: float | None = Field(description="the destination's vCPUs ran")
     announce: float | None = Field(
         None,

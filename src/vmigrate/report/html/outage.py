@@ -14,24 +14,16 @@ from vmigrate.result import Result
 STEPS: tuple[tuple[str, str, str], ...] = (
     ("last_pass", "last pre-copy pass begins", "#bf8700"),
     ("stop", "final pass: the vCPUs stop", "#bf8700"),
-    ("device_state", "device state begins", "#cf222e"),
+    ("ram_saved", "the last RAM written (QEMU)", "#cf222e"),
+    ("devices_saved", "the device state written (QEMU)", "#cf222e"),
     ("source_done", "the source has sent it all", "#cf222e"),
+    ("destination_loaded", "the destination has loaded it (QEMU)", "#cf222e"),
     ("destination_running", "the destination runs the VM", "#cf222e"),
     ("announce", "the guest announces itself (ARP/RARP)", "#1a7f37"),
     ("first_packet", "first probe reply at the client", "#1a7f37"),
     ("first_response", "first HTTP response at the client", "#0969da"),
 )
 WIDTH, LABEL_W, ROW_H = 760, 270, 22
-BAR_COLOURS = (
-    "#bf8700",
-    "#cf222e",
-    "#cf222e",
-    "#cf222e",
-    "#8250df",
-    "#1a7f37",
-    "#1a7f37",
-    "#0969da",
-)
 
 
 def _ms(value: Any) -> str:
