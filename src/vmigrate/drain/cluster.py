@@ -187,10 +187,6 @@ class Cluster(_Entry):
             seen.update(vm_names)
         return self
 
-    def host(self, name: str) -> Host:
-        """The host called `name` (validated to exist)."""
-        return next(host for host in self.hosts if host.name == name)
-
     def machines(self) -> list[Vm]:
         """Every VM, groups expanded, in the order of the file."""
         cpu = {host.name: host.cpu_model for host in self.hosts}

@@ -168,30 +168,24 @@ def _fix(job: Job, i: int, destination: str, outcome: VmOutcome) -> str:
     """What would make VM i converge, from the model alone on its links."""
     if outcome == VmOutcome.MIGRATES:
         return ""
-    vm, link = job.vms[i], job.cluster.host
-    link_bytes_s = min(link(vm.host).link_mbit, link(destination).link_mbit) * 1e6 / 8
+    vm = job.vms[i]
+    ends = (job.host_index[vm.host], job.host_index[destination])
+    link_bytes_s = min(job.hosts[end].link_mbit for end in ends) * 1e6 / 8
     postcopy = postcopy_estimate(vm.touched_mib * MIB, link_bytes_s, job.constants)
     if outcome == VmOutcome.STALLS:
         return stall_fix(alone_estimate(vm, link_bytes_s, job.constants), postcopy)
-    stream = min(
-        job.stream_bytes_s[job.host_index[vm.host]], job.stream_bytes_s[job.host_index[destination]]
-    )
+    stream = min(job.stream_bytes_s[end] for end in ends)
     return never_fix(postcopy, job.dirty_bytes_s[i], stream)
 
 
 def over_bounds(policy: Policy, downtime_ms: float | None, outage_ms: float | None) -> list[str]:
     """The policy's bounds a VM's predicted pause and outage overrun."""
-    over = []
-    if (
-        policy.max_downtime_ms is not None
-        and downtime_ms is not None
-        and downtime_ms > policy.max_downtime_ms
-    ):
-        over.append(f"downtime {downtime_ms:.0f} ms > max_downtime_ms {policy.max_downtime_ms:g}")
-    if (
-        policy.max_outage_ms is not None
-        and outage_ms is not None
-        and outage_ms > policy.max_outage_ms
-    ):
-        over.append(f"outage {outage_ms:.0f} ms > max_outage_ms {policy.max_outage_ms:g}")
-    return over
+    bounds = (
+        ("downtime", downtime_ms, "max_downtime_ms", policy.max_downtime_ms),
+        ("outage", outage_ms, "max_outage_ms", policy.max_outage_ms),
+    )
+    return [
+        f"{what} {value:.0f} ms > {key} {bound:g}"
+        for what, value, key, bound in bounds
+        if value is not None and bound is not None and value > bound
+    ]

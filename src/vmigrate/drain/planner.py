@@ -25,7 +25,7 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum, StrEnum
 
 from vmigrate.drain.cluster import Choice, Cluster, Host, Vm
@@ -155,32 +155,31 @@ class _Flow:
     resumed_at: float = 0.0
 
 
-@dataclass
 class _Drain:
     """The event loop of one simulated drain."""
 
-    job: Job
-    destination: list[int]
-    parallel_per_host: int
-    parallel_total: int
-    stall_passes: int
-    trace: Trace
-    queues: list[deque[int]]
-    now: float = 0.0
-    active: int = 0
-    heap: list[tuple[float, int, int, _Flow]] = field(default_factory=list)
-    ready: list[tuple[int, int]] = field(default_factory=list)  # (rank of queue head, host)
-    rank: list[int] = field(default_factory=list)
-    seq: int = 0
-    out: list[list[_Flow]] = field(default_factory=list)
-    into: list[list[_Flow]] = field(default_factory=list)
+    def __init__(
+        self, job: Job, destination: list[int], choice: Choice, queues: list[deque[int]],
+        rank: list[int],
+    ) -> None:  # fmt: skip
+        self.job = job
+        self.destination = destination
+        self.parallel_per_host = choice.parallel_per_host
+        self.parallel_total = choice.parallel_total or len(job.vms)
+        self.stall_passes = job.cluster.policy.stall_passes
+        self.queues = queues  # per sending host, its VMs in start order
+        self.rank = rank  # each VM's place in the start order
+        self.trace = Trace.empty(len(job.vms))
+        self.now = 0.0
+        self.active = 0
+        self.seq = 0
+        self.heap: list[tuple[float, int, int, _Flow]] = []  # (due, seq, version, flow)
+        self.out: list[list[_Flow]] = [[] for _ in job.hosts]  # what each host sends
+        self.into: list[list[_Flow]] = [[] for _ in job.hosts]  # what each host receives
+        self.ready = [(rank[q[0]], h) for h, q in enumerate(queues) if q]  # (head's rank, host)
+        heapq.heapify(self.ready)
 
     def run(self) -> Trace:
-        hosts = len(self.job.hosts)
-        self.out = [[] for _ in range(hosts)]
-        self.into = [[] for _ in range(hosts)]
-        self.ready = [(self.rank[q[0]], h) for h, q in enumerate(self.queues) if q]
-        heapq.heapify(self.ready)
         self._fill()
         handlers = self._handlers()
         while self.heap:
@@ -333,22 +332,16 @@ class _Drain:
 
 
 def simulate(job: Job, choice: Choice, order: list[int], destination: list[str]) -> Trace:
-    """One drain: VMs start in `order` as the choice's parallelism allows, to `destination`."""
-    n = len(job.vms)
-    trace = Trace.empty(n)
+    """One drain: VMs start in `order` as the choice's parallelism allows, to `destination`;
+    a pre-copy that cannot converge even alone on its links (D ≥ B) is not started."""
     dest = [job.host_index[name] for name in destination]
     queues: list[deque[int]] = [deque() for _ in job.hosts]
     stream = job.stream_bytes_s
-    for vm in order:
-        src = job.host_index[job.vms[vm].host]
-        never = job.vms[vm].strategy == "precopy" and job.dirty_bytes_s[vm] >= min(
-            stream[src], stream[dest[vm]]
-        )
-        if not never:
-            queues[src].append(vm)
-    rank = [0] * n
+    rank = [0] * len(job.vms)
     for position, vm in enumerate(order):
         rank[vm] = position
-    stall_passes = job.cluster.policy.stall_passes
-    limits = (choice.parallel_per_host, choice.parallel_total or n, stall_passes)
-    return _Drain(job, dest, *limits, trace, queues, rank=rank).run()
+        src = job.host_index[job.vms[vm].host]
+        alone = min(stream[src], stream[dest[vm]])
+        if job.vms[vm].strategy == "postcopy" or job.dirty_bytes_s[vm] < alone:
+            queues[src].append(vm)
+    return _Drain(job, dest, choice, queues, rank).run()
