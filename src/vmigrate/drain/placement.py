@@ -66,7 +66,7 @@ class Receivers:
         return [
             f"{host.name} runs {host.cpu_model}"
             if not runs_on(host, vm.cpu_model, generations)
-            else f"{host.name} has {self.free_mib[i]} MiB free"
+            else f"{host.name} has {self.free_mib[i]} of its {host.free_memory_mib} MiB left"
             for i, host in enumerate(self.hosts)
         ]
 
