@@ -15,8 +15,9 @@ memory); the VM stops once a pass fits in B·downtime_limit at the bandwidth B i
 When the bandwidth stays put this is exactly `precopy_estimate` (and `postcopy_estimate`).
 A pre-copy whose passes stop shrinking `stall_passes` times in a row (it shares a link with
 too many others) is cancelled, as migration.on_stall = "fail" does; one that cannot converge
-even alone on its links (D ≥ B) is not started. The CPU a migration costs, the memory the
-destination fills, and the guest's dirty rate changing over time are not modelled.
+even alone on its links (D ≥ B) is not started. Not modelled: the CPU a migration costs
+either host, a dirty rate that changes over time, disks copied along (storage is taken as
+shared), and the other strategies (multifd, xbzrle, compression, auto-converge's throttle).
 """
 
 from __future__ import annotations
