@@ -8,7 +8,6 @@ that, and names the VM that does not fit where.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
+from vmigrate.config import read_toml
 from vmigrate.errors import ClusterError
 
 NAME = r"^[A-Za-z0-9_.-]+$"
@@ -254,12 +254,4 @@ def validate_cluster(data: dict[str, Any], origin: str = "cluster") -> Cluster:
 
 def load_cluster(path: Path) -> Cluster:
     """Read and validate a cluster TOML file."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ClusterError(f"{path}: no such cluster file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ClusterError(f"{path}: not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ClusterError(f"{path}: cannot read: {exc.strerror}") from None
-    return validate_cluster(data, origin=str(path))
+    return validate_cluster(read_toml(path, "cluster", ClusterError), origin=str(path))
