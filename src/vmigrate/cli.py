@@ -224,6 +224,7 @@ def demo(out: OutOption = None, testbed: TestbedName = "vmig") -> None:
 
 
 # The other commands live beside: importing them registers them on `app`.
+import vmigrate.cli_drain  # noqa: E402
 import vmigrate.cli_studies  # noqa: E402
 import vmigrate.cli_testbed  # noqa: E402, F401
 

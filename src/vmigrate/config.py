@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
-from vmigrate.errors import ScenarioError
+from vmigrate.errors import ScenarioError, UsageError
 
 LIBVIRT_URI = re.compile(
     r"^qemu(\+(ssh|libssh|libssh2|tcp|tls|unix|ext))?://[^\s]*/(system|session)\b"
@@ -499,16 +499,22 @@ def validate_scenario(data: dict[str, Any], origin: str = "scenario") -> Scenari
         raise ScenarioError(f"{origin}: {_describe(first)}{suffix}") from None
 
 
+def read_toml(path: Path, what: str, error: type[UsageError] = ScenarioError) -> dict[str, Any]:
+    """The data of a TOML file (`what` names its kind); any problem reading it is one line."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what} file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise error(f"{path}: cannot read: {reason}") from None
+
+
 def load_scenario(path: Path, overrides: list[str] | None = None) -> Scenario:
     """Read a scenario TOML file, apply --set overrides, validate."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such scenario file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from None
+    data = read_toml(path, "scenario")
     return validate_scenario(apply_overrides(data, overrides or []), origin=str(path))
 
 

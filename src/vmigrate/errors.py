@@ -17,6 +17,10 @@ class ScenarioError(UsageError):
     """A scenario file or a --set override is invalid."""
 
 
+class ClusterError(UsageError):
+    """A cluster file (`vmigrate plan`) is invalid, or its VMs do not fit its hosts."""
+
+
 class EnvironmentProblem(UsageError):
     """The machine lacks something (root, a package, a kernel feature); the message says the fix."""
 

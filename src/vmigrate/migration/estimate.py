@@ -61,7 +61,7 @@ class Estimate:
 NEVER = Estimate(False, None, None, None, None)
 
 
-def _rates(
+def effective_rates(
     dirty_bytes_s: float, bandwidth_bytes_s: float, constants: ModelConstants
 ) -> tuple[float, float]:
     """(dirty rate, stream rate) as the migration sees them."""
@@ -78,7 +78,7 @@ def precopy_estimate(
     constants: ModelConstants = PHYSICS,
 ) -> Estimate:
     """Iterate V_i = M·(D/B)^i until a pass fits in the allowed downtime."""
-    dirty, bandwidth = _rates(dirty_bytes_s, bandwidth_bytes_s, constants)
+    dirty, bandwidth = effective_rates(dirty_bytes_s, bandwidth_bytes_s, constants)
     if bandwidth <= 0 or dirty >= bandwidth:
         return NEVER
     budget = bandwidth * downtime_limit_ms / 1000
@@ -100,7 +100,7 @@ def postcopy_estimate(
     memory_bytes: float, bandwidth_bytes_s: float, constants: ModelConstants = PHYSICS
 ) -> Estimate:
     """Switch at once: a pause for the device state, then memory pulled across at B."""
-    _, bandwidth = _rates(0.0, bandwidth_bytes_s, constants)
+    _, bandwidth = effective_rates(0.0, bandwidth_bytes_s, constants)
     if bandwidth <= 0:
         return NEVER
     pause_s = constants.device_state_bytes / bandwidth + constants.switchover_ms / 1000

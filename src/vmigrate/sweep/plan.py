@@ -6,7 +6,6 @@ import copy
 import hashlib
 import itertools
 import re
-import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from vmigrate.config import SECTIONS, Scenario, apply_overrides, validate_scenario
+from vmigrate.config import SECTIONS, Scenario, apply_overrides, read_toml, validate_scenario
 from vmigrate.errors import ScenarioError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -132,18 +131,6 @@ def _spec_error(origin: str, exc: ValidationError) -> ScenarioError:
         msg = str(first["msg"]).replace("Input should be", "must be")
         text = f"{loc}: {msg} (got {first.get('input')!r})"
     return ScenarioError(f"{origin}: {one_line(text)}{suffix}")
-
-
-def _read_toml(path: Path, what: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such {what} file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ScenarioError(f"{path}: cannot read: {reason}") from None
 
 
 def _matrix_entries(table: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -272,14 +259,14 @@ def _apply(data: dict[str, Any], settings: Mapping[str, Any], origin: str) -> di
 def load_sweep(path: Path, overrides: Sequence[str] = ()) -> Sweep:
     """Read and validate SWEEP.toml and every cell's scenario; raise ScenarioError (one line)."""
     origin = str(path)
-    raw = _read_toml(path, "sweep")
+    raw = read_toml(path, "sweep")
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as exc:
         raise _spec_error(origin, exc) from None
     if isinstance(spec.base, str):
         base_path = (path.parent / spec.base).resolve()
-        base = _read_toml(base_path, "base scenario")
+        base = read_toml(base_path, "base scenario")
     else:
         base = dict(spec.base)
     base = apply_overrides(base, list(overrides))
