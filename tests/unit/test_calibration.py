@@ -3,6 +3,8 @@ bad input says what is wrong (and `vmigrate calibrate` stores what it fitted).""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -15,42 +17,50 @@ from vmigrate.cli import app
 from vmigrate.errors import UsageError
 from vmigrate.migration.calibration import Observation, fit, load_observations, score
 from vmigrate.migration.estimate import PHYSICS, ModelConstants
+from vmigrate.report.calibration import median_errors
 
 MIB = 1024 * 1024
-TRUTH = ModelConstants(link_efficiency=0.8, dirty_rate_factor=2.0, switchover_ms=30)
+TRUTH = ModelConstants(
+    link_efficiency=0.8, full_page_share=0.85, dirty_rate_factor=2.0, stop_undershoot_ms=40,
+    switchover_ms=30,
+)  # fmt: skip
 
 
-def made_by(constants: ModelConstants) -> list[Observation]:
-    """Runs over memory sizes, dirty rates and links, as `constants` says they go."""
+def made_by(
+    constants: ModelConstants, models: tuple[str, ...] = ("precopy", "postcopy")
+) -> list[Observation]:
+    """Runs over memory sizes, dirty rates and links, as `constants` says they go (with what
+    went in the stop when the model says so: its pause less the fixed cost, at the stream)."""
     runs = []
-    for memory in (128, 256, 512):
-        for dirty in (0, 5, 15):
-            for link in (50, 110):
-                obs = Observation(
-                    run=f"m{memory}-d{dirty}-l{link}",
-                    model="precopy",
-                    memory_bytes=memory * MIB,
-                    dirty_bytes_s=dirty * MIB,
-                    bandwidth_bytes_s=link * MIB,
-                    downtime_limit_ms=300,
-                    total_time_s=1.0,
-                    transferred_bytes=1.0,
-                    downtime_ms=0.0,
-                    iterations=0,
-                    downtime_bytes=None,
-                )
-                est = obs.predict(constants)
-                assert est.total_time_s and est.transferred_bytes and est.downtime_ms is not None
-                runs.append(
-                    Observation(
-                        **{
-                            **obs.__dict__,
-                            "total_time_s": est.total_time_s,
-                            "transferred_bytes": est.transferred_bytes,
-                            "downtime_ms": est.downtime_ms,
-                        }
-                    )
-                )
+    for model, memory, dirty, link in itertools.product(
+        models, (128, 256, 512), (0, 5, 15), (50, 110)
+    ):
+        obs = Observation(
+            run=f"{model}-m{memory}-d{dirty}-l{link}",
+            model=model,
+            memory_bytes=memory * MIB,
+            dirty_bytes_s=dirty * MIB,
+            bandwidth_bytes_s=link * MIB,
+            downtime_limit_ms=300,
+            total_time_s=1.0,
+            transferred_bytes=1.0,
+            downtime_ms=0.0,
+            iterations=0,
+            downtime_bytes=None,
+        )
+        est = obs.predict(constants)
+        assert est.total_time_s and est.transferred_bytes and est.downtime_ms is not None
+        stream = link * MIB * constants.link_efficiency
+        stop = (est.downtime_ms - constants.switchover_ms) / 1000 * stream
+        runs.append(
+            dataclasses.replace(
+                obs,
+                total_time_s=est.total_time_s,
+                transferred_bytes=est.transferred_bytes,
+                downtime_ms=est.downtime_ms,
+                downtime_bytes=stop if model == "precopy" else None,
+            )
+        )
     return runs
 
 
@@ -60,7 +70,34 @@ def test_the_fit_finds_the_constants_that_made_the_runs() -> None:
     fitted = fit(runs)
     assert fitted.link_efficiency == pytest.approx(0.8, rel=0.1)
     assert fitted.dirty_rate_factor == 2.0 and fitted.fitted_runs == len(runs)
+    assert fitted.full_page_share == pytest.approx(0.85, abs=0.011)
+    assert fitted.switchover_ms == pytest.approx(30, abs=1)
+    assert fitted.stop_undershoot_ms == pytest.approx(40, abs=5)
     assert score(runs, fitted) < 0.05
+    assert median_errors(runs, fitted)[2] == pytest.approx(0, abs=5)  # downtime, ms
+
+
+def test_post_copy_runs_alone_pin_the_full_page_share_and_leave_the_rest_physics() -> None:
+    runs = made_by(ModelConstants(full_page_share=0.9), models=("postcopy",))
+    fitted = fit(runs)
+    assert fitted.full_page_share == 0.9 and fitted.link_efficiency == pytest.approx(1.0)
+    assert score(runs, fitted) == pytest.approx(0, abs=1e-9)
+    for name in ("dirty_rate_factor", "dirty_rate_floor_mib_s", "pass_overhead_ms",
+                 "stop_undershoot_ms"):  # fmt: skip
+        assert getattr(fitted, name) == getattr(PHYSICS, name), name
+
+
+def test_pre_copy_runs_alone_find_the_share_too() -> None:
+    truth = ModelConstants(full_page_share=0.8, dirty_rate_factor=1.5)
+    fitted = fit(made_by(truth, models=("precopy",)))
+    assert fitted.full_page_share == pytest.approx(0.8, abs=0.011)
+    assert fitted.dirty_rate_factor == 1.5
+
+
+def test_runs_that_do_not_say_what_went_in_the_stop_do_not_count_as_switch_over() -> None:
+    # Without the stop's bytes the whole pause would count as fixed cost.
+    runs = [dataclasses.replace(o, downtime_bytes=None) for o in made_by(TRUTH, ("precopy",))]
+    assert fit(runs).switchover_ms == PHYSICS.switchover_ms
 
 
 def result_json(outcome: str, total_s: float) -> dict[str, Any]:

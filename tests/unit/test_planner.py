@@ -34,8 +34,9 @@ MIB = 1024 * 1024
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 LINK_BYTES_S = 100e6  # 800 Mbit/s
 CALIBRATED = ModelConstants(
-    link_efficiency=0.8, dirty_rate_factor=1.5, dirty_rate_floor_mib_s=2, pass_overhead_ms=15,
-    switchover_ms=25, device_state_bytes=3 * MIB, fitted_runs=12,
+    link_efficiency=0.8, full_page_share=0.9, dirty_rate_factor=1.5, dirty_rate_floor_mib_s=2,
+    pass_overhead_ms=15, stop_undershoot_ms=40, switchover_ms=25, device_state_bytes=3 * MIB,
+    fitted_runs=12,
 )  # fmt: skip
 
 

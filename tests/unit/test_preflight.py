@@ -114,12 +114,18 @@ MIB = 1024 * 1024
 
 
 def test_precopy_model_matches_the_closed_form() -> None:
-    # M = 512 MiB, D/B = 1/4, B = 100 MiB/s, limit 300 ms → budget 30 MiB.
-    # Passes: 512, 128, 32, 8 → the 4th volume (8 MiB) fits: 3 passes, then an 80 ms pause.
+    # M = 512 MiB, D/B = 1/4, B = 100 MiB/s, limit 300 ms → budget θ = 30 MiB, undershoot 25 ms
+    # → QEMU leaves K = 27.5 MiB at each look. Pass 0: 512 (128 dirtied); the bursts send down
+    # to K: b = 128 - 27.5 = 100.5, then b/4, b/16; the last dirties b/64 ≤ 2.5: the pause
+    # holds K + b/64.
     est = precopy_estimate(512 * MIB, 25 * MIB, 100 * MIB, 300)
-    assert est.converges and est.passes == 3
-    assert est.downtime_ms == pytest.approx(80.0)
-    assert est.total_time_s == pytest.approx((512 + 128 + 32 + 8) / 100)
+    b = 100.5
+    stop = 27.5 + b / 64
+    assert est.converges and est.passes == 4 and est.iterations == 6
+    assert est.downtime_ms == pytest.approx(stop / 100 * 1000)
+    total = 512 + b * (1 + 1 / 4 + 1 / 16) + stop
+    assert est.transferred_bytes == pytest.approx(total * MIB)
+    assert est.total_time_s == pytest.approx(total / 100)
 
 
 @pytest.mark.parametrize("dirty", [100, 150])

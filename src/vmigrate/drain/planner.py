@@ -10,9 +10,12 @@ on the slow side. The rest of the network (the switch, other traffic) is not mod
 migration in its fixed-time steps (pass overhead, switch-over) keeps its share.
 
 Each migration follows the single-migration model (migration/estimate.py) with the calibrated
-constants: pre-copy pass i sends what the guest dirtied during pass i-1 (at most its touched
-memory); the VM stops once a pass fits in B·downtime_limit at the bandwidth B it has then.
-When the bandwidth stays put this is exactly `precopy_estimate` (and `postcopy_estimate`).
+constants: pre-copy pass 0 sends the touched memory's full pages; each later pass (a burst)
+sends the pending bytes down to what QEMU leaves unsent at a look, K = θ - u, and the pending
+becomes K plus what the guest dirtied during the burst (at most its full pages); the VM stops
+once the pending fits in the budget θ = B·downtime_limit — θ, u and K at the bandwidth B it has
+then. When the bandwidth stays put this is exactly `precopy_estimate` (and
+`postcopy_estimate`).
 A pre-copy whose passes stop shrinking `stall_passes` times in a row (it shares a link with
 too many others) is cancelled, as migration.on_stall = "fail" does; one that cannot converge
 even alone on its links (D ≥ B) is not started. Not modelled: the CPU a migration costs
@@ -36,8 +39,10 @@ from vmigrate.migration.estimate import (
     Estimate,
     ModelConstants,
     effective_rates,
+    full_pages,
     postcopy_estimate,
     precopy_estimate,
+    stop_volumes,
 )
 
 MIB = 1024 * 1024
@@ -75,7 +80,7 @@ class Job:
     hosts: list[Host]
     host_index: dict[str, int]
     stream_bytes_s: list[float]  # each host's link, as the model's stream sees it alone
-    memory_bytes: list[float]  # what pass 0 sends: the touched memory
+    memory_bytes: list[float]  # what pass 0 sends: the touched memory's full pages
     dirty_bytes_s: list[float]  # the dirty rate, as the model sees it
     alone_s: list[float]  # alone at the source's link rate (inf: never converges)
 
@@ -85,7 +90,7 @@ def prepare(cluster: Cluster, constants: ModelConstants = PHYSICS) -> Job:
     vms = cluster.machines()
     link = [host.link_mbit * 1e6 / 8 for host in cluster.hosts]
     index = {host.name: i for i, host in enumerate(cluster.hosts)}
-    memory = [float(vm.touched_mib * MIB) for vm in vms]
+    memory = [full_pages(vm.touched_mib * MIB, constants) for vm in vms]
     alone = [alone_estimate(vm, link[index[vm.host]], constants).total_time_s for vm in vms]
     return Job(
         cluster, vms, constants, list(cluster.hosts), index,
@@ -146,7 +151,8 @@ class _Flow:
     rate: float = 0.0  # the stream's rate now, bytes/s
     since: float = 0.0  # when `left` was last brought up to date
     version: int = 0  # bumped on every reschedule: older heap entries are stale
-    volume: float = 0.0  # this pass's bytes
+    volume: float = 0.0  # the pending bytes at the last look
+    keep: float = 0.0  # what this pass leaves unsent (0 in pass 0: it sends all)
     best: float = math.inf  # the smallest pass since pass 1
     stale: int = 0  # passes in a row that did not shrink below `best`
     passes: int = 0
@@ -270,9 +276,10 @@ class _Drain:
         self._schedule(flow, self.now + seconds)
 
     def _next_pass(self, flow: _Flow) -> None:
-        """Stop when this pass fits in the downtime at today's rate; give up on a stall (unless
-        the rate grew meanwhile, as when the stalled neighbour was cancelled first)."""
-        if flow.volume <= flow.rate * flow.limit_ms / 1000:  # as precopy_estimate's budget
+        """Stop when the pending bytes fit in the downtime at today's rate; give up on a stall
+        (unless the rate grew meanwhile, as when the stalled neighbour was cancelled first)."""
+        budget, kept = stop_volumes(flow.rate, flow.limit_ms, self.job.constants)
+        if flow.volume <= budget:
             flow.paused_at = self.now
             self._send(flow, Phase.STOP, flow.volume + self.job.constants.device_state_bytes)
         elif flow.passes >= MAX_PASSES or (
@@ -281,13 +288,15 @@ class _Drain:
             self._finish(flow, VmOutcome.STALLS)
         else:
             flow.pass_start = self.now
-            self._send(flow, Phase.PASS, flow.volume)
+            flow.keep = kept if flow.passes else 0.0
+            self._send(flow, Phase.PASS, flow.volume - flow.keep)
 
     def _pass_sent(self, flow: _Flow) -> None:
-        """The next pass sends what the guest dirtied meanwhile; judge the progress."""
-        flow.sent += flow.volume
+        """Pending now: what the pass left plus what the guest dirtied meanwhile; judge the
+        progress."""
+        flow.sent += flow.volume - flow.keep
         flow.passes += 1
-        flow.volume = min(flow.dirty * (self.now - flow.pass_start), flow.memory)
+        flow.volume = min(flow.keep + flow.dirty * (self.now - flow.pass_start), flow.memory)
         if flow.passes == 1 or flow.volume < flow.best:
             flow.best, flow.stale = flow.volume, 0
         else:
