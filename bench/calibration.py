@@ -1,7 +1,8 @@
 """The model's error before and after calibration (issue 11): `examples/calibration.toml` run
 and fitted on, `examples/calibration-check.toml` (other sizes, dirty rates, link) held out; the
-error table on both. Sweeps go to sweeps/bench-calibration*/ and resume when run again; the
-fitted constants are stored only with VMIGRATE_BENCH_STORE=1 (else printed)."""
+error table on both, over all runs and per strategy. Sweeps go to sweeps/bench-calibration*/
+and resume when run again; the fitted constants are stored only with VMIGRATE_BENCH_STORE=1
+(else printed)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from vmigrate.experiment import SilentObserver
 from vmigrate.migration.calibration import fit, load_observations
 from vmigrate.migration.estimate import PHYSICS
 from vmigrate.paths import model_path
-from vmigrate.report.calibration import error_table
+from vmigrate.report.calibration import by_strategy, error_table
 from vmigrate.sweep.execute import run_sweep
 from vmigrate.sweep.runner import ExperimentRunner
 from vmigrate.testbed.testbed import Testbed
@@ -37,7 +38,7 @@ def main() -> None:
         error_table(
             "the model's error, median over runs (goal held out: time and bytes ≤ 10 %, "
             "downtime ≤ 20 ms)",
-            [("fitted on", fitted_on), ("held out", held_out)],
+            by_strategy([("fitted on", fitted_on), ("held out", held_out)]),
             [("physics", PHYSICS), ("calibrated", constants)],
         )
     )

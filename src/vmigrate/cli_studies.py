@@ -138,12 +138,12 @@ def calibrate_command(
     `preflight` and planners read them ($VMIGRATE_MODEL, default /var/lib/vmigrate/model.json).
 
     Prints the model's median error with the plain physics and with the fitted constants, on
-    the runs it was fitted to and (--check) on held-out runs.
+    the runs it was fitted to and (--check) on held-out runs, over all and per strategy.
     """
     from vmigrate.migration.calibration import fit, load_observations
     from vmigrate.migration.estimate import PHYSICS
     from vmigrate.paths import model_path
-    from vmigrate.report.calibration import error_table
+    from vmigrate.report.calibration import by_strategy, error_table
 
     def body() -> None:
         fitted_on = load_observations(sweep_dir)
@@ -152,7 +152,7 @@ def calibrate_command(
             sets.append(("held out", load_observations(check)))
         constants = fit(fitted_on)
         models = [("physics", PHYSICS), ("calibrated", constants)]
-        console.print(error_table("the model's error, median over runs", sets, models))
+        console.print(error_table("the model's error, median over runs", by_strategy(sets), models))
         console.print(constants.model_dump_json(indent=2), highlight=False)
         if not dry_run:
             path = model_path()

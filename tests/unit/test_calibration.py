@@ -17,7 +17,7 @@ from vmigrate.cli import app
 from vmigrate.errors import UsageError
 from vmigrate.migration.calibration import Observation, fit, load_observations, score
 from vmigrate.migration.estimate import PHYSICS, ModelConstants
-from vmigrate.report.calibration import median_errors
+from vmigrate.report.calibration import by_strategy, median_errors
 
 MIB = 1024 * 1024
 TRUTH = ModelConstants(
@@ -170,3 +170,14 @@ def test_calibrate_stores_the_constants_run_reads(
     assert load_constants() == stored
     missing = CliRunner().invoke(app, ["calibrate", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "holds no runs" in missing.output
+
+
+def test_the_error_table_splits_a_mixed_run_set_by_strategy() -> None:
+    runs = made_by(TRUTH)
+    split = by_strategy([("fitted on", runs), ("held out", runs[:3])])
+    assert [(name, len(obs)) for name, obs in split] == [
+        ("fitted on", 36),
+        ("fitted on, post-copy", 18),
+        ("fitted on, pre-copy", 18),
+        ("held out", 3),  # one strategy only: no split
+    ]

@@ -19,6 +19,7 @@ from vmigrate.migration.estimate import (
     PHYSICS,
     Estimate,
     ModelConstants,
+    full_pages,
     postcopy_estimate,
     precopy_estimate,
 )
@@ -99,7 +100,8 @@ async def estimate_check(scenario: Scenario, source: Domain, testbed: Testbed) -
         "predicted_downtime_ms": _round(model.downtime_ms, 1),
         "predicted_transferred_bytes": _round(model.transferred_bytes, 0),
     }
-    return _verdict(scenario, model, figures, dirty_mib_s, bandwidth, memory, ram)
+    sent = full_pages(memory, constants)
+    return _verdict(scenario, model, figures, dirty_mib_s, bandwidth, (sent, memory, ram))
 
 
 def _verdict(
@@ -108,11 +110,12 @@ def _verdict(
     figures: dict[str, Any],
     dirty_mib_s: float,
     bandwidth: float,
-    memory: float,
-    ram: float,
+    memory: tuple[float, float, float],
 ) -> Check:
     """The check's status and words: a pre-copy that will not converge or overruns the
-    timeout warns, when the strategy relies on pre-copy."""
+    timeout warns, when the strategy relies on pre-copy. `memory`: (full pages sent, touched,
+    guest RAM) in bytes."""
+    sent, touched, ram = memory
     rates = (
         f"the guest dirties {dirty_mib_s:.1f} MiB/s, the migration gets {bandwidth / MIB:.1f} MiB/s"
     )
@@ -145,8 +148,9 @@ def _verdict(
         "estimate",
         "warn" if late and relies_on_precopy else "pass",
         f"{figures['model']} predicted to take {model.total_time_s:.1f} s {passes}with "
-        f"{model.downtime_ms:.0f} ms downtime ({rates}; the first pass sends the "
-        f"{memory / MIB:.0f} MiB of its {ram / MIB:.0f} MiB the guest has touched)",
+        f"{model.downtime_ms:.0f} ms downtime ({rates}; the first pass sends {sent / MIB:.0f} "
+        f"MiB, the full pages of the {touched / MIB:.0f} MiB of its {ram / MIB:.0f} MiB the "
+        "guest has touched)",
         f"raise migration.timeout_s above {model.total_time_s:.0f} s" if late else "",
         figures,
     )

@@ -1,5 +1,6 @@
 """The model's error, as tables: per run set, the median |error| on total time, bytes and
-downtime with the plain physics and with the fitted constants."""
+downtime with the plain physics and with the fitted constants — for all its runs, and for each
+strategy's when it mixes them (a median over all can hide one strategy behind the other)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,24 @@ def median_errors(
         )
         pauses.append(abs(est.downtime_ms - obs.downtime_ms))
     return median_or_none(times), median_or_none(sizes), median_or_none(pauses), len(times)
+
+
+STRATEGY_NAMES = {"precopy": "pre-copy", "postcopy": "post-copy"}
+
+
+def by_strategy(
+    sets: Sequence[tuple[str, Sequence[Observation]]],
+) -> list[tuple[str, Sequence[Observation]]]:
+    """Each run set, followed by its runs of each strategy when it holds more than one."""
+    split: list[tuple[str, Sequence[Observation]]] = []
+    for name, observations in sets:
+        split.append((name, observations))
+        models = sorted({o.model for o in observations})
+        if len(models) > 1:
+            for model in models:
+                label = STRATEGY_NAMES.get(model, model)
+                split.append((f"{name}, {label}", [o for o in observations if o.model == model]))
+    return split
 
 
 def error_table(
