@@ -76,6 +76,13 @@ def test_one_precopy_alone_is_the_single_migration_model(constants: ModelConstan
     assert planned.total_time_s == pytest.approx(model.total_time_s)
 
 
+def test_a_guest_dirtying_more_than_the_budget_per_pass_pauses_for_about_its_limit() -> None:
+    # 20 MiB/s over 100 MB/s: passes far larger than the 30 MB budget; QEMU stops mid-pass.
+    (got,) = plan(cluster([vm("v", 2048, dirty=20, downtime_limit_ms=300)])).vms
+    assert got.passes and got.passes > 2 and got.downtime_ms is not None
+    assert 300 - PHYSICS.stop_undershoot_ms < got.downtime_ms <= 300
+
+
 @pytest.mark.parametrize("constants", [PHYSICS, CALIBRATED], ids=["physics", "calibrated"])
 def test_one_postcopy_alone_is_the_post_copy_model(constants: ModelConstants) -> None:
     planned = plan(cluster([vm("v", 1024, dirty=500, strategy="postcopy")]), constants)

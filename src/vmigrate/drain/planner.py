@@ -153,7 +153,7 @@ class _Flow:
     version: int = 0  # bumped on every reschedule: older heap entries are stale
     volume: float = 0.0  # the pending bytes at the last look
     keep: float = 0.0  # what this pass leaves unsent (0 in pass 0: it sends all)
-    best: float = math.inf  # the smallest pass since pass 1
+    best: float = math.inf  # the smallest pending since pass 1
     stale: int = 0  # passes in a row that did not shrink below `best`
     passes: int = 0
     sent: float = 0.0
