@@ -44,18 +44,16 @@ def testbed_up(
     hypervisors: Annotated[
         int | None,
         typer.Option(
-            help="hypervisor hosts: the source, the destination, then hv3, hv4, ... "
-            "[default: as many as the testbed has, 2 for a new one]",
-            min=DEFAULT_HYPERVISORS,
-            max=MAX_HYPERVISORS,
+            help=f"hypervisor hosts, {DEFAULT_HYPERVISORS} to {MAX_HYPERVISORS}: the source, "
+            "the destination, then hv3, hv4, ... (default: as many as the testbed has, "
+            f"{DEFAULT_HYPERVISORS} for a new one)",
             show_default=False,
         ),
     ] = None,
 ) -> None:
     """Create the hosts (namespaces), the switch, the shaped links and the NFS server.
 
-    On a testbed that is up, the links are re-shaped, and hypervisor hosts added or removed
-    to match --hypervisors."""
+    On a testbed that is up: re-shape the links, add or remove hosts (--hypervisors)."""
     from vmigrate.testbed.testbed import Testbed
 
     def body() -> None:
