@@ -4,7 +4,7 @@ Guest `i` answers at 10.241.0.(100+i) with MAC 52:54:00:f1:00:(0x64+i) wherever 
 plugs into a tap of the same name on every hypervisor host (a VM keeps its address and MAC
 when it moves; the destination's QEMU opens the tap of the same name there). Guest 0 is the
 guest of a single-VM run: its tap is `<tb>-tap`, made with the host; the others' taps
-(`<tb>-t1`, `<tb>-t2`, ...) are made when asked for (`Testbed.add_guest`). All of them fall in
+(`<tb>-t1`, `<tb>-t2`, ...) are made when asked for (`Testbed.add_guest_taps`). All of them fall in
 GUEST_SUBNET, the client host's route with a short retransmission timeout (testbed/network.py).
 """
 
