@@ -17,6 +17,7 @@ from vmigrate.cli_base import (
     image_app,
     testbed_app,
 )
+from vmigrate.testbed.network import DEFAULT_HYPERVISORS, MAX_HYPERVISORS
 
 
 @image_app.command("build")
@@ -40,13 +41,24 @@ def testbed_up(
     libvirt: Annotated[
         bool, typer.Option("--libvirt", help="also run a libvirtd on each hypervisor host")
     ] = False,
+    hypervisors: Annotated[
+        int | None,
+        typer.Option(
+            help=f"hypervisor hosts, {DEFAULT_HYPERVISORS} to {MAX_HYPERVISORS}: the source, "
+            "the destination, then hv3, hv4, ... (default: as many as the testbed has, "
+            f"{DEFAULT_HYPERVISORS} for a new one)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Create the hosts (namespaces), the switch, the shaped links and the NFS server."""
+    """Create the hosts (namespaces), the switch, the shaped links and the NFS server.
+
+    On a testbed that is up: re-shape the links, add or remove hosts (--hypervisors)."""
     from vmigrate.testbed.testbed import Testbed
 
     def body() -> None:
         testbed = Testbed(name)
-        testbed.up(bandwidth_mbit, lambda s: console.print(f"[cyan]•[/cyan] {s}"), libvirt)
+        testbed.up(bandwidth_mbit, _progress, libvirt, hypervisors)
         _print_status(testbed.status())
 
     guarded(body)
@@ -115,9 +127,16 @@ def testbed_status(
         raise typer.Exit(1)
 
 
+def _progress(text: str) -> None:
+    console.print(f"[cyan]•[/cyan] {text}")
+
+
 def _print_status(status: dict[str, Any]) -> None:
     state = "[green]up[/green]" if status["up"] else "[red]down[/red]"
-    table = Table(title=f"testbed {status['name']}: {state}  ({status['bandwidth_mbit']} Mbit/s)")
+    table = Table(
+        title=f"testbed {status['name']}: {state}  ({status['bandwidth_mbit']} Mbit/s, "
+        f"{status['hypervisors']} hypervisor hosts)"
+    )
     for column in ("host", "namespace", "address", "present"):
         table.add_column(column)
     for role, host in status["hosts"].items():

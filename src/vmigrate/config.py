@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from vmigrate.errors import ScenarioError, UsageError
+from vmigrate.testbed.network import DEFAULT_HYPERVISORS, MAX_HYPERVISORS
 
 LIBVIRT_URI = re.compile(
     r"^qemu(\+(ssh|libssh|libssh2|tcp|tls|unix|ext))?://[^\s]*/(system|session)\b"
@@ -171,6 +172,30 @@ class HostsSpec(_Section):
     def cpu(self, role: str) -> str:
         """The CPU ceiling of hypervisor host `role` ("source" or "destination")."""
         return self.source_cpu if role == "source" else self.destination_cpu
+
+
+class TestbedSpec(_Section):
+    """The embedded testbed the scenario runs on."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    hypervisors: int = Field(
+        DEFAULT_HYPERVISORS,
+        description=f"hypervisor hosts ({DEFAULT_HYPERVISORS} to {MAX_HYPERVISORS}): the source "
+        "and the destination, then hv3, hv4, ... on the same switch; a testbed that is up with "
+        "another count gets hosts added or removed",
+    )
+
+    @field_validator("hypervisors")
+    @classmethod
+    def _in_range(cls, value: int) -> int:
+        if not DEFAULT_HYPERVISORS <= value <= MAX_HYPERVISORS:
+            raise ValueError(
+                f"testbed.hypervisors: {value} is out of range; use {DEFAULT_HYPERVISORS} to "
+                f"{MAX_HYPERVISORS} (the source, the destination and up to "
+                f"{MAX_HYPERVISORS - DEFAULT_HYPERVISORS} more hypervisor hosts)"
+            )
+        return value
 
 
 class StorageSpec(_Section):
@@ -383,6 +408,7 @@ class Scenario(_Section):
     vm: VmSpec = VmSpec()
     workload: WorkloadSpec = WorkloadSpec()
     hosts: HostsSpec = HostsSpec()
+    testbed: TestbedSpec = TestbedSpec()
     network: NetworkSpec = NetworkSpec()
     storage: StorageSpec = StorageSpec()
     service: ServiceSpec = ServiceSpec()
@@ -398,6 +424,15 @@ class Scenario(_Section):
             raise ValueError(
                 "fault: faults are injected on the testbed only; vmigrate does not kill or cut "
                 "anything on your own hosts"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _testbed_hosts_on_the_testbed(self) -> Scenario:
+        if self.hosts.real and self.testbed.hypervisors != DEFAULT_HYPERVISORS:
+            raise ValueError(
+                "testbed.hypervisors: your own hosts (hosts.source_uri, destination_uri) are "
+                "not a testbed; remove it"
             )
         return self
 

@@ -167,6 +167,7 @@ class Experiment:
                 scenario.network.bandwidth_mbit,
                 self.observer.stage,
                 self.placement.libvirt,
+                scenario.testbed.hypervisors,
             )
             testbed.require_no_vm()
             self._start_sampler()

@@ -1,6 +1,7 @@
 """Where the testbed's VM lives: its disks (one on the NFS export, or one per host), the
 configuration both hosts run it with, and the backend that runs it there (QEMU started by
-vmigrate, or the hosts' libvirtd)."""
+vmigrate, or the hosts' libvirtd). The VM is guest 0 (testbed/guests.py) unless told otherwise:
+its address and MAC go into its configuration, its tap on each host into the backend."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from vmigrate.hypervisor.libvirt_backend import LibvirtHost, LibvirtHypervisor
 from vmigrate.hypervisor.qemu_backend import QemuHypervisor
 from vmigrate.hypervisor.tls import make_certificates
 from vmigrate.proc import run
+from vmigrate.testbed.guests import GUEST0, GuestNic
 from vmigrate.testbed.libvirtd import IMAGES_DIR
-from vmigrate.testbed.network import HYPERVISOR_ROLES
+from vmigrate.testbed.network import PAIR
 from vmigrate.testbed.testbed import Testbed
 
 DISK_SIZE = "256M"
@@ -29,12 +31,17 @@ def create_disk(path: Path) -> None:
 
 
 class Placement:
-    """The scenario's VM on the testbed's hypervisor hosts."""
+    """The scenario's VM on the testbed's source and destination hosts, as guest `nic` (its
+    address, MAC and taps; guest 0 by default, whose tap every hypervisor host has; another
+    guest's taps must be made first: `Testbed.add_guest_taps`)."""
 
-    def __init__(self, scenario: Scenario, testbed: Testbed, out_dir: Path) -> None:
+    def __init__(
+        self, scenario: Scenario, testbed: Testbed, out_dir: Path, nic: GuestNic = GUEST0
+    ) -> None:
         self.scenario = scenario
         self.testbed = testbed
         self.out_dir = out_dir
+        self.nic = nic
 
     def hypervisor(self, disks: dict[str, Path]) -> Hypervisor:
         """The backend that runs this scenario's VM on the testbed's hypervisor hosts."""
@@ -49,7 +56,7 @@ class Placement:
                     peer_uri=testbed.libvirt_tcp_uri(role),
                     migration_uri=testbed.libvirt_migration_uri(role),
                     root=testbed.libvirt_root(role),
-                    tap=testbed.hosts[role].tap or "",
+                    tap=self.nic.tap(testbed.name),
                 )
 
             return LibvirtHypervisor(
@@ -58,8 +65,8 @@ class Placement:
 
         def place(role: str) -> HostPlace:
             host = testbed.hosts[role]
-            assert host.tap is not None
-            return HostPlace(role, host.netns, host.tap, host.ip, self.scenario.hosts.cpu(role))
+            tap = self.nic.tap(testbed.name)
+            return HostPlace(role, host.netns, tap, host.ip, self.scenario.hosts.cpu(role))
 
         def target_disk(role: str) -> str:
             """A fresh empty disk on host `role`, which the VM moves to (each attempt starts
@@ -79,10 +86,10 @@ class Placement:
         )
 
     def certificates(self) -> dict[str, Path]:
-        """This run's TLS certificates (migration.tls): a fresh CA, and for each hypervisor
-        host a server certificate for its address and a client certificate, where its QEMU
+        """This run's TLS certificates (migration.tls): a fresh CA, and for the source and the
+        destination a server certificate for its address and a client certificate, where its QEMU
         (or libvirtd's) reads them; the directories by host role."""
-        dirs = {role: self.testbed.tls_dir(role, self.libvirt) for role in HYPERVISOR_ROLES}
+        dirs = {role: self.testbed.tls_dir(role, self.libvirt) for role in PAIR}
         hosts = {role: (self.testbed.hosts[role].ip, path) for role, path in dirs.items()}
         make_certificates(hosts, label=self.out_dir.name)
         return dirs
@@ -124,8 +131,8 @@ class Placement:
         self, image: GuestImage, disk: Path, accel: str, cpu_model: str, machine: str
     ) -> VmConfig:
         """The VM both hosts run: the scenario's size, the settled CPU model and machine type,
-        our kernel and initrd, the guest's address, its disk."""
-        scenario, testbed = self.scenario, self.testbed
+        our kernel and initrd, the guest's address and MAC, its disk."""
+        scenario = self.scenario
         return VmConfig(
             name=scenario.name,
             memory_mib=scenario.vm.memory_mib,
@@ -136,7 +143,7 @@ class Placement:
             accel=accel,
             kernel=image.kernel,
             initrd=image.initrd,
-            kernel_cmdline=guest_cmdline(scenario, testbed.guest_ip),
+            kernel_cmdline=guest_cmdline(scenario, self.nic.ip),
             disk_url=self.disk_url(disk),
-            mac=testbed.guest_mac,
+            mac=self.nic.mac,
         )

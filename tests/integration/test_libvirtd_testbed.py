@@ -24,7 +24,6 @@ from vmigrate.guest.build import build_image
 from vmigrate.guest.cmdline import kernel_cmdline
 from vmigrate.guest.image import GuestImage
 from vmigrate.testbed import libvirtd
-from vmigrate.testbed.network import HYPERVISOR_ROLES
 from vmigrate.testbed.testbed import Testbed
 
 pytestmark = pytest.mark.timeout(600)
@@ -127,11 +126,11 @@ def test_libvirtd_per_host_migrates_a_live_domain_peer_to_peer(image: GuestImage
         bed.up(1000, libvirt=True)
         up_s = time.monotonic() - started
         assert bed.is_healthy() and bed.has_libvirt()
-        assert set(bed.status()["libvirt"]) == set(HYPERVISOR_ROLES)
+        assert set(bed.status()["libvirt"]) == set(bed.hypervisor_roles)
 
         # Each daemon: in its host's netns, in a mount namespace of its own, its own host UUID.
         own_mnt = os.stat("/proc/self/ns/mnt").st_ino
-        for role in HYPERVISOR_ROLES:
+        for role in bed.hypervisor_roles:
             uri = bed.libvirt_uri(role)
             pid = int(uri.split("/proc/")[1].split("/")[0])
             assert bed.libvirt_root(role) == Path(f"/proc/{pid}/root")
@@ -287,7 +286,7 @@ def test_libvirt_joins_a_testbed_that_is_already_up() -> None:
             ).stdout
         )
         assert status["up"] is True
-        assert status["libvirt"] == {role: bed.libvirt_uri(role) for role in HYPERVISOR_ROLES}
+        assert status["libvirt"] == {role: bed.libvirt_uri(role) for role in bed.hypervisor_roles}
         assert {r.pid for r in bed.state.resources() if r.name.startswith("nfs")} == nfs
         pids = processes_in(name)
     finally:

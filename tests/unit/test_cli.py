@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,7 @@ def namespaces() -> str:
         ("", ["--set", "hosts.destination_cpu=Westmer"], "(close: Westmere, Westmere-IBRS"),
         ("", ["--set", "vm.machine=q36"], "vm.machine = 'q36' is not a machine type"),
         ("", ["--set", "vm.disk_cache=back"], "choose one of: none, directsync, writethrough"),
+        ("[testbed]\nhypervisors = 7\n", [], "testbed.hypervisors: 7 is out of range; use 2 to 6"),
     ],
 )
 def test_bad_scenario_is_one_line_exit_2_and_creates_nothing(
@@ -68,6 +70,27 @@ def test_bad_testbed_name_is_refused(tmp_path: Path) -> None:
     done = vmigrate("testbed", "status", "--testbed", "Bad_Name!", cwd=tmp_path)
     assert done.returncode == 2
     assert "testbed name 'Bad_Name!' is invalid" in done.stderr
+
+
+@pytest.mark.parametrize("count", ["1", "7"])
+def test_testbed_up_with_a_hypervisor_count_out_of_range_is_refused(
+    tmp_path: Path, count: str
+) -> None:
+    before = namespaces()
+    argv = ["testbed", "up", "-t", "vmigbad", "--hypervisors", count]
+    done = subprocess.run(
+        [sys.executable, "-m", "vmigrate", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "VMIGRATE_STATE": str(tmp_path / "state")},
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"vmigrate: error: a testbed has 2 to 6 hypervisor hosts, not {count}: use a number in "
+        "that range"
+    )
+    assert namespaces() == before and not (tmp_path / "state").exists()
 
 
 def test_help_teaches() -> None:

@@ -43,6 +43,7 @@ def test_defaults_match_the_documented_ones() -> None:
         120,
     )
     assert (s.phases.warmup_s, s.phases.baseline_s, s.phases.after_s) == (3, 5, 5)
+    assert s.testbed.hypervisors == 2
 
 
 SCENARIOS = [  # not the sweeps (a matrix) nor the drain planner's clusters (VMs)
@@ -230,3 +231,34 @@ def test_hosts_ssh_needs_your_own_hosts_with_host_names() -> None:
     local = {**OWN_HOSTS["hosts"], "ssh": True, "destination_uri": "qemu:///system"}
     with pytest.raises(ScenarioError, match="hosts.destination_uri, and 'qemu:///system' names"):
         validate_scenario({**OWN_HOSTS, "hosts": local})
+
+
+@pytest.mark.parametrize("count", [2, 3, 4, 6])
+def test_testbed_hypervisors_from_2_to_6(count: int) -> None:
+    s = validate_scenario(apply_overrides({}, [f"testbed.hypervisors={count}"]))
+    assert s.testbed.hypervisors == count
+    assert scenario_to_dict(s)["testbed"] == {"hypervisors": count}
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (1, "testbed.hypervisors: 1 is out of range; use 2 to 6"),
+        (7, "testbed.hypervisors: 7 is out of range; use 2 to 6"),
+        (-3, "testbed.hypervisors: -3 is out of range; use 2 to 6"),
+        ("four", "testbed.hypervisors: must be a valid integer"),
+        (2.5, "testbed.hypervisors: must be a valid integer"),
+    ],
+)
+def test_bad_testbed_hypervisors_is_one_line_with_the_range(value: object, says: str) -> None:
+    with pytest.raises(ScenarioError) as info:
+        validate_scenario({"testbed": {"hypervisors": value}}, "s.toml")
+    assert str(info.value).startswith(f"s.toml: {says}")
+    assert "\n" not in str(info.value) and info.value.exit_code == 2
+    with pytest.raises(ScenarioError, match="allowed keys in \\[testbed\\]: hypervisors"):
+        validate_scenario({"testbed": {"hosts": 4}})
+
+
+def test_testbed_hypervisors_is_refused_with_your_own_hosts() -> None:
+    with pytest.raises(ScenarioError, match="your own hosts .* are not a testbed"):
+        validate_scenario({**OWN_HOSTS, "testbed": {"hypervisors": 4}})

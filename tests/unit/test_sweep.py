@@ -804,13 +804,17 @@ class FakeTestbed:
     def __init__(self, healthy: bool) -> None:
         self.healthy = healthy
         self.ups: list[float] = []
+        self.hypervisors: list[int] = []
         self.downs = 0
 
     def is_healthy(self) -> bool:
         return self.healthy
 
-    def up(self, bandwidth_mbit: float, progress: Callable[[str], None]) -> None:
+    def up(
+        self, bandwidth_mbit: float, progress: Callable[[str], None], hypervisors: int = 0
+    ) -> None:
         self.ups.append(bandwidth_mbit)
+        self.hypervisors.append(hypervisors)
         self.healthy = True
 
     def down(self) -> list[str]:
@@ -839,6 +843,7 @@ def test_the_real_runner_brings_the_testbed_up_once_and_down_if_it_did(
         run_sweep(write(tmp_path, QUICK), tmp_path / "out", runner, progress)
     assert len(seen) == 8
     assert bed.ups == ([] if healthy else [100])  # the first cell's link rate
+    assert bed.hypervisors == ([] if healthy else [2])  # and its testbed's hosts
     assert bed.downs == (0 if healthy else 1)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vmigrate.hypervisor.plan import MigrationPlan
-from vmigrate.testbed.network import HYPERVISOR_ROLES
+from vmigrate.testbed.network import PAIR
 
 
 class Backend(StrEnum):
@@ -157,9 +157,9 @@ class VmConfig:
 def other_host(role: str) -> str:
     """The hypervisor host a VM on host `role` migrates to: the destination from the source,
     and back to the source from the destination (a VM may hop back and forth)."""
-    if role not in HYPERVISOR_ROLES:
-        raise ValueError(f"{role!r} is not a hypervisor host ({', '.join(HYPERVISOR_ROLES)})")
-    return HYPERVISOR_ROLES[1 - HYPERVISOR_ROLES.index(role)]
+    if role not in PAIR:
+        raise ValueError(f"{role!r} is neither of a single VM's hosts ({', '.join(PAIR)})")
+    return PAIR[1 - PAIR.index(role)]
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,11 @@ class ExperimentRunner:
             raise EnvironmentProblem("vmigrate needs root for namespaces and taps: run with sudo")
         if not self.owns_testbed and not self.testbed.is_healthy():
             self.owns_testbed = True
-            self.testbed.up(scenario.network.bandwidth_mbit, self.observer.stage)
+            self.testbed.up(
+                scenario.network.bandwidth_mbit,
+                self.observer.stage,
+                hypervisors=scenario.testbed.hypervisors,
+            )
         return run_experiment(scenario, out_dir, self.testbed, self.observer)
 
     def close(self) -> list[str]:

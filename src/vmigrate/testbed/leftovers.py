@@ -16,6 +16,7 @@ from pathlib import Path
 
 from vmigrate.pids import is_same_process
 from vmigrate.proc import run
+from vmigrate.testbed.guests import tap_pattern
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,10 @@ def leftover_interfaces(prefix: str) -> list[str]:
 def leftover_processes(prefix: str, state_dir: Path, watched: Iterable[int] = ()) -> list[str]:
     """Processes still running that belonged to testbed `prefix`: any of `watched` (PIDs seen
     in its namespaces before it came down), and any whose command line names its state
-    directory or its tap (QEMU, nfs-ganesha, rpcbind, libvirtd, the client tool). This
+    directory or a guest's tap (QEMU, nfs-ganesha, rpcbind, libvirtd, the client tool). This
     process itself never counts."""
     watched_pids = set(watched)
-    markers = (f"{state_dir}/", f"{prefix}-tap")
+    directory, taps = f"{state_dir}/", tap_pattern(prefix)
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -64,6 +65,6 @@ def leftover_processes(prefix: str, state_dir: Path, watched: Iterable[int] = ()
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue  # gone meanwhile
-        if pid in watched_pids or any(marker in cmdline for marker in markers):
+        if pid in watched_pids or directory in cmdline or taps.search(cmdline):
             found.append(f"pid {pid}: {cmdline[:80].strip()}")
     return found

@@ -1,12 +1,14 @@
-"""The embedded testbed: four namespaced hosts, a switch, shaped links and a real NFS server.
+"""The embedded testbed: namespaced hypervisor hosts (2 or more), a storage host running a real
+NFS server and a client host, on a switch with shaped links.
 
 With `libvirt=True` (or `start_libvirt()` later) each hypervisor host also runs its own libvirtd
-(testbed/libvirtd.py), reached from here at `libvirt_uri(role)`.
+(testbed/testbed_libvirt.py), reached from here at `libvirt_uri(role)`.
 
 `Testbed(name).up()` builds it and records every piece in a state file as it goes; `down()`
 removes every recorded piece (also those of a vmigrate that was killed); `status()` tells
 what is there. Names of namespaces and interfaces start with the testbed's name, so two
-testbeds never collide.
+testbeds never collide. How many hypervisor hosts a testbed has is recorded too, so
+`Testbed(name)` of an existing testbed describes all its hosts.
 """
 
 from __future__ import annotations
@@ -14,42 +16,49 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from vmigrate import libvirt_client
 from vmigrate.errors import TestbedError, UsageError
 from vmigrate.paths import state_root
-from vmigrate.pids import is_same_process, terminate
-from vmigrate.testbed import libvirt_domains, libvirtd, network
+from vmigrate.pids import is_same_process, process_start_ticks, terminate
+from vmigrate.proc import run
+from vmigrate.testbed import libvirtd, network
+from vmigrate.testbed.guests import GUEST0, GuestNic
 from vmigrate.testbed.leftovers import (
     leftover_interfaces,
     leftover_namespaces,
     leftover_processes,
 )
 from vmigrate.testbed.netns import netns_exists, netns_pids
-from vmigrate.testbed.network import GUEST_IP, GUEST_MAC, HYPERVISOR_ROLES, Host
+from vmigrate.testbed.network import DEFAULT_HYPERVISORS, MAX_HYPERVISORS, Host
 from vmigrate.testbed.nfs import read_pids, start_nfs_server
-from vmigrate.testbed.state import Resource, StateFile, stop_libvirtd, tear_down
+from vmigrate.testbed.state import Resource, StateFile, tear_down
+from vmigrate.testbed.testbed_libvirt import LibvirtDaemons, Progress
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "vmig"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,7}$")
-Progress = Callable[[str], None]
 
 
 def _quiet(_: str) -> None:
     pass
 
 
-class Testbed:
-    """A named testbed; cheap to construct, nothing happens until `up`/`down`."""
+class Testbed(LibvirtDaemons):
+    """A named testbed; cheap to construct, nothing happens until `up`/`down`.
+
+    `hypervisors`: how many hypervisor hosts it has (source, destination, hv3, …); None: as
+    many as its state file says (an existing testbed), else DEFAULT_HYPERVISORS. `hosts` (by
+    role) and `hypervisor_roles` (in order) describe that many.
+    """
 
     __test__ = False  # not a pytest test class, despite its name
 
-    def __init__(self, name: str = DEFAULT_NAME) -> None:
+    def __init__(self, name: str = DEFAULT_NAME, hypervisors: int | None = None) -> None:
         if not NAME_PATTERN.match(name):
             raise UsageError(
                 f"testbed name {name!r} is invalid: use 1-8 lowercase letters/digits, "
@@ -58,9 +67,35 @@ class Testbed:
         self.name = name
         self.dir = state_root() / name
         self.state = StateFile(self.dir / "state.json")
-        self.hosts: dict[str, Host] = network.host_layout(name)
-        self.guest_ip = GUEST_IP
-        self.guest_mac = GUEST_MAC
+        if hypervisors is None:
+            hypervisors = self.recorded_hypervisors() or DEFAULT_HYPERVISORS
+        self._lay_out(hypervisors)
+        self.guest_ip = GUEST0.ip
+        self.guest_mac = GUEST0.mac
+
+    def _lay_out(self, hypervisors: int) -> None:
+        """Describe this testbed with `hypervisors` hypervisor hosts (nothing is made).
+
+        :raise UsageError: a testbed cannot have that many."""
+        self.hosts: dict[str, Host] = network.host_layout(self.name, hypervisors)
+        self.hypervisor_roles: tuple[str, ...] = network.hypervisor_roles(hypervisors)
+
+    @property
+    def hypervisors(self) -> int:
+        """How many hypervisor hosts this testbed has (or will have once up)."""
+        return len(self.hypervisor_roles)
+
+    def recorded_hypervisors(self) -> int | None:
+        """How many hypervisor hosts the state file says this testbed has: None without a
+        state file (or with one that makes no sense), 2 for one recorded before the count was."""
+        if not self.exists():
+            return None
+        try:
+            value = self.state.facts().get("hypervisors", DEFAULT_HYPERVISORS)
+            return network.check_hypervisors(int(value))
+        except (ValueError, TypeError, UsageError) as exc:
+            log.warning("testbed %s: no hypervisor count in its state file: %s", self.name, exc)
+            return None
 
     @property
     def export_dir(self) -> Path:
@@ -84,8 +119,13 @@ class Testbed:
         return self.state.path.exists()
 
     def is_healthy(self) -> bool:
-        """Every namespace present and the NFS server's processes alive. (The libvirt daemons
-        are apart — `has_libvirt`: a dead one is restarted alone, the testbed stays.)"""
+        """Every namespace present, the NFS server's processes alive, and as many hypervisor
+        hosts as this object describes. (The libvirt daemons are apart — `has_libvirt`: a dead
+        one is restarted alone, the testbed stays.)"""
+        return self._intact() and self.recorded_hypervisors() == self.hypervisors
+
+    def _intact(self) -> bool:
+        """Built completely, every recorded namespace present, the NFS server alive."""
         if not self.exists() or not self.state.facts().get("complete"):
             return False
         resources = self.state.resources()
@@ -97,26 +137,31 @@ class Testbed:
         )
         return namespaces_ok and procs_ok
 
-    def up(self, bandwidth_mbit: float, progress: Progress = _quiet, libvirt: bool = False) -> None:
+    def up(
+        self,
+        bandwidth_mbit: float,
+        progress: Progress = _quiet,
+        libvirt: bool = False,
+        hypervisors: int | None = None,
+    ) -> None:
         """Build the testbed (or re-shape a healthy one); on any failure, remove what was made.
 
         `libvirt`: also run a libvirtd on each hypervisor host (started on a healthy testbed
-        that has none yet; a testbed that has them keeps them either way).
-        """
-        if self.is_healthy():
+        that has none yet; a testbed that has them keeps them either way, on hosts added too).
+        `hypervisors`: how many hypervisor hosts (None: as many as this object describes); a
+        healthy testbed with fewer gets the missing ones added, one with more has its last
+        ones removed.
+
+        :raise TestbedError: a tool is missing, a step failed, or a host to remove still runs
+            something (a VM).
+        :raise UsageError: a testbed cannot have `hypervisors` hypervisor hosts."""
+        if hypervisors is not None:
+            self._lay_out(hypervisors)
+        if self._intact():
+            self._resize(progress)
             self.shape(bandwidth_mbit)
             progress(f"testbed {self.name} already up; links set to {bandwidth_mbit:g} Mbit/s")
-            if self._libvirtd_records() and not self.has_libvirt():
-                progress("a libvirtd of this testbed died: removing what it left behind")
-                self._forget_libvirtd()
-            if libvirt and not self.has_libvirt():
-                self.start_libvirt(progress)
-            elif libvirt and (stuck := self._stuck_libvirtd()):
-                progress(
-                    f"libvirtd on {', '.join(stuck)} cannot let go of a domain an earlier run "
-                    "left (a job hung after a fault): restarting the daemons"
-                )
-                self.start_libvirt(progress)
+            self._keep_libvirt(libvirt, progress)
             return
         if self.exists():
             progress(f"testbed {self.name}: removing leftovers of an earlier run")
@@ -133,142 +178,16 @@ class Testbed:
             self.down()
             raise
 
-    # -- libvirt ---------------------------------------------------------------------------
-
-    def _libvirtd_records(self) -> dict[str, Resource]:
-        """The recorded libvirtd processes by host role."""
-        if not self.exists():
-            return {}
-        return {
-            r.name.removeprefix(libvirtd.LABEL_PREFIX): r
-            for r in self.state.resources()
-            if r.kind == "process" and r.name.startswith(libvirtd.LABEL_PREFIX)
-        }
-
-    def has_libvirt(self) -> bool:
-        """True when a libvirtd runs on every hypervisor host."""
-        records = self._libvirtd_records()
-        return all(
-            role in records and is_same_process(records[role].pid, records[role].start_ticks)
-            for role in HYPERVISOR_ROLES
-        )
-
-    def libvirt_dir(self, role: str) -> Path:
-        """Host `role`'s libvirt directories (etc, lib, log, cache) and its libvirtd.log."""
-        return self.dir / "libvirt" / role
-
-    def start_libvirt(self, progress: Progress = _quiet) -> None:
-        """Start a libvirtd on each hypervisor host of this (up) testbed; return once they answer.
-
-        Daemons recorded earlier are stopped first (their domains destroyed). On failure nothing
-        of the new ones is left (the rest of the testbed stays as it was).
-        """
-        specs = [
-            libvirtd.DaemonSpec(
-                label=f"{libvirtd.LABEL_PREFIX}{role}",
-                work_dir=self.libvirt_dir(role),
-                netns=self.hosts[role].netns,
-                address=self.hosts[role].ip,
-                host_uuid=libvirtd.host_uuid(self.name, role),
-            )
-            for role in HYPERVISOR_ROLES
-        ]
-        self._forget_libvirtd()
-        for spec in specs:  # an earlier daemon's domain definitions and runtime state
-            shutil.rmtree(spec.work_dir / "lib", ignore_errors=True)
-            shutil.rmtree(spec.work_dir / "etc", ignore_errors=True)
-        progress("starting libvirtd on the hypervisor hosts (" + ", ".join(HYPERVISOR_ROLES) + ")")
-        try:
-            libvirtd.start_daemons(specs, lambda d: self.state.add_process(d.pid, d.spec.label))
-        except BaseException:
-            self._forget_libvirtd()
-            raise
-        self.state.set_facts(libvirt=True)
-
-    def _forget_libvirtd(self) -> None:
-        """Stop (domains first) and forget every recorded libvirtd, alive or not; QEMUs a dead
-        daemon left behind in its host go too (they would hold the host's tap)."""
-        for role, record in self._libvirtd_records().items():
-            if is_same_process(record.pid, record.start_ticks):
-                stop_libvirtd(record)
-            libvirtd.release(record.pid)
-            self.state.forget(record)
-            if role in self.hosts:
-                for pid in libvirt_domains.orphaned_qemus(self.hosts[role].netns):
-                    log.warning("stopping QEMU %d that a dead libvirtd left on %s", pid, role)
-                    terminate(pid, None)
-
-    def _stuck_libvirtd(self) -> list[str]:
-        """The hypervisor hosts whose libvirtd holds a stopped domain it cannot remove, or does
-        not answer (each named with what it holds)."""
-        libvirt = libvirt_client.load()
-        stuck = []
-        for role in HYPERVISOR_ROLES:
-            try:
-                names = libvirt_domains.stuck_domains(self.libvirt_uri(role))
-            except (libvirt.libvirtError, TimeoutError) as exc:
-                log.warning("libvirtd on %s does not answer: %s", role, exc)
-                names = ["no answer"]
-            if names:
-                stuck.append(f"{role} ({', '.join(names)})")
-        return stuck
-
-    def _libvirtd_pid(self, role: str) -> int:
-        record = self._libvirtd_records().get(role)
-        if record is None or not is_same_process(record.pid, record.start_ticks):
-            raise TestbedError(
-                f"no libvirtd runs on host {role!r} of testbed {self.name!r}: run "
-                f"`vmigrate testbed up --libvirt --testbed {self.name}`"
-            )
-        return record.pid
-
-    def libvirt_uri(self, role: str) -> str:
-        """The URI through which this (root) namespace reaches host `role`'s libvirtd."""
-        return libvirtd.unix_uri(self._libvirtd_pid(role))
-
-    def libvirt_images_dir(self, role: str) -> Path:
-        """Where host `role`'s libvirtd keeps local disks, seen from here; the daemon (and its
-        QEMU) sees the same files at `libvirtd.IMAGES_DIR`, a path equal on every host, as
-        libvirt's non-shared-storage migration wants it."""
-        return self.libvirt_dir(role) / "lib" / "images"
-
-    def tls_dir(self, role: str, libvirt: bool) -> Path:
-        """Where host `role` keeps the certificates of an encrypted migration, seen from here:
-        in its libvirtd's /etc/libvirt (qemu.conf's migrate_tls_x509_cert_dir), or for the
-        QEMU vmigrate starts itself, next to the host's local disks."""
-        if libvirt:
-            return self.libvirt_dir(role) / "etc" / libvirtd.MIGRATE_TLS_DIR
-        return self.dir / "hosts" / role / "tls"
-
-    def libvirt_root(self, role: str) -> Path:
-        """Host `role`'s libvirtd's view of the filesystem, from here: /proc/PID/root (its
-        private /run, its /var/log/libvirt, ...). Valid while that daemon runs."""
-        return libvirtd.root_of(self._libvirtd_pid(role))
-
-    def libvirt_tcp_uri(self, role: str) -> str:
-        """The URI through which another host's libvirtd (peer-to-peer migration) reaches
-        host `role`'s: qemu+tcp://HOST_IP/system."""
-        return libvirtd.tcp_uri(self.hosts[role].ip)
-
-    def libvirt_migration_uri(self, role: str) -> str:
-        """Where QEMU on host `role` takes an incoming migration stream: tcp://HOST_IP."""
-        return libvirtd.migration_uri(self.hosts[role].ip)
-
-    # ---------------------------------------------------------------------------------------
-
     def _build(self, bandwidth_mbit: float, progress: Progress) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.state.set_facts(name=self.name, complete=False)
+        self.state.set_facts(name=self.name, complete=False, hypervisors=self.hypervisors)
         fabric = network.fabric_netns(self.name)
         progress("creating the switch (fabric namespace)")
         self.state.add_netns(fabric)
         network.create_netns(fabric)
         network.create_fabric(self.name)
         for host in self.hosts.values():
-            progress(f"creating host {host.role} ({host.ip})")
-            self.state.add_netns(host.netns)
-            network.create_netns(host.netns)
-            network.wire_host(self.name, host)
+            self._make_host(host, progress)
         self.shape(bandwidth_mbit)
         progress("starting the NFS server (rpcbind + nfs-ganesha) on the storage host")
         self.export_dir.mkdir(parents=True, exist_ok=True)
@@ -278,6 +197,90 @@ class Testbed:
         for index, pid in enumerate(server.pids):
             self.state.add_process(pid, f"nfs-{index}")
         self.state.set_facts(complete=True)
+
+    def _make_host(self, host: Host, progress: Progress) -> None:
+        """Create host `host` (recorded first) and wire it to the switch."""
+        progress(f"creating host {host.role} ({host.ip})")
+        self.state.add_netns(host.netns)
+        network.create_netns(host.netns)
+        network.wire_host(self.name, host)
+
+    # -- hypervisor hosts and guests -------------------------------------------------------
+
+    def _resize(self, progress: Progress) -> None:
+        """Give a testbed that is up as many hypervisor hosts as this object describes."""
+        recorded = self.recorded_hypervisors() or DEFAULT_HYPERVISORS
+        if recorded == self.hypervisors:
+            return
+        asked = f"testbed {self.name} has {recorded} hypervisor hosts, {self.hypervisors} asked"
+        if recorded > self.hypervisors:
+            self._remove_hosts(recorded, asked, progress)
+            return
+        new = [self.hosts[role] for role in self.hypervisor_roles[recorded:]]
+        progress(f"{asked}: adding {', '.join(h.role for h in new)}")
+        self._drop_hosts([h for h in new if netns_exists(h.netns)])  # a killed resize's
+        try:
+            for host in new:
+                self._make_host(host, progress)
+                for index in self.state.facts().get("guest_taps", []):
+                    network.add_tap(host, GuestNic(int(index)).tap(self.name))
+        except BaseException:
+            self._drop_hosts(new)
+            raise
+        self.state.set_facts(hypervisors=self.hypervisors)
+
+    def _remove_hosts(self, recorded: int, asked: str, progress: Progress) -> None:
+        """Remove the hypervisor hosts beyond those this object describes (the testbed has
+        `recorded`), with their libvirtd; refused while one runs anything else (a VM)."""
+        layout = network.host_layout(self.name, recorded)
+        gone = [host for role, host in layout.items() if role not in self.hosts]
+        daemons = {r.pid for r in self._libvirtd_records().values()}
+        busy = [
+            f"{host.role} (pids {', '.join(map(str, pids))})"
+            for host in gone
+            if (pids := [pid for pid in netns_pids(host.netns) if pid not in daemons])
+        ]
+        if busy:
+            self._lay_out(recorded)  # as it still is
+            raise TestbedError(
+                f"{asked}, but {', '.join(busy)} still run something (a VM?): let it finish, "
+                f"or `vmigrate testbed down -t {self.name}` first"
+            )
+        progress(f"{asked}: removing {', '.join(h.role for h in gone)}")
+        self._forget_libvirtd([host.role for host in gone])
+        self._drop_hosts(gone)
+        self.state.set_facts(hypervisors=self.hypervisors)
+
+    def _drop_hosts(self, hosts: Iterable[Host]) -> None:
+        """Delete these hosts' namespaces (their processes, bridge, taps and uplink with them,
+        and so the uplink's other end on the switch) and forget them. Never raises: a namespace
+        that stays is logged, and stays recorded for `down`."""
+        for host in hosts:
+            for pid in netns_pids(host.netns):
+                terminate(pid, process_start_ticks(pid), grace_s=2.0)
+            if netns_exists(host.netns):
+                done = run(["ip", "netns", "delete", host.netns], check=False)
+                if done.returncode != 0:
+                    log.warning("netns %s not removed: %s", host.netns, done.stderr.strip())
+                    continue
+            self.state.forget(Resource("netns", host.netns))
+
+    def add_guest_taps(self, nic: GuestNic) -> str:
+        """Guest `nic`'s tap on every hypervisor host of this (up) testbed, made where it is
+        missing (so calling again does nothing); its name. Hosts added later get it too; it
+        goes with the hosts' namespaces.
+
+        :raise TestbedError: the testbed is not up."""
+        self.require_up()
+        tap = nic.tap(self.name)
+        for role in self.hypervisor_roles:
+            network.add_tap(self.hosts[role], tap)
+        taps = set(self.state.facts().get("guest_taps", []))
+        if nic.index and nic.index not in taps:
+            self.state.set_facts(guest_taps=sorted(taps | {nic.index}))
+        return tap
+
+    # ---------------------------------------------------------------------------------------
 
     def nfs_server_pid(self) -> int | None:
         """The storage host's ganesha.nfsd (faults stall it), if it runs."""
@@ -345,8 +348,9 @@ class Testbed:
         return found
 
     def namespace_names(self) -> list[str]:
-        """Every namespace this testbed may own."""
-        return [network.fabric_netns(self.name)] + [h.netns for h in self.hosts.values()]
+        """Every namespace this testbed may own (with as many hypervisor hosts as it can have)."""
+        hosts = network.host_layout(self.name, MAX_HYPERVISORS).values()
+        return [network.fabric_netns(self.name)] + [h.netns for h in hosts]
 
     def status(self) -> dict[str, Any]:
         """What exists now: per host its namespace, address; processes and whether they live."""
@@ -356,12 +360,13 @@ class Testbed:
             "state_dir": str(self.dir),
             "up": self.is_healthy(),
             "bandwidth_mbit": self.state.facts().get("bandwidth_mbit") if self.exists() else None,
+            "hypervisors": self.hypervisors,
             "hosts": {
                 role: {"netns": h.netns, "ip": h.ip, "present": netns_exists(h.netns)}
                 for role, h in self.hosts.items()
             },
             "libvirt": {
-                role: self.libvirt_uri(role) for role in HYPERVISOR_ROLES if self.has_libvirt()
+                role: self.libvirt_uri(role) for role in self.hypervisor_roles if self.has_libvirt()
             },
             "processes": [
                 {"label": r.name, "pid": r.pid, "alive": is_same_process(r.pid, r.start_ticks)}
