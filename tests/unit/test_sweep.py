@@ -801,10 +801,11 @@ def test_the_example_sweeps_are_valid(name: str) -> None:
 class FakeTestbed:
     """Counts what the real runner asks of the testbed."""
 
-    def __init__(self, healthy: bool) -> None:
+    def __init__(self, healthy: bool, hypervisors: int = 2) -> None:
         self.healthy = healthy
         self.ups: list[float] = []
-        self.hypervisors: list[int] = []
+        self.asked: list[int] = []
+        self.hypervisors = hypervisors
         self.downs = 0
 
     def is_healthy(self) -> bool:
@@ -814,7 +815,8 @@ class FakeTestbed:
         self, bandwidth_mbit: float, progress: Callable[[str], None], hypervisors: int = 0
     ) -> None:
         self.ups.append(bandwidth_mbit)
-        self.hypervisors.append(hypervisors)
+        self.asked.append(hypervisors)
+        self.hypervisors = hypervisors
         self.healthy = True
 
     def down(self) -> list[str]:
@@ -843,8 +845,30 @@ def test_the_real_runner_brings_the_testbed_up_once_and_down_if_it_did(
         run_sweep(write(tmp_path, QUICK), tmp_path / "out", runner, progress)
     assert len(seen) == 8
     assert bed.ups == ([] if healthy else [100])  # the first cell's link rate
-    assert bed.hypervisors == ([] if healthy else [2])  # and its testbed's hosts
+    assert bed.asked == ([] if healthy else [2])  # and its testbed's hosts
     assert bed.downs == (0 if healthy else 1)
+
+
+@pytest.mark.parametrize(("has", "asked"), [(4, []), (2, [3])])
+def test_a_scenario_s_hypervisor_count_is_a_minimum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, has: int, asked: list[int]
+) -> None:
+    """A healthy testbed with more hosts than the scenario asks for stays as it is; one with
+    fewer gets the missing ones."""
+    import vmigrate.experiment
+
+    monkeypatch.setattr(vmigrate.experiment, "run_experiment", lambda s, *_: fake_result(s, 1.0))
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    bed = FakeTestbed(healthy=True, hypervisors=has)
+    progress = RichSweepProgress(Console(file=io.StringIO()))
+    sweep = write(
+        tmp_path, QUICK.replace("[matrix]", "[base.testbed]\nhypervisors = 3\n\n[matrix]")
+    )
+    with runner_module.ExperimentRunner(bed, progress) as runner:  # type: ignore[arg-type]
+        run_sweep(sweep, tmp_path / "out", runner, progress)
+    assert bed.asked == asked
+    assert bed.hypervisors == max(has, 3)
+    assert bed.downs == 0  # not brought up here: not taken down here
 
 
 def test_the_real_runner_needs_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -39,12 +39,16 @@ class ExperimentRunner:
 
         if os.geteuid() != 0:
             raise EnvironmentProblem("vmigrate needs root for namespaces and taps: run with sudo")
-        if not self.owns_testbed and not self.testbed.is_healthy():
-            self.owns_testbed = True
+        # The scenario's count of hypervisor hosts is a minimum: a bigger testbed stays as it is.
+        hosts = scenario.testbed.hypervisors
+        if self.testbed.hypervisors < hosts or (
+            not self.owns_testbed and not self.testbed.is_healthy()
+        ):
+            self.owns_testbed = self.owns_testbed or not self.testbed.is_healthy()
             self.testbed.up(
                 scenario.network.bandwidth_mbit,
                 self.observer.stage,
-                hypervisors=scenario.testbed.hypervisors,
+                hypervisors=max(hosts, self.testbed.hypervisors),
             )
         return run_experiment(scenario, out_dir, self.testbed, self.observer)
 
