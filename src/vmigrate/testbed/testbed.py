@@ -252,12 +252,17 @@ class Testbed(LibvirtDaemons):
         self.state.set_facts(hypervisors=self.hypervisors)
 
     def _drop_hosts(self, hosts: Iterable[Host]) -> None:
-        """Delete these hosts' namespaces (their processes, bridge, taps and uplink with them,
-        and so the uplink's other end on the switch) and forget them. Never raises: a namespace
-        that stays is logged, and stays recorded for `down`."""
+        """Delete these hosts' switch ports (their uplinks go with them at once; a namespace's
+        own devices are freed by the kernel later) and namespaces (their processes, bridge and
+        taps with them), and forget them. Never raises: what stays is logged, and a namespace
+        that stays stays recorded for `down`."""
+        fabric = network.fabric_netns(self.name)
         for host in hosts:
             for pid in netns_pids(host.netns):
                 terminate(pid, process_start_ticks(pid), grace_s=2.0)
+            port = run(["ip", "-n", fabric, "link", "del", host.fabric_port], check=False)
+            if port.returncode != 0 and "Cannot find device" not in port.stderr:
+                log.warning("switch port %s not removed: %s", host.fabric_port, port.stderr.strip())
             if netns_exists(host.netns):
                 done = run(["ip", "netns", "delete", host.netns], check=False)
                 if done.returncode != 0:
