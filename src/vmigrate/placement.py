@@ -1,7 +1,9 @@
 """Where the testbed's VM lives: its disks (one on the NFS export, or one per host), the
 configuration both hosts run it with, and the backend that runs it there (QEMU started by
-vmigrate, or the hosts' libvirtd). The VM is guest 0 (testbed/guests.py) unless told otherwise:
-its address and MAC go into its configuration, its tap on each host into the backend."""
+vmigrate, or the hosts' libvirtd). The VM fills a slot (slot.py): guest 0 from the source to
+the destination unless told otherwise; its address and MAC go into its configuration, its tap
+and the testbed hosts that play its source and destination into the backend, and its names,
+labels and ports keep it apart from the other VMs of the testbed."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from vmigrate.hypervisor.libvirt_backend import LibvirtHost, LibvirtHypervisor
 from vmigrate.hypervisor.qemu_backend import QemuHypervisor
 from vmigrate.hypervisor.tls import make_certificates
 from vmigrate.proc import run
-from vmigrate.testbed.guests import GUEST0, GuestNic
+from vmigrate.slot import DEFAULT_SLOT, VmSlot
 from vmigrate.testbed.libvirtd import IMAGES_DIR
 from vmigrate.testbed.network import PAIR
 from vmigrate.testbed.testbed import Testbed
@@ -31,31 +33,34 @@ def create_disk(path: Path) -> None:
 
 
 class Placement:
-    """The scenario's VM on the testbed's source and destination hosts, as guest `nic` (its
-    address, MAC and taps; guest 0 by default, whose tap every hypervisor host has; another
-    guest's taps must be made first: `Testbed.add_guest_taps`)."""
+    """The scenario's VM in `slot` of the testbed: as its guest (address, MAC and taps; guest
+    0's tap every hypervisor host has, another guest's taps must be made first:
+    `Testbed.add_guest_taps`), on the testbed hosts that play its source and destination."""
 
     def __init__(
-        self, scenario: Scenario, testbed: Testbed, out_dir: Path, nic: GuestNic = GUEST0
+        self, scenario: Scenario, testbed: Testbed, out_dir: Path, slot: VmSlot = DEFAULT_SLOT
     ) -> None:
         self.scenario = scenario
         self.testbed = testbed
         self.out_dir = out_dir
-        self.nic = nic
+        self.slot = slot
+        self.nic = slot.nic
 
     def hypervisor(self, disks: dict[str, Path]) -> Hypervisor:
-        """The backend that runs this scenario's VM on the testbed's hypervisor hosts."""
-        testbed = self.testbed
+        """The backend that runs this scenario's VM on the slot's hosts (named by the roles the
+        VM sees them in, reached where the testbed has them)."""
+        testbed, slot = self.testbed, self.slot
         tls_dirs = self.certificates() if self.scenario.migration.tls else None
         if self.libvirt:
 
             def libvirt_host(role: str) -> LibvirtHost:
+                host = slot.host(testbed, role).role
                 return LibvirtHost(
                     role,
-                    uri=testbed.libvirt_uri(role),
-                    peer_uri=testbed.libvirt_tcp_uri(role),
-                    migration_uri=testbed.libvirt_migration_uri(role),
-                    root=testbed.libvirt_root(role),
+                    uri=testbed.libvirt_uri(host),
+                    peer_uri=testbed.libvirt_tcp_uri(host),
+                    migration_uri=testbed.libvirt_migration_uri(host),
+                    root=testbed.libvirt_root(host),
                     tap=self.nic.tap(testbed.name),
                 )
 
@@ -64,7 +69,7 @@ class Placement:
             )
 
         def place(role: str) -> HostPlace:
-            host = testbed.hosts[role]
+            host = slot.host(testbed, role)
             tap = self.nic.tap(testbed.name)
             return HostPlace(role, host.netns, tap, host.ip, self.scenario.hosts.cpu(role))
 
@@ -83,30 +88,38 @@ class Placement:
             on_exit=testbed.state.forget_process,
             target_disk=target_disk if "destination" in disks else None,
             tls_dirs=tls_dirs,
+            instance=slot.qemu,
         )
 
     def certificates(self) -> dict[str, Path]:
         """This run's TLS certificates (migration.tls): a fresh CA, and for the source and the
         destination a server certificate for its address and a client certificate, where its QEMU
-        (or libvirtd's) reads them; the directories by host role."""
-        dirs = {role: self.testbed.tls_dir(role, self.libvirt) for role in PAIR}
-        hosts = {role: (self.testbed.hosts[role].ip, path) for role, path in dirs.items()}
-        make_certificates(hosts, label=self.out_dir.name)
+        (or libvirtd's) reads them; the directories by the VM's host role. Each VM's QEMUs have
+        their own directory per host; a host's libvirtd has one for all its VMs."""
+        hosts = {role: self.slot.host(self.testbed, role) for role in PAIR}
+        dirs = {role: self.testbed.tls_dir(host.role, self.libvirt) for role, host in hosts.items()}
+        if self.slot.tag and not self.libvirt:
+            dirs = {role: path.with_name(f"tls-{self.slot.tag}") for role, path in dirs.items()}
+        make_certificates(
+            {role: (hosts[role].ip, path) for role, path in dirs.items()}, label=self.out_dir.name
+        )
         return dirs
 
     def create_disks(self) -> dict[str, Path]:
         """Fresh qcow2 disks for this run (recorded, so `testbed down` removes them too): one in
-        the NFS export for shared storage; one per hypervisor host for local storage (the
-        destination's stays empty until the migration copies the source's into it)."""
+        the NFS export for shared storage; one on each of the slot's hosts for local storage (the
+        destination's stays empty until the migration copies the source's into it). By the VM's
+        host role; named after the VM (its slot), the time and this process."""
         testbed = self.testbed
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        name = f"{self.scenario.name}-{stamp}-{os.getpid()}.qcow2"
+        name = f"{self.slot.name(self.scenario.name)}-{stamp}-{os.getpid()}.qcow2"
+        hosts = {role: self.slot.host(testbed, role).role for role in PAIR}
         if self.scenario.storage.mode == "shared-nfs":
             places = {"source": testbed.export_dir}
         elif self.libvirt:
-            places = {r: testbed.libvirt_images_dir(r) for r in ("source", "destination")}
+            places = {role: testbed.libvirt_images_dir(host) for role, host in hosts.items()}
         else:
-            places = {role: testbed.local_disk_dir(role) for role in ("source", "destination")}
+            places = {role: testbed.local_disk_dir(host) for role, host in hosts.items()}
         disks = {}
         for role, directory in places.items():
             directory.mkdir(parents=True, exist_ok=True)
@@ -134,7 +147,7 @@ class Placement:
         our kernel and initrd, the guest's address and MAC, its disk."""
         scenario = self.scenario
         return VmConfig(
-            name=scenario.name,
+            name=self.slot.name(scenario.name),
             memory_mib=scenario.vm.memory_mib,
             vcpus=scenario.vm.vcpus,
             cpu_model=cpu_model,

@@ -18,6 +18,7 @@ from vmigrate.errors import TestbedError, UsageError
 from vmigrate.guest.image import GuestImage
 from vmigrate.hypervisor.qemu_backend import QemuHypervisor
 from vmigrate.placement import Placement
+from vmigrate.slot import VmSlot
 from vmigrate.testbed import network, testbed_libvirt
 from vmigrate.testbed import testbed as testbed_module
 from vmigrate.testbed.guests import GUEST_SUBNET, MAX_GUESTS, GuestNic, every_guest, tap_pattern
@@ -298,6 +299,6 @@ def test_placement_runs_the_vm_as_the_guest_it_is_given(fake: FakeIp, tmp_path: 
     mac, cmdline, tap = vm(Placement(scenario, bed, tmp_path))
     assert (mac, tap) == (bed.guest_mac, bed.hosts["source"].tap)
     assert f"{bed.guest_ip}/24" in cmdline
-    mac, cmdline, tap = vm(Placement(scenario, bed, tmp_path, GuestNic(3)))
+    mac, cmdline, tap = vm(Placement(scenario, bed, tmp_path, VmSlot(GuestNic(3))))
     assert (mac, tap) == ("52:54:00:f1:00:67", "vmu-t3")
     assert "10.241.0.103/24" in cmdline

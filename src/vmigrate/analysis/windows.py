@@ -2,7 +2,9 @@
 per-window totals, rates and "extra over baseline".
 
 Windows (ns, CLOCK_MONOTONIC): baseline [baseline_start, migration_start), during
-[migration_start, migration_end], after (migration_end, after_end]. A counter's total over a
+[migration_start, migration_end], after (migration_end, after_end]. A run that waited for its
+turn to migrate (a drain's VM) marks baseline_end too: its baseline is the common one,
+[baseline_start, baseline_end), not the wait (others' migrations). A counter's total over a
 window uses the samples at or just outside its edges, so the window is rounded outward to the
 sampling points: a total never misses what happened inside it.
 """
@@ -41,7 +43,10 @@ class Windows:
         mig_start = at("migration_start", timeline_s.get("baseline_start", 0.0))
         mig_end = at("migration_end", timeline_s.get("migration_start", 0.0))
         end = at("after_end", timeline_s.get("migration_end", 0.0))
-        return cls(t0_ns, (start, mig_start), (mig_start, mig_end), (mig_end, end))
+        baseline_end = mig_start
+        if "baseline_end" in timeline_s:  # a run that waited its turn: the common baseline
+            baseline_end = min(at("baseline_end", 0.0), mig_start)
+        return cls(t0_ns, (start, baseline_end), (mig_start, mig_end), (mig_end, end))
 
     def get(self, name: str) -> tuple[int, int]:
         window: tuple[int, int] = getattr(self, name)

@@ -1,5 +1,11 @@
 """Building the guest image: the current inputs, each build step, the finished image moved into
-the cache atomically."""
+the cache atomically.
+
+Safe to call from several runs at once. Once the image is built, a call only reads: the
+remembered apt answer, dpkg-query, the cache entry. Within one process (a drain's lanes, each
+calling from its own thread) calls take turns (_BUILDING), so the image is built once and the
+others find it; across processes each builds in its own locked temporary directory and the
+first rename into the cache wins, the others use its image (nothing is ever half there)."""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from importlib import resources
 from pathlib import Path
@@ -28,6 +35,8 @@ from vmigrate.guest.image import AGENT_CFLAGS, BuildInputs, GuestImage, Progress
 from vmigrate.guest.initramfs import build_initramfs
 from vmigrate.guest.kernel_modules import resolve_modules
 from vmigrate.proc import run
+
+_BUILDING = threading.Lock()  # one build (or cache look-up) at a time in this process
 
 
 def _source(name: str) -> bytes:
@@ -94,8 +103,14 @@ def build_image(force: bool = False, progress: Progress | None = None) -> GuestI
     """Build (or reuse from the cache) the guest kernel + initramfs.
 
     The image directory appears atomically (temp dir + rename), so an interrupted build never
-    leaves a half image; `force` rebuilds even when a cached image matches.
+    leaves a half image; `force` rebuilds even when a cached image matches. Calls of one
+    process take turns: of several at once, one builds and the others reuse its image.
     """
+    with _BUILDING:
+        return _build_image(force, progress)
+
+
+def _build_image(force: bool, progress: Progress | None) -> GuestImage:
     _check_tools()
     inputs = current_inputs(progress)
     digest = inputs.digest()

@@ -105,25 +105,27 @@ async def wait_for_agent(domain: Domain, timeout_s: float = BOOT_TIMEOUT_S) -> N
     raise GuestError(f"the guest did not report ready within {timeout_s:.0f} s; see {console_log}")
 
 
-async def ask_guest(testbed: Testbed, with_checksum: bool) -> GuestFacts:
-    """Ask the guest, from the client host, for its identity, service answer and checksum."""
+async def ask_guest(
+    testbed: Testbed, with_checksum: bool, guest_ip: str | None = None
+) -> GuestFacts:
+    """Ask the guest at `guest_ip` (None: the testbed's guest 0), from the client host, for its
+    identity, service answer and checksum."""
     client_ns = testbed.hosts["client"].netns
+    address = guest_ip or testbed.guest_ip
     facts = GuestFacts()
     try:
-        reply = await asyncio.to_thread(
-            call_in_netns, client_ns, agent_client.http_get, testbed.guest_ip
-        )
+        reply = await asyncio.to_thread(call_in_netns, client_ns, agent_client.http_get, address)
         facts.boot_id = str(reply.get("boot_id"))
         facts.service_ok = True
         if with_checksum:
             facts.checksum = await asyncio.to_thread(
-                call_in_netns, client_ns, agent_client.checksum, testbed.guest_ip
+                call_in_netns, client_ns, agent_client.checksum, address
             )
             facts.pages_checked, facts.pages_mismatched = await asyncio.to_thread(
-                call_in_netns, client_ns, agent_client.verify, testbed.guest_ip
+                call_in_netns, client_ns, agent_client.verify, address
             )
             facts.disk_blocks_checked, facts.disk_blocks_mismatched = await asyncio.to_thread(
-                call_in_netns, client_ns, agent_client.disk_verify, testbed.guest_ip
+                call_in_netns, client_ns, agent_client.disk_verify, address
             )
     except VmigrateError as exc:
         facts.error = str(exc)

@@ -175,7 +175,7 @@ class QemuDomain(Domain):
         tap: str,
         config: VmConfig,
         log_dir: Path,
-        socket_dir: Path,
+        qmp_socket: Path,
         incoming: str | None,
         on_start: Callable[[int], None],
         on_exit: Callable[[int], None],
@@ -183,8 +183,8 @@ class QemuDomain(Domain):
     ) -> QemuDomain:
         """Start QEMU on a host and connect to its QMP socket; `on_start` gets the PID at once.
 
-        Logs and the serial console go to `log_dir`; the QMP socket to `socket_dir` (kept short:
-        a unix socket path has at most 107 bytes). A host with a `cpu_ceiling` (a CPU model)
+        Logs and the serial console go to `log_dir`; the QMP socket is `qmp_socket` (keep it
+        short: a unix socket path has at most 107 bytes). A host with a `cpu_ceiling` (a CPU model)
         refuses a VM whose CPU asks for more, as KVM on such a host does.
         """
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -202,8 +202,8 @@ class QemuDomain(Domain):
                 with open(log_dir / f"qemu-{host_role}.log", "a") as log:
                     log.write(f"refused to start -cpu {config.cpu_model}: {refusal}\n")
                 raise HypervisorError(refusal)
-        socket_dir.mkdir(parents=True, exist_ok=True)
-        sock = socket_dir / f"qmp-{host_role}.sock"
+        qmp_socket.parent.mkdir(parents=True, exist_ok=True)
+        sock = qmp_socket
         sock.unlink(missing_ok=True)
         serial = log_dir / f"serial-{host_role}.log"
         serial.unlink(missing_ok=True)

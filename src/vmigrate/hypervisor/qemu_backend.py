@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from vmigrate.errors import HypervisorError
@@ -21,11 +22,38 @@ from vmigrate.hypervisor.base import (
 from vmigrate.hypervisor.plan import MigrationPlan
 from vmigrate.hypervisor.qemu import QemuDomain
 from vmigrate.hypervisor.qemu_migration import DiskMirror, QemuMigration
+from vmigrate.testbed.network import PAIR
 
 log = logging.getLogger(__name__)
 
 MIGRATION_PORT = 4444
 NBD_PORT = 10809
+
+
+@dataclass(frozen=True)
+class QemuInstance:
+    """What sets one VM's QEMUs apart from other VMs' QEMUs on the same hosts: `tag` ends their
+    process labels and QMP socket names ("": a VM alone on its hosts, the names as they always
+    were), and the ports its destination listens on for the RAM and the disk copy."""
+
+    tag: str = ""
+    migration_port: int = MIGRATION_PORT
+    nbd_port: int = NBD_PORT
+
+    def _tagged(self, stem: str) -> str:
+        return f"{stem}-{self.tag}" if self.tag else stem
+
+    def label(self, role: str) -> str:
+        """The label of this VM's QEMU on host `role` in the testbed's state file."""
+        return self._tagged(f"qemu-{role}")
+
+    def qmp_socket(self, socket_dir: Path, role: str) -> Path:
+        """Where this VM's QEMU on host `role` opens its QMP socket."""
+        return socket_dir / (self._tagged(f"qmp-{role}") + ".sock")
+
+    def labels(self) -> tuple[str, ...]:
+        """The labels of this VM's QEMUs on either host."""
+        return tuple(self.label(role) for role in PAIR)
 
 
 class QemuHypervisor(Hypervisor):
@@ -39,7 +67,9 @@ class QemuHypervisor(Hypervisor):
     `on_start(pid, label)` / `on_exit(pid)` record each QEMU process the moment it exists and
     once it is gone (the testbed's state file); `target_disk(role)`, for storage that is not
     shared, gives host `role` a fresh empty disk (its path) before each attempt to move there;
-    `tls_dirs`, for an encrypted migration, where each host's certificates are (by role).
+    `tls_dirs`, for an encrypted migration, where each host's certificates are (by role);
+    `instance`, what sets this VM's QEMUs apart from others on the same hosts (labels, QMP
+    sockets in `socket_dir`, ports).
     """
 
     backend = Backend.QEMU
@@ -54,6 +84,7 @@ class QemuHypervisor(Hypervisor):
         on_exit: Callable[[int], None],
         target_disk: Callable[[str], str] | None = None,
         tls_dirs: Mapping[str, Path] | None = None,
+        instance: QemuInstance = QemuInstance(),
     ) -> None:
         self.places = {"source": source, "destination": destination}
         self.log_dir = log_dir
@@ -62,6 +93,7 @@ class QemuHypervisor(Hypervisor):
         self.on_exit = on_exit
         self.target_disk = target_disk
         self.tls_dirs = tls_dirs
+        self.instance = instance
         self.config: VmConfig | None = None
         self.domains: list[QemuDomain] = []
         self._version = ""
@@ -74,9 +106,9 @@ class QemuHypervisor(Hypervisor):
             tap=place.tap,
             config=config,
             log_dir=self.log_dir,
-            socket_dir=self.socket_dir,
+            qmp_socket=self.instance.qmp_socket(self.socket_dir, role),
             incoming=incoming,
-            on_start=lambda pid: self.on_start(pid, f"qemu-{role}"),
+            on_start=lambda pid: self.on_start(pid, self.instance.label(role)),
             on_exit=self.on_exit,
             cpu_ceiling=place.cpu_ceiling,
         )
@@ -113,7 +145,7 @@ class QemuHypervisor(Hypervisor):
         destination = await self._launch(target, config, "defer")
         address = self.places[target].ip
         mirror = (
-            DiskMirror(source, destination, address, NBD_PORT, plan.tls)
+            DiskMirror(source, destination, address, self.instance.nbd_port, plan.tls)
             if plan.copy_storage
             else None
         )
@@ -121,7 +153,7 @@ class QemuHypervisor(Hypervisor):
             source,
             destination,
             plan,
-            f"tcp:{address}:{MIGRATION_PORT}",
+            f"tcp:{address}:{self.instance.migration_port}",
             mirror,
             tls_hostname=address,
             tls_dirs=self.tls_dirs,
@@ -134,9 +166,9 @@ class QemuHypervisor(Hypervisor):
         return migration
 
     def listen_ports(self, plan: MigrationPlan) -> dict[str, int]:
-        ports = {"migration": MIGRATION_PORT}
+        ports = {"migration": self.instance.migration_port}
         if plan.copy_storage:
-            ports["nbd"] = NBD_PORT
+            ports["nbd"] = self.instance.nbd_port
         return ports
 
     async def versions(self) -> dict[str, str]:

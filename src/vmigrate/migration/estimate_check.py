@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,6 +26,7 @@ from vmigrate.migration.estimate import (
 )
 from vmigrate.migration.preflight import Check
 from vmigrate.paths import model_path
+from vmigrate.testbed.network import Host
 from vmigrate.testbed.testbed import Testbed
 
 log = logging.getLogger(__name__)
@@ -64,17 +66,21 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-async def estimate_check(scenario: Scenario, source: Domain, testbed: Testbed) -> Check:
-    """Predict the migration from the guest's measured dirty rate and the link's measured rate."""
+async def estimate_check(
+    scenario: Scenario, source: Domain, testbed: Testbed, hosts: Mapping[str, Host] | None = None
+) -> Check:
+    """Predict the migration from the guest's measured dirty rate and the link's measured rate.
+    `hosts`: the testbed hosts that play the VM's source and destination (None: those two)."""
+    hosts = hosts or testbed.hosts
     try:
         dirty_mib_s = await source.measure_dirty_rate(DIRTY_RATE_SECONDS)
     except HypervisorError as exc:
         return Check("estimate", "warn", f"could not measure the dirty rate: {exc}", "")
     link = await asyncio.to_thread(
         measure_link_bytes_s,
-        testbed.hosts["source"].netns,
-        testbed.hosts["destination"].netns,
-        testbed.hosts["destination"].ip,
+        hosts["source"].netns,
+        hosts["destination"].netns,
+        hosts["destination"].ip,
     )
     cap = scenario.migration.max_bandwidth_mib_s * MIB
     bandwidth = min(link, cap) if cap else link

@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import socket
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from vmigrate.hypervisor.introspect import QEMU_BINARY, machine_types
 from vmigrate.proc import run
 from vmigrate.result.preflight import PreflightCheck, PreflightResult, Status
 from vmigrate.testbed.netns import call_in_netns
+from vmigrate.testbed.network import Host
 from vmigrate.testbed.testbed import Testbed
 
 HYPERVISORS = ("source", "destination")
@@ -226,11 +228,15 @@ def cache_check(scenario: Scenario, unsafe: bool) -> Check:
     )
 
 
-def compatibility_checks(testbed: Testbed, accel: str, scenario: Scenario) -> list[Check]:
-    """Both hosts run the same QEMU and know the VM's machine type as the same versioned type."""
+def compatibility_checks(
+    testbed: Testbed, accel: str, scenario: Scenario, hosts: Mapping[str, Host] | None = None
+) -> list[Check]:
+    """Both hosts run the same QEMU and know the VM's machine type as the same versioned type.
+    `hosts`: the testbed hosts that play the VM's source and destination (None: those two)."""
+    hosts = hosts or testbed.hosts
     versions = {}
     for role in HYPERVISORS:
-        text = run([QEMU_BINARY, "--version"], netns=testbed.hosts[role].netns).stdout
+        text = run([QEMU_BINARY, "--version"], netns=hosts[role].netns).stdout
         found = re.search(r"version (\S+)", text)
         versions[role] = found.group(1) if found else text.strip()[:40]
     same = versions["source"] == versions["destination"]
@@ -248,7 +254,7 @@ def compatibility_checks(testbed: Testbed, accel: str, scenario: Scenario) -> li
         )
     ]
     asked = scenario.vm.machine
-    resolved = {role: machine_types(accel, testbed.hosts[role].netns) for role in HYPERVISORS}
+    resolved = {role: machine_types(accel, hosts[role].netns) for role in HYPERVISORS}
     pinned = resolved["source"].get(asked)
     on_destination = pinned is not None and pinned in resolved["destination"]
     if pinned is None or not on_destination:
@@ -275,10 +281,12 @@ def compatibility_checks(testbed: Testbed, accel: str, scenario: Scenario) -> li
     return checks
 
 
-def storage_check(scenario: Scenario, testbed: Testbed, disk: Path) -> Check:
+def storage_check(
+    scenario: Scenario, testbed: Testbed, disk: Path, destination: Host | None = None
+) -> Check:
     """Shared: the destination opens the VM's disk read-only over NFS. Local: the destination
-    has room for the copy."""
-    destination = testbed.hosts["destination"]
+    has room for the copy. `destination`: the testbed host that plays it (None: its own)."""
+    destination = destination or testbed.hosts["destination"]
     if scenario.storage.mode == "shared-nfs":
         url = testbed.nfs_url(disk)
         try:
@@ -298,7 +306,7 @@ def storage_check(scenario: Scenario, testbed: Testbed, disk: Path) -> Check:
             f"the destination host opens the shared disk read-only over NFS ({url})",
             figures={"url": url},
         )
-    directory = testbed.local_disk_dir("destination")
+    directory = testbed.local_disk_dir(destination.role)
     directory.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(directory).free
     need = int(
@@ -353,9 +361,10 @@ def _mem_available_bytes() -> int:
     return 0
 
 
-def ports_check(testbed: Testbed, ports: dict[str, int]) -> Check:
-    """The ports the destination must listen on are free there."""
-    netns = testbed.hosts["destination"].netns
+def ports_check(testbed: Testbed, ports: dict[str, int], destination: Host | None = None) -> Check:
+    """The ports the destination must listen on are free there. `destination`: the testbed
+    host that plays it (None: its own)."""
+    netns = (destination or testbed.hosts["destination"]).netns
     taken = [
         f"{name} {port}" for name, port in ports.items() if not call_in_netns(netns, _free, port)
     ]

@@ -66,6 +66,19 @@ class Environment(Section):
         exclude_if=absent,
         description="own hosts only: what the resource series hold, per host",
     )
+    guest: int | None = Field(
+        None,
+        exclude_if=absent,
+        ge=0,
+        description="a testbed VM beside others only (a drain's): which guest it was (its "
+        "address, MAC and tap); its hosts are still called source and destination here",
+    )
+    source_host: str | None = Field(
+        None, exclude_if=absent, description="idem: the testbed host that was its source"
+    )
+    destination_host: str | None = Field(
+        None, exclude_if=absent, description="idem: the testbed host that was its destination"
+    )
 
 
 class Event(Section):
@@ -152,7 +165,8 @@ class Recorded(Section):
     migration: MigrationFigures = Field(description="the hypervisor's figures")
     timeline_s: dict[str, float] = Field(
         description="named moments (boot_start, guest_ready, baseline_start, migration_start, "
-        "migration_end, after_end)"
+        "migration_end, after_end; baseline_end where the baseline ended before the migration "
+        "began: a VM that waited its turn)"
     )
     events: list[Event] = Field(description="every hypervisor event, in order")
     verification: Verification = Field(description="what was checked after the run")

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,12 @@ class StateFile:
     def set_facts(self, **facts: Any) -> None:
         with self._locked() as data:
             data["facts"].update(facts)
+
+    def update_facts(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """Set the facts `change` derives from the current ones, all under the lock (a fact
+        that two writers extend at once keeps both their parts)."""
+        with self._locked() as data:
+            data["facts"].update(change(dict(data["facts"])))
 
     def add(self, resource: Resource) -> None:
         with self._locked() as data:

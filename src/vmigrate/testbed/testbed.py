@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -280,9 +280,10 @@ class Testbed(LibvirtDaemons):
         tap = nic.tap(self.name)
         for role in self.hypervisor_roles:
             network.add_tap(self.hosts[role], tap)
-        taps = set(self.state.facts().get("guest_taps", []))
-        if nic.index and nic.index not in taps:
-            self.state.set_facts(guest_taps=sorted(taps | {nic.index}))
+        if nic.index:  # under the state's lock: guests of lanes starting together all count
+            self.state.update_facts(
+                lambda facts: {"guest_taps": sorted(set(facts.get("guest_taps", [])) | {nic.index})}
+            )
         return tap
 
     # ---------------------------------------------------------------------------------------
@@ -321,13 +322,17 @@ class Testbed(LibvirtDaemons):
             shutil.rmtree(self.dir, ignore_errors=True)
         return problems
 
-    def require_no_vm(self) -> None:
+    def require_no_vm(self, labels: Collection[str] | None = None) -> None:
         """Refuse a run while a VM of an earlier run still holds a host's tap (vmigrate was
-        killed mid-run): say how to settle or remove it."""
+        killed mid-run): say how to settle or remove it. `labels`: only a QEMU recorded under
+        one of these refuses (the VM's own, when other VMs may run beside it); None: any QEMU.
+
+        :raise TestbedError: such a QEMU lives."""
         alive = [
             f"{r.name} pid {r.pid}"
             for r in self.state.resources()
             if r.kind == "process" and r.name.startswith("qemu-")
+            and (labels is None or r.name in labels)
             and is_same_process(r.pid, r.start_ticks)
         ]  # fmt: skip
         if alive:
