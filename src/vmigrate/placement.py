@@ -95,7 +95,8 @@ class Placement:
         """This run's TLS certificates (migration.tls): a fresh CA, and for the source and the
         destination a server certificate for its address and a client certificate, where its QEMU
         (or libvirtd's) reads them; the directories by the VM's host role. Each VM's QEMUs have
-        their own directory per host; a host's libvirtd has one for all its VMs."""
+        their own directory per host; a host's libvirtd has one for all its VMs (so VMs beside
+        each other under libvirt must share one CA, made once for all of them: not here)."""
         hosts = {role: self.slot.host(self.testbed, role) for role in PAIR}
         dirs = {role: self.testbed.tls_dir(host.role, self.libvirt) for role, host in hosts.items()}
         if self.slot.tag and not self.libvirt:
