@@ -202,7 +202,8 @@ class ExperimentSession:
                 scenario.network.bandwidth_mbit,
                 self.observer.stage,
                 self.placement.libvirt,
-                max(scenario.testbed.hypervisors, slot.hypervisors_needed),
+                # a minimum: a testbed with more hypervisor hosts keeps them
+                max(scenario.testbed.hypervisors, slot.hypervisors_needed, testbed.hypervisors),
             )
         self.hosts = slot.hosts(testbed)
         if slot.index:
