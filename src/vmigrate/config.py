@@ -11,26 +11,17 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from vmigrate.config_hosts import HostsSpec
+from vmigrate.config_section import Section
 from vmigrate.errors import ScenarioError, UsageError
 from vmigrate.testbed.network import DEFAULT_HYPERVISORS, MAX_HYPERVISORS
 
-LIBVIRT_URI = re.compile(
-    r"^qemu(\+(ssh|libssh|libssh2|tcp|tls|unix|ext))?://[^\s]*/(system|session)\b"
-)
 
-
-class _Section(BaseModel):
-    """A scenario section: frozen, and strict about unknown keys."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class VmSpec(_Section):
+class VmSpec(Section):
     """The guest: its size and the CPU it is shown."""
 
     memory_mib: int = Field(512, gt=0, le=65536, description="guest RAM in MiB")
@@ -58,7 +49,7 @@ class VmSpec(_Section):
     )
 
 
-class WorkloadSpec(_Section):
+class WorkloadSpec(Section):
     """What runs inside the guest while it migrates."""
 
     kind: Literal["idle", "web", "memory"] = Field("web", description="guest workload")
@@ -66,115 +57,13 @@ class WorkloadSpec(_Section):
     working_set_mib: int = Field(64, ge=1, description="memory the workload dirties")
 
 
-class NetworkSpec(_Section):
+class NetworkSpec(Section):
     """The links between the testbed's hosts."""
 
     bandwidth_mbit: float = Field(1000, gt=0, le=100000, description="uplink rate (tbf)")
 
 
-class HostsSpec(_Section):
-    """The hypervisor hosts: which engine runs the VM, and the CPU each host offers (a ceiling
-    stands in for an older host)."""
-
-    backend: Literal["qemu", "libvirt"] = Field(
-        "qemu",
-        description="qemu: vmigrate starts QEMU itself and drives it over QMP; libvirt: one "
-        "libvirtd per host runs the VM and migrates it peer-to-peer",
-    )
-    source_cpu: str = Field(
-        "",
-        description="CPU ceiling of the source host: a QEMU CPU model (Skylake-Client-v4); "
-        "empty: all the accelerator offers (TCG: what it implements; KVM: the host CPU)",
-    )
-    destination_cpu: str = Field(
-        "", description="CPU ceiling of the destination host (Westmere); empty: no ceiling"
-    )
-
-    source_uri: str = Field(
-        "",
-        description="your own hosts: the source's libvirt URI (qemu+ssh://root@host1/system, "
-        "qemu+tcp://..., qemu:///system); set with destination_uri and domain, no testbed is "
-        "built and no guest booted",
-    )
-    destination_uri: str = Field("", description="your own hosts: the destination's libvirt URI")
-    destination_peer_uri: str = Field(
-        "",
-        description="how the source's libvirtd reaches the destination's (peer-to-peer); "
-        "empty: destination_uri",
-    )
-    migration_uri: str = Field(
-        "",
-        description="where the destination's QEMU takes the stream (tcp://host2); empty: "
-        "libvirt decides",
-    )
-    domain: str = Field("", description="your own hosts: the running domain to migrate")
-    ssh: bool = Field(
-        False,
-        description="your own hosts: sample each host's /proc over ssh, as testbed hosts are "
-        "(every process's CPU, RSS, disk IO; QEMU's threads; the NIC routing to the peer host), "
-        "instead of libvirt's domain statistics; logs in as the URI says (qemu+ssh: its user, "
-        "keyfile, no_verify; other URIs: their host, as the current user); the hosts need sh, "
-        "awk, grep and ip",
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> HostsSpec:
-        if self.backend == "libvirt" and (self.source_cpu or self.destination_cpu):
-            raise ValueError(
-                "hosts.source_cpu / destination_cpu (CPU ceilings) are emulated by the qemu "
-                "backend only; with hosts.backend = 'libvirt' remove them"
-            )
-        real = {"source_uri": self.source_uri, "destination_uri": self.destination_uri,
-                "domain": self.domain}  # fmt: skip
-        if any(real.values()):
-            missing = [f"hosts.{key}" for key, value in real.items() if not value]
-            if missing:
-                raise ValueError(
-                    f"your own hosts need hosts.source_uri, destination_uri and domain "
-                    f"together: set {', '.join(missing)}"
-                )
-            if self.backend != "libvirt":
-                raise ValueError(
-                    "your own hosts are reached through libvirt: set hosts.backend = 'libvirt'"
-                )
-        for key in ("source_uri", "destination_uri", "destination_peer_uri"):
-            uri = getattr(self, key)
-            if uri and not LIBVIRT_URI.match(uri):
-                raise ValueError(
-                    f"hosts.{key}: {uri!r} is not a libvirt URI for QEMU; use qemu:///system, "
-                    "qemu+ssh://user@host/system, qemu+tcp://host/system, qemu+tls://... or "
-                    "qemu+unix:///system?socket=PATH"
-                )
-        if self.ssh:
-            if not self.real:
-                raise ValueError(
-                    "hosts.ssh samples your own hosts over ssh (with hosts.source_uri, "
-                    "destination_uri and domain); the testbed's hosts are sampled directly"
-                )
-            for key in ("source_uri", "destination_uri"):
-                if not urlparse(getattr(self, key)).hostname:
-                    raise ValueError(
-                        f"hosts.ssh logs in to the host of hosts.{key}, and "
-                        f"{getattr(self, key)!r} names none: use qemu+ssh://user@host/system"
-                    )
-        if self.migration_uri and not re.match(r"^(tcp|rdma|unix)://", self.migration_uri):
-            raise ValueError(
-                f"hosts.migration_uri: {self.migration_uri!r} is not a migration URI; use "
-                "tcp://HOST[:PORT]"
-            )
-        return self
-
-    @property
-    def real(self) -> bool:
-        """True when the scenario names the user's own hosts (no testbed)."""
-        return bool(self.source_uri)
-
-    def cpu(self, role: str) -> str:
-        """The CPU ceiling of hypervisor host `role` ("source" or "destination")."""
-        return self.source_cpu if role == "source" else self.destination_cpu
-
-
-class TestbedSpec(_Section):
+class TestbedSpec(Section):
     """The embedded testbed the scenario runs on."""
 
     __test__ = False  # not a pytest test class, despite its name
@@ -182,8 +71,8 @@ class TestbedSpec(_Section):
     hypervisors: int = Field(
         DEFAULT_HYPERVISORS,
         description=f"hypervisor hosts ({DEFAULT_HYPERVISORS} to {MAX_HYPERVISORS}): the source "
-        "and the destination, then hv3, hv4, ... on the same switch; a testbed that is up with "
-        "another count gets hosts added or removed",
+        "and the destination, then hv3, hv4, ... on the same switch; at least: a testbed that "
+        "is up with fewer gets hosts added, one with more keeps them",
     )
 
     @field_validator("hypervisors")
@@ -198,7 +87,7 @@ class TestbedSpec(_Section):
         return value
 
 
-class StorageSpec(_Section):
+class StorageSpec(Section):
     """Where the guest's disk lives."""
 
     mode: Literal["shared-nfs", "local"] = Field(
@@ -222,7 +111,7 @@ STRATEGY_KEYS = {
 }
 
 
-class MigrationSpec(_Section):
+class MigrationSpec(Section):
     """How the VM is moved, and the knobs of each strategy."""
 
     strategy: Strategy = Field(
@@ -289,7 +178,7 @@ class MigrationSpec(_Section):
         return self
 
 
-class ServiceSpec(_Section):
+class ServiceSpec(Section):
     """Your own hosts: the VM's service, as the machine running vmigrate reaches it."""
 
     address: str = Field(
@@ -303,7 +192,7 @@ class ServiceSpec(_Section):
     )
 
 
-class PhasesSpec(_Section):
+class PhasesSpec(Section):
     """Measurement windows around the migration."""
 
     warmup_s: float = Field(3, ge=0, le=3600, description="after boot, before measuring")
@@ -311,7 +200,7 @@ class PhasesSpec(_Section):
     after_s: float = Field(5, ge=0, le=3600, description="measured after migrating")
 
 
-class LoadSpec(_Section):
+class LoadSpec(Section):
     """The client host's view of the service: an open-loop HTTP load and a downtime probe."""
 
     rate_rps: float = Field(
@@ -345,7 +234,7 @@ FaultKind = Literal[
 NEEDS_DURATION = ("freeze-source", "nfs-stall")
 
 
-class FaultSpec(_Section):
+class FaultSpec(Section):
     """A fault injected, for real, while the VM migrates (testbed only)."""
 
     kind: FaultKind = Field(
@@ -391,7 +280,7 @@ class FaultSpec(_Section):
         return percent_sent >= value if match["unit"] == "%" else elapsed_s >= value
 
 
-class MeasureSpec(_Section):
+class MeasureSpec(Section):
     """How often the samplers read the hypervisor and the hosts."""
 
     progress_interval_ms: int = Field(100, ge=10, le=10000, description="query-migrate period")
@@ -401,7 +290,7 @@ class MeasureSpec(_Section):
     )
 
 
-class Scenario(_Section):
+class Scenario(Section):
     """One experiment: every knob, with defaults that make a sensible first run."""
 
     name: str = Field("scenario", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -463,10 +352,10 @@ class Scenario(_Section):
         return self
 
 
-SECTIONS: dict[str, type[_Section]] = {
+SECTIONS: dict[str, type[Section]] = {
     name: info.annotation
     for name, info in Scenario.model_fields.items()
-    if isinstance(info.annotation, type) and issubclass(info.annotation, _Section)
+    if isinstance(info.annotation, type) and issubclass(info.annotation, Section)
 }
 
 

@@ -24,7 +24,8 @@ from urllib.parse import urlparse
 from vmigrate import __version__
 from vmigrate.analysis import analyze
 from vmigrate.cleanup import Step, each
-from vmigrate.config import HostsSpec, Scenario
+from vmigrate.config import Scenario
+from vmigrate.config_hosts import HostsSpec
 from vmigrate.errors import HypervisorError, UsageError, VmigrateError
 from vmigrate.experiment import ExperimentObserver, PreflightFailed
 from vmigrate.hypervisor.base import RunState
