@@ -20,18 +20,19 @@ import ctypes
 import errno
 import ipaddress
 import os
-import re
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmigrate.errors import CommandFailed, TestbedError
 from vmigrate.pids import is_same_process, process_start_ticks
 from vmigrate.proc import in_netns, run
+from vmigrate.testbed.nfs_config import find_plugins_dir, write_config
+from vmigrate.testbed.nfs_log import LOG_FILE, WRAPPER_LOG_FILE, diagnostics, fatal_log_lines
 
 #: How long start_nfs_server waits for the server to answer before giving up.
 START_TIMEOUT_S = 30.0
@@ -41,9 +42,6 @@ POLL_INTERVAL_S = 0.1
 WRAPPER_NAME = "vmigrate-nfs-wrapper.sh"
 
 PIDS_FILE = "pids"
-CONFIG_FILE = "ganesha.conf"
-LOG_FILE = "ganesha.log"
-WRAPPER_LOG_FILE = "wrapper.log"
 
 # Runs as `sh WORK_DIR/vmigrate-nfs-wrapper.sh WORK_DIR GANESHA RPCBIND CONFIG LOG PIDFILE`
 # inside the target netns and a fresh private mount namespace. It mounts a tmpfs on /run (mount -n:
@@ -90,55 +88,6 @@ while :; do
 done
 """
 
-_GANESHA_CONF = """\
-# Written by vmigrate (testbed/nfs.py). One export for QEMU's libnfs client (NFSv3 by default).
-NFS_CORE_PARAM {{
-    Protocols = 3, 4;
-    # No rpc.statd here and QEMU takes no NFS locks: without this ganesha would try to reach statd.
-    Enable_NLM = false;
-    Enable_RQUOTA = false;
-    # libnfs speaks TCP only; fewer sockets, fewer rpcbind registrations.
-    Enable_UDP = false;
-    Plugins_Dir = "{plugins_dir}";
-}}
-
-NFS_KRB5 {{
-    Active_krb5 = false;
-}}
-
-NFSv4 {{
-    # No grace period: a fresh server has no state to reclaim, and clients must not wait 90 s.
-    Graceless = true;
-    RecoveryBackend = fs;
-    RecoveryRoot = "{recovery_dir}";
-}}
-
-EXPORT {{
-    Export_Id = 1;
-    Path = "{export_dir}";
-    Pseudo = "{export_dir}";
-    Protocols = 3, 4;
-    Transports = TCP;
-    Access_Type = RW;
-    Squash = No_Root_Squash;
-    SecType = sys;
-    # libnfs as non-root (or behind NAT) uses ports >= 1024.
-    PrivilegedPort = false;
-    # The export dir is also read and written locally (images created, results compared):
-    # never serve cached attributes.
-    Attr_Expiration_Time = 0;
-    FSAL {{
-        Name = VFS;
-    }}
-}}
-"""
-
-# Log lines that mean the export (or the whole server) is not usable, although ganesha may keep
-# running and answering RPCs. CRITs from DBUS (no system bus in our private /run, by design) and
-# NFS CB (no krb5 keytab for NFSv4 callbacks) are expected and harmless.
-_FATAL_LOG = re.compile(r":(?!DBUS :|NFS CB :)[A-Z0-9 _]+ :(?:CRIT|MAJ|FATAL) :|No export entries")
-_EXPECTED = re.compile(r":(?:DBUS|NFS CB) :(?:CRIT|MAJ|WARN) :")
-
 
 @dataclass(frozen=True)
 class NfsServer:
@@ -182,16 +131,6 @@ def _require_binary(name: str, package: str) -> str:
     return found
 
 
-def _find_plugins_dir() -> Path:
-    """The directory holding ganesha's VFS FSAL (libfsalvfs.so)."""
-    candidates = [Path("/usr/lib/ganesha"), *sorted(Path("/usr/lib").glob("*/ganesha"))]
-    candidates += [Path("/usr/lib64/ganesha"), Path("/usr/local/lib/ganesha")]
-    for directory in candidates:
-        if (directory / "libfsalvfs.so").exists():
-            return directory
-    raise TestbedError("nfs-ganesha-vfs is not installed: apt-get install nfs-ganesha-vfs")
-
-
 class _FileHandleHeader(ctypes.Structure):
     """struct file_handle without its payload: enough to ask for the handle's size."""
 
@@ -230,7 +169,7 @@ def _preflight(netns: str, export_dir: Path, address: str) -> tuple[dict[str, st
         "unshare": _require_binary("unshare", "util-linux"),
         "ip": _require_binary("ip", "iproute2"),
     }
-    plugins_dir = _find_plugins_dir()
+    plugins_dir = find_plugins_dir()
     if not Path("/run/netns", netns).exists():
         raise TestbedError(f"network namespace {netns!r} does not exist: create it first")
     try:
@@ -389,75 +328,6 @@ def _reap(pid: int) -> None:
 # Start
 
 
-def _write_config(work_dir: Path, export_dir: Path, plugins_dir: Path) -> Path:
-    """Write work_dir/ganesha.conf for one RW, no-root-squash export of `export_dir`."""
-    for value in (str(export_dir), str(work_dir)):
-        if '"' in value or "\n" in value:
-            raise TestbedError(f"path {value!r} cannot be written into a ganesha config")
-    recovery = work_dir / "recovery"
-    recovery.mkdir(parents=True, exist_ok=True)
-    conf = work_dir / CONFIG_FILE
-    conf.write_text(
-        _GANESHA_CONF.format(plugins_dir=plugins_dir, recovery_dir=recovery, export_dir=export_dir)
-    )
-    return conf
-
-
-def _tail(path: Path, lines: int) -> list[str]:
-    """The last `lines` lines of a text file ([] if missing)."""
-    try:
-        return path.read_text(errors="replace").splitlines()[-lines:]
-    except FileNotFoundError:
-        return []
-
-
-def _short(line: str) -> str:
-    """A ganesha log line without its date/epoch/host/pid prefix."""
-    _, sep, rest = line.partition("] ")
-    return rest if sep else line
-
-
-def _fatal_log_lines(work_dir: Path) -> list[str]:
-    """ganesha log lines that mean it will not serve the export."""
-    try:
-        text = (work_dir / LOG_FILE).read_text(errors="replace")
-    except FileNotFoundError:
-        return []
-    return [_short(line) for line in text.splitlines() if _FATAL_LOG.search(line)]
-
-
-def _hint(lines: Sequence[str]) -> str:
-    """A fix for well-known failures seen in the log lines, or ''."""
-    text = "\n".join(lines)
-    if "Could not get handle" in text or "Operation not supported" in text:
-        return " Fix: export a directory on ext4/xfs/btrfs/tmpfs (file handles are needed)."
-    if "No such file or directory" in text and "export path" in text:
-        return " Fix: create the export directory before starting the server."
-    if "Address already in use" in text or "Error binding" in text:
-        return (
-            " Fix: another NFS server or rpcbind already runs in this namespace; stop it "
-            "(vmigrate testbed down)."
-        )
-    return ""
-
-
-def _diagnostics(work_dir: Path) -> str:
-    """Error lines and the tail of ganesha.log and of the wrapper's output, for error messages."""
-    fatal = _fatal_log_lines(work_dir)
-    tail = [_short(line) for line in _tail(work_dir / LOG_FILE, 200) if not _EXPECTED.search(line)]
-    tail = tail[-12:]
-    wrapper = _tail(work_dir / WRAPPER_LOG_FILE, 5)
-    parts = []
-    if fatal:
-        parts.append("ganesha errors:\n  " + "\n  ".join(fatal[:10]))
-    parts.append(
-        f"last lines of {work_dir / LOG_FILE}:\n  " + ("\n  ".join(tail) if tail else "(empty)")
-    )
-    if wrapper:
-        parts.append("wrapper/rpcbind output:\n  " + "\n  ".join(wrapper))
-    return _hint(fatal + tail + wrapper) + "\n" + "\n".join(parts)
-
-
 def _serving(netns: str, rpcinfo: str, address: str) -> bool:
     """True once NFSv3 and MOUNTv3 answer a NULL call over TCP at `address` (via rpcbind)."""
     for program in ("nfs", "mountd"):
@@ -483,7 +353,7 @@ def start_nfs_server(netns: str, export_dir: Path, work_dir: Path, address: str)
     work_dir = Path(os.path.abspath(work_dir))
     binaries, plugins_dir = _preflight(netns, export_dir, address)
     work_dir.mkdir(parents=True, exist_ok=True)
-    conf = _write_config(work_dir, export_dir, plugins_dir)
+    conf = write_config(work_dir, export_dir, plugins_dir)
     log = work_dir / LOG_FILE
     log.unlink(missing_ok=True)
     pids_file = work_dir / PIDS_FILE
@@ -527,7 +397,7 @@ def start_nfs_server(netns: str, export_dir: Path, work_dir: Path, address: str)
             stop_nfs_server(read_pids(work_dir), timeout_s=5.0)  # recorded meanwhile
         _CHILDREN.pop(wrapper.pid, None)
         return TestbedError(
-            f"NFS server in netns {netns!r} failed to start: {reason}.{_diagnostics(work_dir)}"
+            f"NFS server in netns {netns!r} failed to start: {reason}.{diagnostics(work_dir)}"
         )
 
     try:
@@ -540,14 +410,14 @@ def start_nfs_server(netns: str, export_dir: Path, work_dir: Path, address: str)
                 dead = [p for p in pids[1:] if not _alive(p, None)]
                 if dead:
                     raise fail(f"process(es) {dead} exited")
-                if _fatal_log_lines(work_dir):
+                if fatal_log_lines(work_dir):
                     raise fail("ganesha reported errors")
                 if _serving(netns, binaries["rpcinfo"], address):
                     break
             if time.monotonic() >= deadline:
                 raise fail(f"not serving NFSv3 at {address} after {START_TIMEOUT_S:.0f} s")
             time.sleep(POLL_INTERVAL_S)
-        if _fatal_log_lines(work_dir):
+        if fatal_log_lines(work_dir):
             raise fail("ganesha reported errors")
     except TestbedError:
         raise
