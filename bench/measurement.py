@@ -23,7 +23,7 @@ from vmigrate.analysis.service import observed_downtime
 from vmigrate.config import validate_scenario
 from vmigrate.experiment import Experiment, SilentObserver
 from vmigrate.hypervisor.base import EventKind
-from vmigrate.measure.client import read_probe, read_requests
+from vmigrate.measure.client_records import read_probe, read_requests
 from vmigrate.pids import process_start_ticks
 from vmigrate.stats import nearest_rank
 from vmigrate.testbed.testbed import Testbed

@@ -22,7 +22,7 @@ from vmigrate.config import load_scenario
 from vmigrate.experiment import SilentObserver, run_experiment
 from vmigrate.hypervisor.base import EventKind
 from vmigrate.hypervisor.qemu import QemuDomain
-from vmigrate.measure.client import read_probe, read_requests
+from vmigrate.measure.client_records import read_probe, read_requests
 from vmigrate.result import Result
 from vmigrate.stats import median_or_none
 from vmigrate.testbed.testbed import Testbed

@@ -24,7 +24,8 @@ import pytest
 
 from vmigrate.guest import image
 from vmigrate.measure import client
-from vmigrate.measure.client import ClientProcess, read_probe, read_requests
+from vmigrate.measure.client import ClientProcess
+from vmigrate.measure.client_records import read_probe, read_requests
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -25,7 +25,8 @@ from vmigrate.measure.capture import (
     read_capture,
     start_capture,
 )
-from vmigrate.measure.client import build_client, read_probe, start_probe
+from vmigrate.measure.client import build_client, start_probe
+from vmigrate.measure.client_records import read_probe
 from vmigrate.result.outage import Capture
 
 pytestmark = pytest.mark.timeout(120)

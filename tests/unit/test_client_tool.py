@@ -20,14 +20,8 @@ from host_agent import free_port, running_agent
 
 from vmigrate.errors import ImageBuildError, VmigrateError
 from vmigrate.measure import client
-from vmigrate.measure.client import (
-    ClientToolError,
-    build_client,
-    read_probe,
-    read_requests,
-    start_load,
-    start_probe,
-)
+from vmigrate.measure.client import ClientToolError, build_client, start_load, start_probe
+from vmigrate.measure.client_records import read_probe, read_requests
 
 pytestmark = pytest.mark.timeout(120)
 
