@@ -23,7 +23,7 @@ from vmigrate.errors import TestbedError
 from vmigrate.guest.build import build_image
 from vmigrate.guest.cmdline import kernel_cmdline
 from vmigrate.guest.image import GuestImage
-from vmigrate.testbed import libvirtd
+from vmigrate.testbed import libvirtd, libvirtd_config
 from vmigrate.testbed.testbed import Testbed
 
 pytestmark = pytest.mark.timeout(600)
@@ -137,7 +137,7 @@ def test_libvirtd_per_host_migrates_a_live_domain_peer_to_peer(image: GuestImage
             assert netns_of(pid) == bed.hosts[role].netns
             assert os.stat(f"/proc/{pid}/ns/mnt").st_ino != own_mnt
             conns[role] = libvirt.open(uri)
-            assert libvirtd.capabilities_uuid(conns[role]) == libvirtd.host_uuid(NAME, role)
+            assert libvirtd.capabilities_uuid(conns[role]) == libvirtd_config.host_uuid(NAME, role)
         assert libvirtd.capabilities_uuid(conns["source"]) != libvirtd.capabilities_uuid(
             conns["destination"]
         )

@@ -17,7 +17,7 @@ import pytest
 from vmigrate import libvirt_client
 from vmigrate.errors import TestbedError
 from vmigrate.pids import process_start_ticks
-from vmigrate.testbed import libvirtd
+from vmigrate.testbed import libvirtd, libvirtd_config
 from vmigrate.testbed.state import StateFile, tear_down
 from vmigrate.testbed.testbed import Testbed
 
@@ -37,7 +37,9 @@ def parse_conf(text: str) -> dict[str, str]:
 
 
 def test_libvirtd_conf_listens_on_the_host_address_without_auth() -> None:
-    conf = parse_conf(libvirtd.libvirtd_conf("10.241.0.2", "6f2e0a5c-1111-4a2b-9c3d-000000000002"))
+    conf = parse_conf(
+        libvirtd_config.libvirtd_conf("10.241.0.2", "6f2e0a5c-1111-4a2b-9c3d-000000000002")
+    )
     assert conf["listen_tcp"] == "1"
     assert conf["listen_tls"] == "0"
     assert conf["listen_addr"] == '"10.241.0.2"'
@@ -48,13 +50,13 @@ def test_libvirtd_conf_listens_on_the_host_address_without_auth() -> None:
 
 
 def test_libvirtd_conf_without_address_has_no_tcp() -> None:
-    conf = parse_conf(libvirtd.libvirtd_conf(None, str(uuid.uuid4())))
+    conf = parse_conf(libvirtd_config.libvirtd_conf(None, str(uuid.uuid4())))
     assert conf["listen_tcp"] == "0"
     assert "listen_addr" not in conf and "auth_tcp" not in conf
 
 
 def test_qemu_conf_runs_qemu_as_root_without_confinement() -> None:
-    conf = parse_conf(libvirtd.qemu_conf("10.241.0.1"))
+    conf = parse_conf(libvirtd_config.qemu_conf("10.241.0.1"))
     assert conf == {
         "user": '"root"',
         "group": '"root"',
@@ -68,22 +70,22 @@ def test_qemu_conf_runs_qemu_as_root_without_confinement() -> None:
         "migration_host": '"10.241.0.1"',
         "migrate_tls_x509_cert_dir": '"/etc/libvirt/pki/migrate"',
     }
-    assert "migration_address" not in parse_conf(libvirtd.qemu_conf(None))
+    assert "migration_address" not in parse_conf(libvirtd_config.qemu_conf(None))
 
 
 def test_config_values_that_would_break_the_file_are_refused() -> None:
     with pytest.raises(TestbedError):
-        libvirtd.libvirtd_conf('10.0.0.1"\nauth_unix_rw = "polkit', str(uuid.uuid4()))
+        libvirtd_config.libvirtd_conf('10.0.0.1"\nauth_unix_rw = "polkit', str(uuid.uuid4()))
 
 
 def test_host_uuids_are_stable_valid_and_distinct_per_host_and_testbed() -> None:
     ids = {
-        (name, role): libvirtd.host_uuid(name, role)
+        (name, role): libvirtd_config.host_uuid(name, role)
         for name in ("vmig", "vmigt")
         for role in ("source", "destination")
     }
     assert len(set(ids.values())) == 4
-    assert libvirtd.host_uuid("vmig", "source") == ids[("vmig", "source")]
+    assert libvirtd_config.host_uuid("vmig", "source") == ids[("vmig", "source")]
     for value in ids.values():
         assert str(uuid.UUID(value)) == value
 

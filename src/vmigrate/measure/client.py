@@ -5,7 +5,7 @@ first use into the cache and run inside the client namespace. It records in memo
 its CSV (the `probe` and `requests` series of docs/series.md) when stopped, so a run costs the
 client host one wake-up per probe (echo times are the kernel's receive timestamps) and two
 per request (send, answer), nothing else. Python only starts it, stops it and reads what it
-wrote; `ClientProcess.cpu_s()` tells what the meter itself cost.
+wrote (client_records.py); `ClientProcess.cpu_s()` tells what the meter itself cost.
 """
 
 from __future__ import annotations

@@ -47,6 +47,16 @@ from vmigrate.libvirt_client import bounded, version_string
 from vmigrate.paths import cache_dir
 from vmigrate.pids import is_same_process, process_start_ticks, terminate
 from vmigrate.proc import in_netns
+from vmigrate.testbed.libvirtd_config import (
+    MIGRATE_TLS_DIR as MIGRATE_TLS_DIR,
+)
+from vmigrate.testbed.libvirtd_config import (
+    TCP_PORT as TCP_PORT,
+)
+from vmigrate.testbed.libvirtd_config import (
+    libvirtd_conf,
+    qemu_conf,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,7 +70,6 @@ STOP_GRACE_S = 10.0
 POLL_INTERVAL_S = 0.1
 #: Process labels in the testbed's state file: "libvirtd-source", "libvirtd-destination".
 LABEL_PREFIX = "libvirtd-"
-TCP_PORT = 16509
 
 WRAPPER_NAME = "vmigrate-libvirtd-wrapper.sh"
 LOG_FILE = "libvirtd.log"
@@ -76,7 +85,6 @@ IMAGES_DIR = "/var/lib/libvirt/images"
 #: The daemon's unix socket, as seen from inside its mount namespace.
 SOCKET_PATH = "/run/libvirt/libvirt-sock"
 #: Where its QEMUs find the certificates of an encrypted migration (the "etc" bind mount).
-MIGRATE_TLS_DIR = "pki/migrate"
 
 # Runs as `sh WORK_DIR/vmigrate-libvirtd-wrapper.sh WORK_DIR LIBVIRTD [ARGS...]` inside the
 # host's netns and a fresh private mount namespace (mount -n: no /run/mount/utab in the shared
@@ -97,72 +105,6 @@ for pair in etc:/etc/libvirt lib:/var/lib/libvirt log:/var/log/libvirt cache:/va
 done
 exec "$libvirtd" "$@" -f "$work/etc/libvirtd.conf"
 """
-
-
-# ---------------------------------------------------------------------------------------------
-# Configuration (pure)
-
-
-def host_uuid(testbed: str, role: str) -> str:
-    """A stable host UUID per testbed and host, distinct for every (testbed, role)."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"vmigrate-testbed:{testbed}/{role}"))
-
-
-def _quote(value: str) -> str:
-    if '"' in value or "\n" in value or "\\" in value:
-        raise TestbedError(f"{value!r} cannot be written into a libvirt config file")
-    return f'"{value}"'
-
-
-def libvirtd_conf(address: str | None, uuid_: str) -> str:
-    """libvirtd.conf: TCP without auth on `address` (None: unix socket only), own host UUID."""
-    lines = [
-        "# Written by vmigrate (testbed/libvirtd.py): a testbed daemon, never a real host's.",
-        "listen_tls = 0",
-        f"listen_tcp = {0 if address is None else 1}",
-    ]
-    if address is not None:
-        lines += [
-            f"listen_addr = {_quote(address)}",
-            f'tcp_port = "{TCP_PORT}"',
-            "# The testbed's own network namespaces only: nobody else can reach it.",
-            'auth_tcp = "none"',
-        ]
-    lines += [
-        'auth_unix_rw = "none"',
-        'auth_unix_ro = "none"',
-        "# Its own, or a peer refuses to migrate to 'the same host'.",
-        f"host_uuid = {_quote(uuid_)}",
-        "# Warnings and errors to stderr, which vmigrate writes to libvirtd.log.",
-        "log_level = 3",
-        'log_outputs = "3:stderr"',
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def qemu_conf(address: str | None) -> str:
-    """qemu.conf: QEMU as root, no security driver, cgroups, namespaces or virtlogd."""
-    lines = [
-        "# Written by vmigrate (testbed/libvirtd.py).",
-        'user = "root"',
-        'group = "root"',
-        "dynamic_ownership = 0",
-        "remember_owner = 0",
-        'security_driver = "none"',
-        "cgroup_controllers = [ ]",
-        "namespaces = [ ]",
-        "# QEMU's stdout/stderr straight to /var/log/libvirt/qemu/NAME.log (no virtlogd).",
-        'stdio_handler = "file"',
-    ]
-    if address is not None:
-        lines += [
-            "# Incoming migrations listen on, and are announced with, the host's address.",
-            f"migration_address = {_quote(address)}",
-            f"migration_host = {_quote(address)}",
-            "# VIR_MIGRATE_TLS: the run's certificates (ca-cert.pem, server-*, client-*).",
-            f'migrate_tls_x509_cert_dir = "/etc/libvirt/{MIGRATE_TLS_DIR}"',
-        ]
-    return "\n".join(lines) + "\n"
 
 
 def root_of(pid: int) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 from vmigrate import libvirt_client
 from vmigrate.errors import TestbedError
 from vmigrate.pids import is_same_process, terminate
-from vmigrate.testbed import libvirt_domains, libvirtd
+from vmigrate.testbed import libvirt_domains, libvirtd, libvirtd_config
 from vmigrate.testbed.network import Host
 from vmigrate.testbed.state import Resource, StateFile, stop_libvirtd
 
@@ -74,7 +74,7 @@ class LibvirtDaemons:
                 work_dir=self.libvirt_dir(role),
                 netns=self.hosts[role].netns,
                 address=self.hosts[role].ip,
-                host_uuid=libvirtd.host_uuid(self.name, role),
+                host_uuid=libvirtd_config.host_uuid(self.name, role),
             )
             for role in roles
         ]
