@@ -129,6 +129,41 @@ def guest_ram_resident_bytes(pid: int, ram_bytes: int) -> int | None:
     return None
 
 
+def _refuse_beyond_ceiling(
+    host_role: str, config: VmConfig, cpu_ceiling: str, log_dir: Path
+) -> None:
+    """Refuse (HypervisorError, logged) a VM whose CPU wants more than `cpu_ceiling`, as KVM."""
+    catalog = load_catalog(config.accel)
+    lacking = missing(
+        catalog.requested(config.cpu_model),
+        catalog.offered(cpu_ceiling, f"hosts.{host_role}_cpu"),
+    )
+    if lacking:
+        refusal = (
+            f"the {host_role} host (CPU {cpu_ceiling}) refuses the VM: host doesn't "
+            f"support requested features: {', '.join(lacking)}"
+        )
+        with open(log_dir / f"qemu-{host_role}.log", "a") as log:
+            log.write(f"refused to start -cpu {config.cpu_model}: {refusal}\n")
+        raise HypervisorError(refusal)
+
+
+def _spawn_logged(argv: list[str], log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start `argv` in its own session, logging to `log_path`; the process, its log's offset."""
+    with open(log_path, "ab") as log:
+        log_offset = log.tell()
+        log.write(("$ " + " ".join(argv) + "\n").encode())
+        log.flush()
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return process, log_offset
+
+
 class QemuDomain(Domain):
     """A QEMU process on one host. Create with `await QemuDomain.launch(...)`."""
 
@@ -189,19 +224,7 @@ class QemuDomain(Domain):
         """
         log_dir.mkdir(parents=True, exist_ok=True)
         if cpu_ceiling:
-            catalog = load_catalog(config.accel)
-            lacking = missing(
-                catalog.requested(config.cpu_model),
-                catalog.offered(cpu_ceiling, f"hosts.{host_role}_cpu"),
-            )
-            if lacking:
-                refusal = (
-                    f"the {host_role} host (CPU {cpu_ceiling}) refuses the VM: host doesn't "
-                    f"support requested features: {', '.join(lacking)}"
-                )
-                with open(log_dir / f"qemu-{host_role}.log", "a") as log:
-                    log.write(f"refused to start -cpu {config.cpu_model}: {refusal}\n")
-                raise HypervisorError(refusal)
+            _refuse_beyond_ceiling(host_role, config, cpu_ceiling, log_dir)
         qmp_socket.parent.mkdir(parents=True, exist_ok=True)
         sock = qmp_socket
         sock.unlink(missing_ok=True)
@@ -209,17 +232,7 @@ class QemuDomain(Domain):
         serial.unlink(missing_ok=True)
         log_path = log_dir / f"qemu-{host_role}.log"
         argv = in_netns(netns, qemu_argv(config, tap, sock, serial, incoming))
-        with open(log_path, "ab") as log:
-            log_offset = log.tell()
-            log.write(("$ " + " ".join(argv) + "\n").encode())
-            log.flush()
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process, log_offset = _spawn_logged(argv, log_path)
         on_start(process.pid)
         domain = cls(host_role, process, log_dir, sock, on_exit, config.memory_mib, log_offset)
         try:
