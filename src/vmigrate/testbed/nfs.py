@@ -352,25 +352,47 @@ def start_nfs_server(netns: str, export_dir: Path, work_dir: Path, address: str)
     export_dir = Path(os.path.abspath(export_dir))
     work_dir = Path(os.path.abspath(work_dir))
     binaries, plugins_dir = _preflight(netns, export_dir, address)
+    conf, log = _prepare_work_dir(work_dir, export_dir, plugins_dir)
+    argv = in_netns(netns, _wrapper_argv(binaries, work_dir, conf, log))
+    started = time.monotonic()
+    wrapper = _spawn_wrapper(argv, work_dir)
+    try:
+        deadline = started + START_TIMEOUT_S
+        _wait_until_serving(netns, binaries["rpcinfo"], address, work_dir, wrapper, deadline)
+    except TestbedError:
+        raise
+    except (CommandFailed, OSError) as exc:
+        raise _abort_start(netns, work_dir, wrapper, str(exc)) from exc
+    except BaseException:
+        # KeyboardInterrupt and friends: leave nothing running, then let it propagate.
+        _abort_start(netns, work_dir, wrapper, "interrupted")
+        raise
+    return _record_running(work_dir, export_dir, address)
+
+
+def _prepare_work_dir(work_dir: Path, export_dir: Path, plugins_dir: Path) -> tuple[Path, Path]:
+    """Write ganesha's config and the wrapper, clear the old log and PIDs; (config, log path)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     conf = write_config(work_dir, export_dir, plugins_dir)
     log = work_dir / LOG_FILE
     log.unlink(missing_ok=True)
-    pids_file = work_dir / PIDS_FILE
-    pids_file.write_text("")
-    script = work_dir / WRAPPER_NAME
-    script.write_text(WRAPPER_SCRIPT)
+    (work_dir / PIDS_FILE).write_text("")
+    (work_dir / WRAPPER_NAME).write_text(WRAPPER_SCRIPT)
+    return conf, log
 
-    argv = in_netns(
-        netns,
-        [
-            binaries["unshare"], "--mount", "--propagation", "private",
-            "sh", str(script),
-            str(work_dir), binaries["ganesha"], binaries["rpcbind"], str(conf), str(log),
-            str(work_dir / "ganesha.pid"),
-        ],
-    )  # fmt: skip
-    started = time.monotonic()
+
+def _wrapper_argv(binaries: dict[str, str], work_dir: Path, conf: Path, log: Path) -> list[str]:
+    """The wrapper's command line, in a private mount namespace (see WRAPPER_SCRIPT)."""
+    return [
+        binaries["unshare"], "--mount", "--propagation", "private",
+        "sh", str(work_dir / WRAPPER_NAME),
+        str(work_dir), binaries["ganesha"], binaries["rpcbind"], str(conf), str(log),
+        str(work_dir / "ganesha.pid"),
+    ]  # fmt: skip
+
+
+def _spawn_wrapper(argv: list[str], work_dir: Path) -> subprocess.Popen[bytes]:
+    """Start the wrapper in its own session, logging to work_dir; remembered for reaping."""
     with (work_dir / WRAPPER_LOG_FILE).open("wb") as wrapper_log:
         # Own session: a Ctrl-C in the caller's terminal must not kill the server behind the
         # back of the orderly teardown.
@@ -382,56 +404,65 @@ def start_nfs_server(netns: str, export_dir: Path, work_dir: Path, address: str)
             start_new_session=True,
         )
     _CHILDREN[wrapper.pid] = wrapper
+    return wrapper
 
-    def fail(reason: str) -> TestbedError:
-        """Stop whatever was started so far; the error to raise, with ganesha's log."""
-        with contextlib.suppress(TestbedError):
-            stop_nfs_server([*read_pids(work_dir), wrapper.pid], timeout_s=5.0)
-            if wrapper.poll() is None:  # still `ip`/`unshare`, not yet recognisable as ours
-                wrapper.terminate()  # the wrapper forwards it to anything it started
-                try:
-                    wrapper.wait(timeout=5.0)
-                except subprocess.TimeoutExpired:
-                    wrapper.kill()
-                    wrapper.wait()
-            stop_nfs_server(read_pids(work_dir), timeout_s=5.0)  # recorded meanwhile
-        _CHILDREN.pop(wrapper.pid, None)
-        return TestbedError(
-            f"NFS server in netns {netns!r} failed to start: {reason}.{diagnostics(work_dir)}"
-        )
 
-    try:
-        deadline = started + START_TIMEOUT_S
-        while True:
-            if wrapper.poll() is not None:
-                raise fail(f"its wrapper exited with status {wrapper.returncode}")
-            pids = read_pids(work_dir)
-            if len(pids) >= 3:
-                dead = [p for p in pids[1:] if not _alive(p, None)]
-                if dead:
-                    raise fail(f"process(es) {dead} exited")
-                if fatal_log_lines(work_dir):
-                    raise fail("ganesha reported errors")
-                if _serving(netns, binaries["rpcinfo"], address):
-                    break
-            if time.monotonic() >= deadline:
-                raise fail(f"not serving NFSv3 at {address} after {START_TIMEOUT_S:.0f} s")
-            time.sleep(POLL_INTERVAL_S)
-        if fatal_log_lines(work_dir):
-            raise fail("ganesha reported errors")
-    except TestbedError:
-        raise
-    except (CommandFailed, OSError) as exc:
-        raise fail(str(exc)) from exc
-    except BaseException:
-        # KeyboardInterrupt and friends: leave nothing running, then let it propagate.
-        fail("interrupted")
-        raise
+def _wait_until_serving(
+    netns: str,
+    rpcinfo: str,
+    address: str,
+    work_dir: Path,
+    wrapper: subprocess.Popen[bytes],
+    deadline: float,
+) -> None:
+    """Poll until the server answers; stop everything and raise TestbedError if it cannot."""
+    while True:
+        if wrapper.poll() is not None:
+            reason = f"its wrapper exited with status {wrapper.returncode}"
+            raise _abort_start(netns, work_dir, wrapper, reason)
+        pids = read_pids(work_dir)
+        if len(pids) >= 3:
+            dead = [p for p in pids[1:] if not _alive(p, None)]
+            if dead:
+                raise _abort_start(netns, work_dir, wrapper, f"process(es) {dead} exited")
+            if fatal_log_lines(work_dir):
+                raise _abort_start(netns, work_dir, wrapper, "ganesha reported errors")
+            if _serving(netns, rpcinfo, address):
+                break
+        if time.monotonic() >= deadline:
+            reason = f"not serving NFSv3 at {address} after {START_TIMEOUT_S:.0f} s"
+            raise _abort_start(netns, work_dir, wrapper, reason)
+        time.sleep(POLL_INTERVAL_S)
+    if fatal_log_lines(work_dir):
+        raise _abort_start(netns, work_dir, wrapper, "ganesha reported errors")
 
+
+def _abort_start(
+    netns: str, work_dir: Path, wrapper: subprocess.Popen[bytes], reason: str
+) -> TestbedError:
+    """Stop whatever was started so far; the error to raise, with ganesha's log."""
+    with contextlib.suppress(TestbedError):
+        stop_nfs_server([*read_pids(work_dir), wrapper.pid], timeout_s=5.0)
+        if wrapper.poll() is None:  # still `ip`/`unshare`, not yet recognisable as ours
+            wrapper.terminate()  # the wrapper forwards it to anything it started
+            try:
+                wrapper.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                wrapper.kill()
+                wrapper.wait()
+        stop_nfs_server(read_pids(work_dir), timeout_s=5.0)  # recorded meanwhile
+    _CHILDREN.pop(wrapper.pid, None)
+    return TestbedError(
+        f"NFS server in netns {netns!r} failed to start: {reason}.{diagnostics(work_dir)}"
+    )
+
+
+def _record_running(work_dir: Path, export_dir: Path, address: str) -> NfsServer:
+    """The started server; its PIDs rewritten in kill order, with their start times."""
     pids = read_pids(work_dir)
     # Kill order: ganesha, rpcbind, wrapper (the file lists wrapper, rpcbind, ganesha).
     ordered = list(reversed(pids))
-    pids_file.write_text("".join(f"{p}\n" for p in ordered))
+    (work_dir / PIDS_FILE).write_text("".join(f"{p}\n" for p in ordered))
     ticks = {p: t for p in ordered if (t := process_start_ticks(p)) is not None}
     return NfsServer(
         pids=ordered, address=address, export_dir=export_dir, work_dir=work_dir, start_ticks=ticks
