@@ -124,6 +124,43 @@ def brownout_ms(
     return _union_ms(intended[late], ends[late], window)
 
 
+def client_moments(
+    moments: dict[str, float | None], recv_ns: Array, done: Array, request_ok: Mask, t0: int
+) -> tuple[float | None, float | None, float | None]:
+    """The first probe reply and response after the destination ran, and the last reply before."""
+    running = moments["destination_running"]
+    if running is None:
+        return None, None, None
+    replies = (recv_ns[~np.isnan(recv_ns)] - t0) / 1e9 if len(recv_ns) else np.array([])
+    responses = (done[request_ok & ~np.isnan(done)] - t0) / 1e9 if len(done) else np.array([])
+    first = _first_after(list(replies), running)
+    first_response = _first_after(list(responses), running)
+    last_reply = _last_before([t for t in replies if first is None or t < first], running)
+    return first, first_response, last_reply
+
+
+def span_ms(moments: dict[str, float | None], a: str, b: str) -> float | None:
+    """Milliseconds from moment `a` to moment `b`; None unless both happened."""
+    first, then = moments.get(a), moments.get(b)
+    return (
+        finite_or_none((then - first) * 1000.0) if first is not None and then is not None else None
+    )
+
+
+def silences_ms(
+    send_ns: Array,
+    recv_ns: Array,
+    intended: Array,
+    done: Array,
+    request_ok: Mask,
+    window: tuple[int, int],
+) -> tuple[float | None, float | None]:
+    """The longest time in `window` without a probe reply, and without a successful response."""
+    network_ms, _, _, _ = observed_downtime(send_ns, recv_ns, window)
+    service_ms, _, _, _ = observed_downtime(intended, np.where(request_ok, done, np.nan), window)
+    return network_ms, service_ms
+
+
 def outage_section(
     events: list[Event],
     probe: dict[str, Array],
@@ -143,38 +180,17 @@ def outage_section(
     done = requests.get("done_ns", np.array([]))
     t0, start_s = windows.t0_ns, (windows.during[0] - windows.t0_ns) / 1e9
     whole = (windows.during[0], windows.after[1])
-
-    def since_t0(ns: Array) -> Array:
-        return (ns - t0) / 1e9
-
-    running = moments["destination_running"]
     moments["announce"] = capture.get("guest_announce_s") if capture else None
-    if running is not None:
-        replies = since_t0(recv_ns[~np.isnan(recv_ns)]) if len(recv_ns) else np.array([])
-        responses = since_t0(done[request_ok & ~np.isnan(done)]) if len(done) else np.array([])
-        moments["first_packet"] = _first_after(list(replies), running)
-        moments["first_response"] = _first_after(list(responses), running)
-        first = moments["first_packet"]
-        last_reply = _last_before([t for t in replies if first is None or t < first], running)
-    else:
-        moments["first_packet"] = moments["first_response"] = last_reply = None
-
-    def span_ms(a: str, b: str) -> float | None:
-        first, then = moments.get(a), moments.get(b)
-        return (
-            finite_or_none((then - first) * 1000.0)
-            if first is not None and then is not None
-            else None
-        )
-
+    moments["first_packet"], moments["first_response"], last_reply = client_moments(
+        moments, recv_ns, done, request_ok, t0
+    )
     stop = moments["stop"]
-    network_ms, _, _, _ = observed_downtime(send_ns, recv_ns, windows.during)
-    service_ms, _, _, _ = observed_downtime(
-        intended, np.where(request_ok, done, np.nan), windows.during
+    network_ms, service_ms = silences_ms(
+        send_ns, recv_ns, intended, done, request_ok, windows.during
     )
     return {
-        "blackout_ms": span_ms("stop", "destination_running"),
-        "reconvergence_ms": span_ms("destination_running", "first_packet"),
+        "blackout_ms": span_ms(moments, "stop", "destination_running"),
+        "reconvergence_ms": span_ms(moments, "destination_running", "first_packet"),
         "stop_to_last_reply_ms": finite_or_none((last_reply - stop) * 1000.0)
         if last_reply is not None and stop is not None
         else None,

@@ -8,6 +8,8 @@ HdrHistogram reports.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
@@ -85,28 +87,39 @@ def answered(requests: dict[str, Array], errors: list[str]) -> Mask:
     return ok
 
 
-def service_section(
-    probe: dict[str, Array],
-    requests: dict[str, Array],
-    errors: list[str],
-    windows: Windows,
-    probe_interval_ms: float,
-    sla_ms: float,
-) -> Service:
-    """The `service` section of result.json."""
+class ProbeFigures(NamedTuple):
+    """What the UDP probe measured, as the `service` section reports it."""
+
+    downtime_ms: float | None
+    downtime_start_s: float | None
+    sent: int
+    lost: int
+    replies_after: int | None
+
+
+def probe_figures(probe: dict[str, Array], windows: Windows) -> ProbeFigures:
+    """The probe's longest silence in the migration window, and whether the guest answered after."""
     send_ns = probe.get("send_ns", np.array([]))
     recv_ns = probe.get("recv_ns", np.array([]))
     gap_ms, gap_start, sent, lost = observed_downtime(send_ns, recv_ns, windows.during)
     replies_after = int(
         np.count_nonzero((recv_ns > windows.after[0]) & (recv_ns <= windows.after[1]))
     )
-    intended = requests.get("intended_ns", np.array([]))
-    done = requests.get("done_ns", np.array([]))
-    error = np.array(errors if errors else [""] * len(intended), dtype=object)
-    ok = answered(requests, errors)
-    timeouts = error == "timeout"
-    latency_ms = (done - intended) / 1e6
+    return ProbeFigures(
+        downtime_ms=finite_or_none(gap_ms),
+        downtime_start_s=finite_or_none(
+            (gap_start - windows.t0_ns) / 1e9 if gap_start is not None else None, 6
+        ),
+        sent=sent,
+        lost=lost,
+        replies_after=replies_after if len(send_ns) else None,
+    )
 
+
+def window_figures(
+    ok: Mask, intended: Array, done: Array, latency_ms: Array, windows: Windows
+) -> tuple[dict[str, LatencySummary | None], dict[str, str | None], dict[str, float | None]]:
+    """Per window: latency summary and histogram (by intended send), completions per second."""
     latency: dict[str, LatencySummary | None] = {}
     histograms: dict[str, str | None] = {}
     throughput: dict[str, float | None] = {}
@@ -120,12 +133,14 @@ def service_section(
         throughput[name] = (
             finite_or_none(np.count_nonzero(completed) / seconds) if seconds > 0 else None
         )
+    return latency, histograms, throughput
 
-    baseline = latency["baseline"]
+
+def sla_violations(
+    ok: Mask, latency_ms: Array, during: Mask, sla_ms: float, baseline: LatencySummary | None
+) -> SlaViolations:
+    """Requests sent in the migration slower than the SLA or 2x baseline p99; failures count."""
     baseline_p99 = baseline.p99 if baseline else None
-    start, end = windows.during
-    during = (intended >= start) & (intended <= end)
-    failed = during & ~ok
     slow = np.where(ok, latency_ms, np.inf)
     over_sla = int(np.count_nonzero(during & (slow > sla_ms)))
     over_2x = (
@@ -133,27 +148,53 @@ def service_section(
         if baseline_p99 is not None
         else None
     )
+    return SlaViolations(
+        over_sla=over_sla, over_2x_baseline_p99=over_2x, baseline_p99_ms=baseline_p99
+    )
+
+
+def request_counts(intended: Array, error: Array, ok: Mask, during: Mask) -> Requests:
+    """How many requests were sent, answered, failed, timed out, and failed during migration."""
+    timeouts = error == "timeout"
+    return Requests(
+        sent=len(intended),
+        ok=int(np.count_nonzero(ok)),
+        errors=int(np.count_nonzero(~ok & ~timeouts)),
+        timeouts=int(np.count_nonzero(timeouts)),
+        failed_during=int(np.count_nonzero(during & ~ok)),
+    )
+
+
+def service_section(
+    probe: dict[str, Array],
+    requests: dict[str, Array],
+    errors: list[str],
+    windows: Windows,
+    probe_interval_ms: float,
+    sla_ms: float,
+) -> Service:
+    """The `service` section of result.json."""
+    seen = probe_figures(probe, windows)
+    intended = requests.get("intended_ns", np.array([]))
+    done = requests.get("done_ns", np.array([]))
+    error = np.array(errors if errors else [""] * len(intended), dtype=object)
+    ok = answered(requests, errors)
+    latency_ms = (done - intended) / 1e6
+    latency, histograms, throughput = window_figures(ok, intended, done, latency_ms, windows)
+    start, end = windows.during
+    during = (intended >= start) & (intended <= end)
+    violations = sla_violations(ok, latency_ms, during, sla_ms, latency["baseline"])
     return Service(
         probe_interval_ms=probe_interval_ms,
-        observed_downtime_ms=finite_or_none(gap_ms),
-        observed_downtime_start_s=finite_or_none(
-            (gap_start - windows.t0_ns) / 1e9 if gap_start is not None else None, 6
-        ),
-        probe_sent=sent,
-        probe_lost=lost,
-        probe_replies_after_migration=replies_after if len(send_ns) else None,
+        observed_downtime_ms=seen.downtime_ms,
+        observed_downtime_start_s=seen.downtime_start_s,
+        probe_sent=seen.sent,
+        probe_lost=seen.lost,
+        probe_replies_after_migration=seen.replies_after,
         latency_ms=latency,
-        requests=Requests(
-            sent=len(intended),
-            ok=int(np.count_nonzero(ok)),
-            errors=int(np.count_nonzero(~ok & ~timeouts)),
-            timeouts=int(np.count_nonzero(timeouts)),
-            failed_during=int(np.count_nonzero(failed)),
-        ),
+        requests=request_counts(intended, error, ok, during),
         sla_ms=sla_ms,
-        sla_violations=SlaViolations(
-            over_sla=over_sla, over_2x_baseline_p99=over_2x, baseline_p99_ms=baseline_p99
-        ),
+        sla_violations=violations,
         throughput_rps=throughput,
         histograms=histograms,
     )
