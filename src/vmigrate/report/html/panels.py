@@ -29,16 +29,32 @@ def latency_panel(tl: TimelineFigure, row: int) -> bool:
         return False
     t = tl.seconds(intended)
     latency = (done - intended) / 1e6
+    failed, timeout, ok = _request_outcomes(req, latency, len(t))
+    _draw_latencies(tl, row, t[ok], latency[ok])
+    top = float(np.nanmax(latency[ok])) if np.any(ok) else 1.0
+    _draw_failures(tl, row, t, latency, failed, timeout, top)
+    _draw_sla(tl, row, t)
+    tl.fig.update_yaxes(type="log", dtick=1, row=row, col=1)
+    return True
+
+
+def _request_outcomes(req: Series, latency: Array, count: int) -> tuple[Array, Array, Array]:
+    """Masks of the requests that failed, timed out, or were answered with a usable latency."""
     status = req.col("status")
     errors = np.array(req.text("error"), dtype=object)
     bad_status = (
-        ~((status >= 200) & (status < 400)) if status is not None else np.zeros(len(t), bool)
+        ~((status >= 200) & (status < 400)) if status is not None else np.zeros(count, bool)
     )
     timeout = errors == "timeout"
     failed = ((errors != "") | bad_status) & ~timeout
     ok = ~failed & ~timeout & np.isfinite(latency) & (latency > 0)
-    order = np.argsort(t[ok], kind="stable")
-    x, y = downsample(t[ok][order], latency[ok][order], body=True)
+    return failed, timeout, ok
+
+
+def _draw_latencies(tl: TimelineFigure, row: int, t: Array, latency: Array) -> None:
+    """The answered requests as dots (downsampled), with their rolling p50 and p99 over them."""
+    order = np.argsort(t, kind="stable")
+    x, y = downsample(t[order], latency[order], body=True)
     tl.add(
         row,
         go.Scattergl(
@@ -50,12 +66,23 @@ def latency_panel(tl: TimelineFigure, row: int) -> bool:
             hovertemplate="%{y:.3f} ms<br>intended at %{x:.3f} s<extra>request</extra>",
         ),
     )
-    centres, (p50, p99), window = rolling_percentiles(t[ok], latency[ok], (50, 99))
+    centres, (p50, p99), window = rolling_percentiles(t, latency, (50, 99))
     label = f"{window * 1000:.0f} ms" if window < 10 else f"{window:.0f} s"
     tl.line(row, centres, p50, f"p50 ({label})", "#1f2328", unit="ms", width=1.8, gl=True)
     tl.line(row, centres, p99, f"p99 ({label})", "#d9480f", unit="ms", width=1.8, gl=True)
+
+
+def _draw_failures(
+    tl: TimelineFigure,
+    row: int,
+    t: Array,
+    latency: Array,
+    failed: Array,
+    timeout: Array,
+    top: float,
+) -> None:
+    """Errors and timeouts as red marks at their latency (else the timeout or the slowest one)."""
     timeout_ms = num(obj(tl.result.scenario.get("load")).get("timeout_ms"))
-    top = float(np.nanmax(latency[ok])) if np.any(ok) else 1.0
     for mask, name, symbol in ((failed, "error", "x"), (timeout, "timeout", "triangle-up")):
         if not np.any(mask):
             continue
@@ -81,6 +108,10 @@ def latency_panel(tl: TimelineFigure, row: int) -> bool:
                 hovertemplate=f"{name}<br>%{{y:.1f}} ms<br>intended at %{{x:.3f}} s<extra></extra>",
             ),
         )
+
+
+def _draw_sla(tl: TimelineFigure, row: int, t: Array) -> None:
+    """The service's SLA as a dotted level across the panel, when the run has one."""
     sla = tl.result.service.sla_ms
     if sla and len(t):
         lo, hi = tl.x_range or (float(np.nanmin(t)), float(np.nanmax(t)))
@@ -95,8 +126,6 @@ def latency_panel(tl: TimelineFigure, row: int) -> bool:
                 hoverinfo="skip",
             ),
         )
-    tl.fig.update_yaxes(type="log", dtick=1, row=row, col=1)
-    return True
 
 
 def probe_panel(tl: TimelineFigure, row: int) -> bool:
@@ -111,7 +140,17 @@ def probe_panel(tl: TimelineFigure, row: int) -> bool:
     replied = np.isfinite(recv)
     t_send = tl.seconds(send)
     rtt = (recv - send) / 1e6
-    x, y = downsample(t_send[replied], rtt[replied], body=True)
+    _draw_round_trips(tl, row, t_send[replied], rtt[replied])
+    _draw_reply_gaps(tl, row, np.sort(tl.seconds(recv[replied])))
+    _draw_lost(tl, row, t_send[~replied])
+    _shade_observed_downtime(tl, row)
+    tl.fig.update_yaxes(type="log", dtick=1, row=row, col=1)
+    return True
+
+
+def _draw_round_trips(tl: TimelineFigure, row: int, t_send: Array, rtt: Array) -> None:
+    """Every answered probe's round trip at its send time (downsampled)."""
+    x, y = downsample(t_send, rtt, body=True)
     tl.add(
         row,
         go.Scattergl(
@@ -123,7 +162,10 @@ def probe_panel(tl: TimelineFigure, row: int) -> bool:
             hovertemplate="RTT %{y:.3f} ms<br>sent at %{x:.3f} s<extra></extra>",
         ),
     )
-    replies = np.sort(tl.seconds(recv[replied]))
+
+
+def _draw_reply_gaps(tl: TimelineFigure, row: int, replies: Array) -> None:
+    """The silence before each reply as a step: the downtime is the tallest one."""
     if len(replies) >= 2:
         gaps_ms = np.diff(replies) * 1000
         x, y = downsample(replies[1:], gaps_ms)
@@ -138,7 +180,10 @@ def probe_panel(tl: TimelineFigure, row: int) -> bool:
                 hovertemplate="%{y:.1f} ms without a reply<br>until %{x:.3f} s<extra></extra>",
             ),
         )
-    lost = t_send[~replied]
+
+
+def _draw_lost(tl: TimelineFigure, row: int, lost: Array) -> None:
+    """A tick per lost probe at its send time, at the probe interval's height."""
     if len(lost):
         interval = tl.result.service.probe_interval_ms or 1.0
         marks = thin_marks(lost)
@@ -158,6 +203,10 @@ def probe_panel(tl: TimelineFigure, row: int) -> bool:
                 hovertemplate="lost, sent at %{x:.3f} s<extra></extra>",
             ),
         )
+
+
+def _shade_observed_downtime(tl: TimelineFigure, row: int) -> None:
+    """The observed downtime as a red band with its length, where the analysis found it."""
     svc = tl.result.service
     start, width = svc.observed_downtime_start_s, svc.observed_downtime_ms
     if start is not None and width is not None:
@@ -186,8 +235,6 @@ def probe_panel(tl: TimelineFigure, row: int) -> bool:
             font={"color": "#a40e26", "size": 12},
             bgcolor="rgba(255,255,255,0.8)",
         )
-    tl.fig.update_yaxes(type="log", dtick=1, row=row, col=1)
-    return True
 
 
 def migration_panel(tl: TimelineFigure, row: int) -> bool:

@@ -148,6 +148,71 @@ def _window_cell(figures: WindowFigures | None, render: Callable[[Any], str]) ->
     return f"{render(during)}{extra_html}"
 
 
+HostCell = Callable[[HostResources], str]  # one host's cell of a row
+
+
+def _cpu_s(value: Any) -> str:
+    """CPU-seconds as the report writes them."""
+    return fmt("x_s", value)
+
+
+def _size(value: Any) -> str:
+    """Bytes as the report writes them."""
+    return fmt("x_bytes", value)
+
+
+def _window(key: str, render: Callable[[Any], str]) -> HostCell:
+    """A cell: the host's figures `key`, as during + extra."""
+    return lambda host: _window_cell(getattr(host, key), render)
+
+
+def _rss(which: str) -> HostCell:
+    """A cell: the host's QEMU resident memory at one moment (before, peak, after)."""
+    return lambda host: _size(getattr(host.rss_bytes, which))
+
+
+def _qemu(klass: str) -> HostCell:
+    """A cell: the host's QEMU CPU of one thread class, as during + extra."""
+    return lambda host: _window_cell(host.qemu_cpu_seconds.get(klass), _cpu_s)
+
+
+def _baseline(host: HostResources) -> str:
+    """A cell: the host's CPU rate in the baseline window, as a share of one core."""
+    rate = host.cpu_seconds.baseline_rate
+    if rate is None:
+        return fmt("x", None)
+    return fmt("x_pct", 100 * rate) + ' <span class="muted">of a core</span>'
+
+
+def _cpu_peak(host: HostResources) -> str:
+    """A cell: the host's highest CPU sample, as a share of one core."""
+    return fmt("x_pct", host.cpu_pct_peak) + ' <span class="muted">of a core</span>'
+
+
+def _resource_cells(hosts: dict[str, HostResources]) -> list[tuple[str, HostCell]]:
+    """Every row of the resources table: its label and how to fill a host's cell, in order."""
+    cells: list[tuple[str, HostCell]] = [
+        ("CPU during the migration", _window("cpu_seconds", _cpu_s)),
+        ("CPU in the baseline", _baseline),
+        ("CPU peak", _cpu_peak),
+    ]
+    classes: list[str] = []
+    for h in hosts:
+        classes += [klass for klass in hosts[h].qemu_cpu_seconds if klass not in classes]
+    cells += [(f"QEMU CPU, {klass} threads", _qemu(klass)) for klass in classes]
+    for key, label in (
+        ("net_tx_bytes", "network sent"),
+        ("net_rx_bytes", "network received"),
+        ("disk_read_bytes", "disk read"),
+        ("disk_write_bytes", "disk written"),
+    ):
+        cells.append((label, _window(key, _size)))
+    for key, label in (("before", "before"), ("peak", "peak during"), ("after", "after")):
+        cells.append((f"RSS {label}", _rss(key)))
+    cells.append(("processes", lambda h: fmt("processes", h.processes)))
+    return cells
+
+
 def resources_html(result: Result) -> str:
     """One column per host: CPU (total, baseline, peak, QEMU by thread class), network, disk,
     RSS; totals over the migration window with what they cost above the baseline."""
@@ -155,55 +220,10 @@ def resources_html(result: Result) -> str:
     if not hosts:
         return '<section id="resources"><h2>Resources</h2><p class="muted">no data</p></section>'
     names = list(hosts)
-
-    def cpu_s(v: Any) -> str:
-        return fmt("x_s", v)
-
-    def size(v: Any) -> str:
-        return fmt("x_bytes", v)
-
-    def row(label: str, cell: Callable[[HostResources], str]) -> list[str]:
-        return [f"<b>{esc(label)}</b>"] + [cell(hosts[h]) for h in names]
-
-    def window(key: str, render: Callable[[Any], str]) -> Callable[[HostResources], str]:
-        """A cell: the host's figures `key`, as during + extra."""
-        return lambda host: _window_cell(getattr(host, key), render)
-
-    def rss(which: str) -> Callable[[HostResources], str]:
-        return lambda host: size(getattr(host.rss_bytes, which))
-
-    def qemu(klass: str) -> Callable[[HostResources], str]:
-        """A cell: the host's QEMU CPU of one thread class, as during + extra."""
-        return lambda host: _window_cell(host.qemu_cpu_seconds.get(klass), cpu_s)
-
-    def baseline(host: HostResources) -> str:
-        rate = host.cpu_seconds.baseline_rate
-        if rate is None:
-            return fmt("x", None)
-        return fmt("x_pct", 100 * rate) + ' <span class="muted">of a core</span>'
-
     rows = [
-        row("CPU during the migration", window("cpu_seconds", cpu_s)),
-        row("CPU in the baseline", baseline),
-        row(
-            "CPU peak",
-            lambda h: fmt("x_pct", h.cpu_pct_peak) + ' <span class="muted">of a core</span>',
-        ),
+        [f"<b>{esc(label)}</b>"] + [cell(hosts[h]) for h in names]
+        for label, cell in _resource_cells(hosts)
     ]
-    classes: list[str] = []
-    for h in names:
-        classes += [klass for klass in hosts[h].qemu_cpu_seconds if klass not in classes]
-    rows += [row(f"QEMU CPU, {klass} threads", qemu(klass)) for klass in classes]
-    for key, label in (
-        ("net_tx_bytes", "network sent"),
-        ("net_rx_bytes", "network received"),
-        ("disk_read_bytes", "disk read"),
-        ("disk_write_bytes", "disk written"),
-    ):
-        rows.append(row(label, window(key, size)))
-    for key, label in (("before", "before"), ("peak", "peak during"), ("after", "after")):
-        rows.append(row(f"RSS {label}", rss(key)))
-    rows.append(row("processes", lambda h: fmt("processes", h.processes)))
     interval = result.resources.sample_interval_ms
     return (
         '<section id="resources"><h2>Resources per host <span class="muted small">totals over the '

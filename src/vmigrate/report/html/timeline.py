@@ -62,6 +62,18 @@ def _decorate_panel(
     tl: TimelineFigure, row: int, y_title: str, moments: Sequence[Moment], drew: bool
 ) -> None:
     """One panel's window bands, moment lines, legend and y title; a "no data" note if empty."""
+    _shade_windows(tl, row)
+    _draw_moments(tl, row, moments)
+    _place_legend(tl, row)
+    tl.fig.update_yaxes(
+        title_text=y_title, title_font={"size": 11}, row=row, col=1, secondary_y=False
+    )
+    if not drew:
+        _mark_empty(tl, row)
+
+
+def _shade_windows(tl: TimelineFigure, row: int) -> None:
+    """A band per window (baseline, during, after) behind the panel's traces."""
     xref, yref = tl.refs(row)
     for name, (a, b) in tl.windows.items():
         tl.fig.add_shape(
@@ -76,6 +88,11 @@ def _decorate_panel(
             line={"width": 0},
             layer="below",
         )
+
+
+def _draw_moments(tl: TimelineFigure, row: int, moments: Sequence[Moment]) -> None:
+    """A vertical line per moment across the panel, so every panel shares the same marks."""
+    xref, yref = tl.refs(row)
     for t, _, colour, dash in moments:
         tl.fig.add_shape(
             type="line",
@@ -88,6 +105,10 @@ def _decorate_panel(
             line={"color": colour, "dash": dash, "width": 1.3},
             layer="above",
         )
+
+
+def _place_legend(tl: TimelineFigure, row: int) -> None:
+    """The panel's own legend, right of it and level with its top, so each explains its row."""
     hi = tl.domain(row)[1]
     tl.fig.update_layout(
         {
@@ -103,26 +124,27 @@ def _decorate_panel(
             }
         }
     )
-    tl.fig.update_yaxes(
-        title_text=y_title, title_font={"size": 11}, row=row, col=1, secondary_y=False
+
+
+def _mark_empty(tl: TimelineFigure, row: int) -> None:
+    """Say "no data" on a panel nothing was drawn on, and keep its row laid out."""
+    xref, yref = tl.refs(row)
+    # plotly.js lays out only the subplots some trace uses: give it an invisible one
+    lo_x, hi_x = tl.x_range or (0.0, 1.0)
+    tl.add(
+        row,
+        go.Scatter(x=[lo_x, hi_x], y=[0, 1], mode="none", showlegend=False, hoverinfo="skip"),
     )
-    if not drew:
-        # plotly.js lays out only the subplots some trace uses: give it an invisible one
-        lo_x, hi_x = tl.x_range or (0.0, 1.0)
-        tl.add(
-            row,
-            go.Scatter(x=[lo_x, hi_x], y=[0, 1], mode="none", showlegend=False, hoverinfo="skip"),
-        )
-        tl.fig.add_annotation(
-            xref=f"{xref} domain",
-            yref=f"{yref} domain",
-            x=0.5,
-            y=0.5,
-            showarrow=False,
-            text="no data",
-            font={"size": 16, "color": "#8c959f"},
-        )
-        tl.fig.update_yaxes(showticklabels=False, row=row, col=1)
+    tl.fig.add_annotation(
+        xref=f"{xref} domain",
+        yref=f"{yref} domain",
+        x=0.5,
+        y=0.5,
+        showarrow=False,
+        text="no data",
+        font={"size": 16, "color": "#8c959f"},
+    )
+    tl.fig.update_yaxes(showticklabels=False, row=row, col=1)
 
 
 def _label_windows(tl: TimelineFigure) -> None:
