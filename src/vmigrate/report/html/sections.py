@@ -167,7 +167,7 @@ def _window(key: str, render: Callable[[Any], str]) -> HostCell:
 
 
 def _rss(which: str) -> HostCell:
-    """A cell: the host's QEMU resident memory at one moment (before, peak, after)."""
+    """A cell: the resident memory of the host's processes before, at peak or after."""
     return lambda host: _size(getattr(host.rss_bytes, which))
 
 
