@@ -1,0 +1,138 @@
+"""What the drain's planner is told: each guest's size, touched memory and dirty rate, and the
+links' rate — declared (from the drain file, to check before anything boots that the guests
+fit the receiving hosts) or measured (from the running guests, to plan the drain itself).
+
+The measured inputs are what a pre-flight estimate measures (migration/estimate_check.py):
+the memory the guest has touched (untouched pages go as zero pages, next to free) and its
+dirty rate, each guest in turn (two measurements at once would disturb each other), and the
+link once (every uplink of the testbed is shaped alike).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vmigrate.drain.cluster import Cluster, Host, VmGroup
+from vmigrate.drain.drain_file import Drain, Guest
+from vmigrate.drain.plan import Plan, plan
+from vmigrate.drain.search import search
+from vmigrate.errors import ClusterError
+from vmigrate.migration.estimate import PHYSICS, ModelConstants
+
+MIB = 1024 * 1024
+
+
+class GuestInputs(BaseModel):
+    """One guest, as the planner sees it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    memory_mib: int = Field(gt=0, description="its RAM: the room it takes on a receiving host")
+    touched_mib: int = Field(ge=0, description="memory it has touched: what pass 0 sends")
+    dirty_rate_mib_s: float = Field(ge=0, description="how fast it dirties its memory")
+    measured: bool = Field(description="measured on the running guest (false: declared)")
+
+
+class PlannerInputs(BaseModel):
+    """Everything the plan was made from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    link_mbit_s: float = Field(gt=0, description="every host's uplink, each way")
+    link_measured: bool = Field(description="measured between the hosts (false: configured)")
+    guests: dict[str, GuestInputs] = Field(description="by guest name")
+
+
+def declared(guest: Guest) -> GuestInputs:
+    """A guest as its scenario describes it: all its memory touched, the memory workload's
+    dirty rate (other workloads: none)."""
+    vm, workload = guest.scenario.vm, guest.scenario.workload
+    rate = workload.dirty_rate_mib_s if workload.kind == "memory" else 0.0
+    return GuestInputs(
+        memory_mib=vm.memory_mib, touched_mib=vm.memory_mib, dirty_rate_mib_s=rate, measured=False
+    )
+
+
+def declared_inputs(drain: Drain) -> PlannerInputs:
+    """The drain as its file describes it, links at network.bandwidth_mbit."""
+    return PlannerInputs(
+        link_mbit_s=drain.base.network.bandwidth_mbit,
+        link_measured=False,
+        guests={guest.name: declared(guest) for guest in drain.guests},
+    )
+
+
+def measured(guest: Guest, touched_bytes: int | None, dirty_rate_mib_s: float) -> GuestInputs:
+    """A guest as measured: its touched memory (None or 0: unknown, all of it) and dirty rate."""
+    memory_mib = guest.scenario.vm.memory_mib
+    touched_mib = memory_mib
+    if touched_bytes:
+        touched_mib = min(math.ceil(touched_bytes / MIB), memory_mib)
+    return GuestInputs(
+        memory_mib=memory_mib,
+        touched_mib=touched_mib,
+        dirty_rate_mib_s=max(dirty_rate_mib_s, 0.0),
+        measured=True,
+    )
+
+
+def cluster_for(drain: Drain, inputs: PlannerInputs, names: list[str] | None = None) -> Cluster:
+    """The drain as a cluster file: the drained host, the receiving hosts with their capacity,
+    one VM per guest (`names`: only these guests; default all), the file's policy."""
+    link = inputs.link_mbit_s
+    hosts = [Host(name=drain.host, role="drain", link_mbit=link)] + [
+        Host(name=name, role="receive", link_mbit=link, free_memory_mib=drain.capacity_mib[name])
+        for name in drain.receivers
+    ]
+    chosen = set(names) if names is not None else None
+    vms = [_vm(guest, inputs.guests[guest.name], drain.host) for guest in drain.guests
+           if chosen is None or guest.name in chosen]  # fmt: skip
+    return Cluster(name=drain.name, hosts=hosts, vms=vms, policy=drain.spec.policy)
+
+
+def _vm(guest: Guest, given: GuestInputs, host: str) -> VmGroup:
+    migration = guest.scenario.migration
+    strategy = "postcopy" if migration.strategy == "postcopy" else "precopy"
+    return VmGroup(
+        name=guest.name,
+        host=host,
+        memory_mib=given.memory_mib,
+        touched_mib=given.touched_mib,
+        dirty_rate_mib_s=given.dirty_rate_mib_s,
+        downtime_limit_ms=migration.downtime_limit_ms,
+        strategy=strategy,
+    )
+
+
+def plan_drain(
+    drain: Drain,
+    inputs: PlannerInputs,
+    constants: ModelConstants = PHYSICS,
+    names: list[str] | None = None,
+) -> Plan:
+    """The drain planned from `inputs` under the file's policy (searched when [drain] search).
+
+    :raise ClusterError: a guest fits on no receiving host (which, where, and why)."""
+    cluster = cluster_for(drain, inputs, names)
+    try:
+        if drain.spec.drain.search:
+            return search(cluster, constants)
+        return plan(cluster, constants)
+    except ClusterError as exc:
+        raise ClusterError(f"{drain.origin}: {exc}") from None
+
+
+def check_fits(drain: Drain, constants: ModelConstants = PHYSICS) -> Plan:
+    """Before anything boots: the plan with the declared sizes, so a guest that fits on no
+    receiving host is refused in one line (the planner's: which guest, each host's reason).
+
+    :raise ClusterError: it does not fit."""
+    return plan_drain(drain, declared_inputs(drain), constants)
+
+
+def planned_inputs(values: Mapping[str, GuestInputs], link_mbit_s: float) -> PlannerInputs:
+    """Measured inputs as the planner's, the link measured."""
+    return PlannerInputs(link_mbit_s=link_mbit_s, link_measured=True, guests=dict(values))
