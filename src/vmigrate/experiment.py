@@ -110,7 +110,8 @@ class Experiment(ExperimentSession):
         # In threads: a drain's other lanes go on migrating while this one is analysed.
         result = await asyncio.to_thread(analyze, ctx.out_dir, recorded)
         await asyncio.to_thread(write_result, ctx.out_dir, result)
-        await asyncio.to_thread(render_report, ctx.out_dir, result)
+        if self.render:
+            await asyncio.to_thread(render_report, ctx.out_dir, result)
         return result
 
     def _environment(self) -> Environment:

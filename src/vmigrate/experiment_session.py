@@ -100,7 +100,9 @@ class ExperimentSession:
     `slot`: which guest, on which testbed hosts; `shared`: the testbed is a drain's, up already,
     with other VMs on it: this run neither brings it up nor takes it down, and only a QEMU of
     its own slot left by an earlier run stops it; `sample_hosts`: False when someone else (a
-    drain) samples the hosts' resources for it (RUN/series then gets them afterwards)."""
+    drain) samples the hosts' resources for it (RUN/series then gets them afterwards);
+    `render`: False to leave report.html to whoever completes RUN/series (result.json is
+    written either way)."""
 
     def __init__(
         self,
@@ -113,6 +115,7 @@ class ExperimentSession:
         slot: VmSlot = DEFAULT_SLOT,
         shared: bool = False,
         sample_hosts: bool = True,
+        render: bool = True,
     ) -> None:
         self.ctx = RunContext(scenario=scenario, out_dir=out_dir, testbed=testbed)
         self.observer = observer
@@ -121,6 +124,7 @@ class ExperimentSession:
         self.slot = slot
         self.shared = shared
         self.sample_hosts = sample_hosts
+        self.render = render
         self.owns_testbed = False
         self.hosts: dict[str, Host] = {}  # the testbed's hosts by the roles the VM sees
         self.hypervisor: Hypervisor | None = None
