@@ -10,6 +10,7 @@ link once (every uplink of the testbed is shaped alike).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 
@@ -17,12 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vmigrate.drain.cluster import Cluster, Host, VmGroup
 from vmigrate.drain.drain_file import Drain, Guest
-from vmigrate.drain.plan import Plan, plan
+from vmigrate.drain.plan import Plan, plan, plan_placed
 from vmigrate.drain.search import search
-from vmigrate.errors import ClusterError
+from vmigrate.errors import ClusterError, HypervisorError
+from vmigrate.hypervisor.base import Domain
+from vmigrate.measure.link import measure_link_bytes_s
 from vmigrate.migration.estimate import PHYSICS, ModelConstants
+from vmigrate.migration.estimate_check import DIRTY_RATE_SECONDS
+from vmigrate.testbed.testbed import Testbed
 
+log = logging.getLogger(__name__)
 MIB = 1024 * 1024
+DIRTY_RATE_S = DIRTY_RATE_SECONDS
 
 
 class GuestInputs(BaseModel):
@@ -123,6 +130,44 @@ def plan_drain(
         return plan(cluster, constants)
     except ClusterError as exc:
         raise ClusterError(f"{drain.origin}: {exc}") from None
+
+
+def replan(
+    drain: Drain,
+    inputs: PlannerInputs,
+    fallback: Plan,
+    constants: ModelConstants = PHYSICS,
+    names: list[str] | None = None,
+) -> tuple[Plan, str | None]:
+    """The drain planned from measured `inputs`; when the measured guests no longer fit the
+    way the policy places them, the placement of `fallback` (the plan from the declared
+    sizes, which fit) with the measured figures. The plan, and a note when it fell back."""
+    try:
+        return plan_drain(drain, inputs, constants, names), None
+    except ClusterError as exc:
+        destinations = {vm.name: vm.destination for vm in fallback.vms}
+        cluster = cluster_for(drain, inputs, names)
+        note = f"kept the placement of the declared sizes: measured, {exc}"
+        return plan_placed(cluster, destinations, constants), note
+
+
+async def measure_guest(guest: Guest, source: Domain, seconds: int = DIRTY_RATE_S) -> GuestInputs:
+    """The guest's touched memory and dirty rate, measured on its running instance (each as
+    the pre-flight estimate measures it); what cannot be measured is taken as declared."""
+    try:
+        touched = await source.touched_memory_bytes()
+        rate = await source.measure_dirty_rate(seconds)
+    except HypervisorError as exc:
+        log.warning("%s: not measured (%s); planned as declared", guest.name, exc)
+        return declared(guest)
+    return measured(guest, touched, rate)
+
+
+def measure_link_mbit_s(testbed: Testbed, sender: str, receiver: str) -> float:
+    """What a TCP stream from testbed host `sender` to `receiver` carries, Mbit/s."""
+    to = testbed.hosts[receiver]
+    rate = measure_link_bytes_s(testbed.hosts[sender].netns, to.netns, to.ip)
+    return rate * 8 / 1e6
 
 
 def check_fits(drain: Drain, constants: ModelConstants = PHYSICS) -> Plan:
