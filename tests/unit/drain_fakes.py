@@ -45,11 +45,14 @@ def lane_result(
     outcome: Outcome = Outcome.COMPLETED,
     sent: int = 300_000_000,
     downtime_ms: float = 20.0,
+    release_ns: int = RELEASE,
 ) -> Result:
     """What lane `name` writes: migrated to `destination` from window_s[0] to window_s[1]
-    (seconds after the first release), the hypervisor's total time `total_s`."""
+    (seconds after the first release, at `release_ns`), the hypervisor's total time
+    `total_s`."""
     guest = drain.guest(name)
-    start, end = RELEASE + round(window_s[0] * S), RELEASE + round(window_s[1] * S)
+    start, end = release_ns + round(window_s[0] * S), release_ns + round(window_s[1] * S)
+    t0 = release_ns - 20 * S
     done = outcome == Outcome.COMPLETED
     final = MigrationStats(
         status=MigrationStatus.COMPLETED if done else MigrationStatus.FAILED,
@@ -67,11 +70,22 @@ def lane_result(
     verification = VERIFIED
     if outcome != Outcome.COMPLETED:
         verification = VERIFIED.model_copy(update={"running_on": "source"})
-    marks = {"boot_start": T0, "baseline_start": RELEASE - 5 * S, "baseline_end": RELEASE,
+    marks = {"boot_start": t0, "baseline_start": release_ns - 5 * S, "baseline_end": release_ns,
              "migration_start": start, "migration_end": end, "after_end": end + 3 * S}  # fmt: skip
     recorded = build_result(
-        scenario=guest.scenario, record=record, started_at="x", t0_ns=T0, marks_ns=marks,
+        scenario=guest.scenario, record=record, started_at="x", t0_ns=t0, marks_ns=marks,
         environment=environment, verification=verification, error=record.error,
+    )  # fmt: skip
+    return analyze(Path("/nonexistent-run"), recorded)
+
+
+def unbooted_result(drain: Drain, name: str) -> Result:
+    """What a lane writes when its guest did not boot: no migration, the error."""
+    recorded = build_result(
+        scenario=drain.guest(name).scenario, record=None, started_at="x", t0_ns=T0,
+        marks_ns={"boot_start": T0}, environment=ENV,
+        verification=VERIFIED.model_copy(update={"running_on": "none"}),
+        error="the guest did not boot",
     )  # fmt: skip
     return analyze(Path("/nonexistent-run"), recorded)
 

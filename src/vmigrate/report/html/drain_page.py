@@ -114,7 +114,7 @@ def figure_html(bill: DrainBill, drain_dir: Path) -> str:
     fig.update_yaxes(title_text="Mbit/s", row=2, col=1)
     fig.update_xaxes(title_text="seconds since the drain's first release", row=2, col=1)
     note = "" if drawn else '<div class="legend-note">no link samples recorded</div>'
-    html: str = pio.to_html(fig, include_plotlyjs=False, full_html=False)
+    html: str = pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id="drain-timeline")
     return note + html
 
 
