@@ -69,6 +69,8 @@ def test_a_drain_of_three_guests_that_all_moved(tmp_path: Path) -> None:
     )
     times = sorted(vm.errors.time_pct for vm in bill.vms if vm.errors and vm.errors.time_pct)
     assert prediction.median_vm_time_error_pct == pytest.approx(times[1], abs=0.01)
+    sizes = sorted(abs(t) for t in times)
+    assert prediction.median_abs_vm_time_error_pct == pytest.approx(sizes[1], abs=0.01)
     assert (bill.worst.largest_downtime_ms, bill.worst.largest_downtime_vm) == (290, "d-mem-1")
     jsonschema.validate(bill.model_dump(mode="json"), drain_schema())
 

@@ -285,5 +285,8 @@ def _drain_prediction(
         measured_drain_time_s=measured_s,
         drain_time_error_pct=_pct(plan.total_time_s, measured_s),
         median_vm_time_error_pct=round(statistics.median(errors), 2) if errors else None,
+        median_abs_vm_time_error_pct=(
+            round(statistics.median(abs(e) for e in errors), 2) if errors else None
+        ),
         calibrated_runs=plan.calibrated_runs,
     )

@@ -123,7 +123,10 @@ class Prediction(_Part):
     measured_drain_time_s: NonNegFloat | None = Field(description="total_drain_time_s")
     drain_time_error_pct: float | None = Field(description="predicted minus measured, in %")
     median_vm_time_error_pct: float | None = Field(
-        description="the median of the guests' time_pct (completed ones)"
+        description="the median of the guests' time_pct (completed ones): the plan's bias"
+    )
+    median_abs_vm_time_error_pct: float | None = Field(
+        description="the median of their size, |time_pct|: how far off a guest's time is"
     )
     calibrated_runs: int = Field(ge=0, description="runs the model was fitted to (0: physics)")
 

@@ -139,7 +139,8 @@ def summary_line(bill: DrainBill) -> str:
     if p is not None:
         line += (
             f" (planned {p.predicted_drain_time_s:.1f} s, error "
-            f"{_num(p.drain_time_error_pct, 0, ' %')}; per guest median "
+            f"{_num(p.drain_time_error_pct, 0, ' %')}; per guest time error: median size "
+            f"{_num(p.median_abs_vm_time_error_pct, 0, ' %')}, bias "
             f"{_num(p.median_vm_time_error_pct, 0, ' %')})"
         )
     if worst.largest_outage_vm:

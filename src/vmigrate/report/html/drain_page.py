@@ -151,8 +151,9 @@ def _cards(bill: DrainBill) -> str:
          f"planned {fmt('x_s', p.predicted_drain_time_s)}, error "
          f"{fmt('x_pct', p.drain_time_error_pct)}" if p else "not planned"),
         ("guests moved", f"{verified} / {len(bill.vms)}", "on their new host, intact"),
-        ("per-guest time error", fmt("x_pct", p.median_vm_time_error_pct) if p else "—",
-         "median, planned minus measured"),
+        ("per-guest time error", fmt("x_pct", p.median_abs_vm_time_error_pct) if p else "—",
+         "median size; bias (median, planned minus measured) "
+         + (fmt("x_pct", p.median_vm_time_error_pct) if p else "—")),
         ("worst outage", fmt("x_ms", worst.largest_outage_ms), esc(worst.largest_outage_vm or "")),
         ("worst p99 during", fmt("x_ms", worst.worst_p99_ms), esc(worst.worst_p99_vm or "")),
         ("transferred", fmt("x_bytes", sent), "all migrations"),
