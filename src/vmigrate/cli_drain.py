@@ -3,13 +3,14 @@ drained for real, with the plan beside what happened."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from vmigrate.cli_base import OutOption, TestbedName, app, console, default_out, guarded
-from vmigrate.errors import UsageError
+from vmigrate.errors import EnvironmentProblem, UsageError
 
 if TYPE_CHECKING:
     from vmigrate.drain.drain_file import Drain
@@ -119,42 +120,64 @@ def drain_command(
     intact on its new host, 1 otherwise, 2 on bad input (an unknown host, parallel = 0,
     more guests than the receiving hosts hold: nothing is created), 130 on Ctrl-C.
     """
-    from vmigrate.drain.bill import DrainOutcome
-    from vmigrate.drain.drain_file import load_drain
-    from vmigrate.drain.inputs import check_fits
-    from vmigrate.drain.run import run_drain
-    from vmigrate.hypervisor.cpu import load_catalog
-    from vmigrate.migration.estimate_check import load_constants
-    from vmigrate.migration.preflight import check_names
-    from vmigrate.report.drain_plan import plan_notes, plan_summary, plan_table
-    from vmigrate.report.drain_terminal import DrainTerminal, summary_table
-    from vmigrate.testbed.testbed import Testbed
-
-    def prepare() -> tuple[Drain, Plan, Testbed]:
-        drain = load_drain(drain_file, overrides or [])
-        planned = check_fits(drain, load_constants())
-        bed = Testbed(testbed)  # a bad name is bad input too
-        if not plan_only:
-            catalog = load_catalog("tcg")  # model names are the same under KVM
-            for scenario in {g.scenario.vm.cpu_model: g.scenario for g in drain.guests}.values():
-                check_names(scenario, catalog)
-        return drain, planned, bed
-
-    drain, planned, bed = guarded(prepare)
+    drain, planned, bed = guarded(lambda: _prepare(drain_file, overrides or [], testbed, plan_only))
     if plan_only:
-        console.print(plan_table(planned))
-        for note in plan_notes(planned):
-            console.print(note, highlight=False, soft_wrap=True)
-        console.print(plan_summary(planned), highlight=False, soft_wrap=True)
-        console.print("[dim]declared sizes; the drain measures the running guests first[/dim]")
+        _print_plan(planned)
         if not planned.complete:
             raise typer.Exit(1)
         return
-    out_dir = out or default_out(drain.name)
-    guests = len(drain.guests)
+    if not _drain(drain, out or default_out(drain.name), bed):
+        raise typer.Exit(1)
+
+
+def _prepare(
+    path: Path, overrides: list[str], testbed: str, plan_only: bool
+) -> tuple[Drain, Plan, Testbed]:
+    """The drain file validated, its guests checked to fit (the plan of the declared sizes),
+    the testbed named; for a real drain also root and the guests' CPU models and machine
+    types. :raise UsageError: bad input (nothing is created)."""
+    from vmigrate.drain.drain_file import load_drain
+    from vmigrate.drain.inputs import check_fits
+    from vmigrate.hypervisor.cpu import load_catalog
+    from vmigrate.migration.estimate_check import load_constants
+    from vmigrate.migration.preflight import check_names
+    from vmigrate.testbed.testbed import Testbed
+
+    drain = load_drain(path, overrides)
+    planned = check_fits(drain, load_constants())
+    bed = Testbed(testbed)  # a bad name is bad input too
+    if not plan_only:
+        if os.geteuid() != 0:
+            raise EnvironmentProblem(
+                "vmigrate drain needs root for namespaces and taps: run it with sudo "
+                "(--plan-only does not)"
+            )
+        catalog = load_catalog("tcg")  # model names are the same under KVM
+        for scenario in {g.scenario.vm.cpu_model: g.scenario for g in drain.guests}.values():
+            check_names(scenario, catalog)
+    return drain, planned, bed
+
+
+def _print_plan(planned: Plan) -> None:
+    """The plan of the declared sizes, as `vmigrate plan` prints one."""
+    from vmigrate.report.drain_plan import plan_notes, plan_summary, plan_table
+
+    console.print(plan_table(planned))
+    for note in plan_notes(planned):
+        console.print(note, highlight=False, soft_wrap=True)
+    console.print(plan_summary(planned), highlight=False, soft_wrap=True)
+    console.print("[dim]declared sizes; the drain measures the running guests first[/dim]")
+
+
+def _drain(drain: Drain, out_dir: Path, bed: Testbed) -> bool:
+    """Run the drain with the live table, print its summary; True when it completed."""
+    from vmigrate.drain.bill import DrainOutcome
+    from vmigrate.drain.run import run_drain
+    from vmigrate.report.drain_terminal import DrainTerminal, summary_table
+
     console.print(
-        f"[bold]vmigrate drain[/bold] {drain.name}: {guests} guests off {drain.host} → "
-        f"{', '.join(drain.receivers)} · {out_dir}",
+        f"[bold]vmigrate drain[/bold] {drain.name}: {len(drain.guests)} guests off "
+        f"{drain.host} → {', '.join(drain.receivers)} · {out_dir}",
         highlight=False,
     )
     front = DrainTerminal(console)
@@ -168,5 +191,4 @@ def drain_command(
         f"guests: {out_dir / 'vms'}/",
         highlight=False,
     )
-    if bill.outcome != DrainOutcome.COMPLETED:
-        raise typer.Exit(1)
+    return bill.outcome == DrainOutcome.COMPLETED

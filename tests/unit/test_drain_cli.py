@@ -4,6 +4,7 @@ follows its outcome and its summary is printed (the drain itself faked)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,13 @@ def bill_of(complete: bool) -> DrainBill:
     return make_bill(record, Path("/nonexistent"), "qemu")
 
 
+def test_a_drain_needs_root_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    done = invoke(str(EXAMPLE), "--out", str(tmp_path / "d"))
+    assert done.exit_code == 2 and "needs root" in done.output
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.mark.parametrize(("complete", "code"), [(True, 0), (False, 1)])
 def test_a_drains_exit_code_and_summary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, complete: bool, code: int
@@ -111,6 +119,7 @@ def test_a_drains_exit_code_and_summary(
         return bill_of(complete)
 
     monkeypatch.setattr(run_module, "run_drain", run_drain)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(cpu, "load_catalog", lambda accel: None)
     monkeypatch.setattr(preflight, "check_names", lambda scenario, catalog: None)
     out = tmp_path / "d"
