@@ -45,6 +45,7 @@ class World:
         self.most_migrating = 0
         self.cancelled: list[str] = []
         self.slots: dict[str, tuple[int, str, str]] = {}
+        self.rebuilt: list[str] = []
 
 
 class FakeTestbed:
@@ -117,7 +118,10 @@ def fake_experiment(world: World, drain: Drain) -> type:
             await asyncio.sleep(TICK_S)
             if self.name in world.fail_boot:
                 self.ctx.error = "the guest did not boot"
-                return unbooted_result(drain, self.name)
+                result = unbooted_result(drain, self.name)
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                write_result(self.out_dir, result)
+                return result
             self.observer.stage("booted")
             hooks.report_booted(FakeDomain(world, self.name))  # type: ignore[arg-type]
             await hooks.turn()
@@ -149,8 +153,13 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setattr(run_module, "build_image", lambda force, stage: None)
     monkeypatch.setattr(run_module, "drain_sampler", lambda tb, out, s: FakeSampler(world))
     monkeypatch.setattr(run_module, "measure_link_mbit_s", lambda tb, a, b: 380.0)
+
     # each lane re-analysed from its series, its report not drawn (slow, and tested elsewhere)
-    monkeypatch.setattr(run_module, "rebuild", lambda d: (reanalyse(d), d / "report.html"))
+    def rebuild(run_dir: Path) -> tuple[Any, Path]:
+        world.rebuilt.append(run_dir.name)
+        return reanalyse(run_dir), run_dir / "report.html"
+
+    monkeypatch.setattr(run_module, "rebuild", rebuild)
     return world
 
 
@@ -217,6 +226,7 @@ def test_a_guest_that_does_not_boot_is_left_out_the_others_drain(
     assert not lost.booted and not lost.verified and lost.outcome is None
     assert run.board.lanes["d-web-2"].phase == LanePhase.FAILED
     assert world.downs == 1
+    assert sorted(world.rebuilt) == ["d-mem-1", "d-web-1", "d-web-2"]  # each gets its report
 
 
 def test_nothing_booted_is_a_failed_drain_and_the_testbed_goes(

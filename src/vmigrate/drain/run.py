@@ -299,15 +299,18 @@ class DrainRun:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _complete_lanes(self) -> None:
-        """Each lane's host series from the drain's, then its result re-analysed and its
-        report rendered (one lane after the other: the migrations are over by now)."""
+        """Each lane's host series from the drain's (a guest that left: its source, its
+        destination, storage; one that never left: its source and storage), then its result
+        re-analysed and its report rendered, one lane after the other (the migrations are
+        over by now)."""
         for lane in self.lanes:
             result = lane.record.result
-            if result is None or lane.record.destination_host is None:
+            if result is None:
                 continue
             run_dir = lane.experiment.ctx.out_dir
-            roles = {self.drain.host: "source", lane.record.destination_host: "destination",
-                     "storage": "storage"}  # fmt: skip
+            roles = {self.drain.host: "source", "storage": "storage"}
+            if lane.record.destination_host is not None:
+                roles[lane.record.destination_host] = "destination"
             end = result.clock.t0_ns + round(max(result.timeline_s.values(), default=0) * 1e9)
             try:
                 cut_for_lane(self.out_dir, run_dir, roles, (result.clock.t0_ns, end))
