@@ -7,10 +7,9 @@ from __future__ import annotations
 import time
 
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
-from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
@@ -22,7 +21,7 @@ PHASE_STYLE = {
     LanePhase.MIGRATING: "bold yellow", LanePhase.AFTER: "green", LanePhase.DONE: "green",
     LanePhase.FAILED: "bold red",
 }  # fmt: skip
-BAR_WIDTH = 16
+BAR_WIDTH = 12
 STAGE_WIDTH = 44
 
 
@@ -30,12 +29,16 @@ def _num(value: float | None, digits: int = 1, unit: str = "") -> str:
     return "—" if value is None else f"{value:,.{digits}f}{unit}"
 
 
-def _bar(lane: LaneStatus) -> RenderableType:
-    """What its migration sent so far, as a bar (nothing before its release)."""
+def _bar(lane: LaneStatus) -> Text:
+    """What its migration sent so far: a bar and its percentage (nothing before its release)."""
     if lane.released_at is None:
         return Text("")
-    percent = 100.0 if lane.status == "completed" else lane.percent
-    return ProgressBar(total=100.0, completed=percent, width=BAR_WIDTH)
+    percent = 100.0 if lane.status == "completed" else min(max(lane.percent, 0.0), 100.0)
+    filled = round(percent / 100 * BAR_WIDTH)
+    bar = Text("━" * filled, style="green" if percent >= 100 else "yellow")
+    bar.append("─" * (BAR_WIDTH - filled), style="dim")
+    bar.append(f" {percent:3.0f}%")
+    return bar
 
 
 def board_table(board: DrainBoard, now: float | None = None) -> Table:
@@ -47,12 +50,15 @@ def board_table(board: DrainBoard, now: float | None = None) -> Table:
         title=f"drain {escape(board.name)}: {summary}", box=box.SIMPLE_HEAD, pad_edge=False,
         collapse_padding=True, title_justify="left",
     )  # fmt: skip
-    table.add_column("guest", no_wrap=True)
-    table.add_column("phase", no_wrap=True)
-    table.add_column("→ to", no_wrap=True)
-    table.add_column("sent", no_wrap=True)
-    for column in ("%", "Mbit/s", "left\nMiB", "pass", "elapsed\ns"):
-        table.add_column(column, justify="right", no_wrap=True)
+    lanes = board.lanes.values()
+    # every figure keeps its width; the stage takes what is left (a narrow terminal)
+    table.add_column("guest", no_wrap=True, min_width=max((len(x.name) for x in lanes), default=5))
+    table.add_column("phase", no_wrap=True, min_width=max(len(phase) for phase in LanePhase))
+    hosts = [len(x.destination or "") for x in lanes]
+    table.add_column("→ to", no_wrap=True, min_width=max([4, *hosts]))
+    table.add_column("sent", no_wrap=True, min_width=BAR_WIDTH + 5)
+    for column, width in (("Mbit/s", 6), ("left\nMiB", 5), ("pass", 4), ("elapsed\ns", 7)):
+        table.add_column(column, justify="right", no_wrap=True, min_width=width)
     table.add_column("stage", max_width=STAGE_WIDTH, overflow="ellipsis", no_wrap=True)
     for lane in board.lanes.values():
         style = PHASE_STYLE[lane.phase]
@@ -60,7 +66,6 @@ def board_table(board: DrainBoard, now: float | None = None) -> Table:
         table.add_row(
             escape(lane.name), f"[{style}]{lane.phase.value}[/{style}]",
             escape(lane.destination or "·"), _bar(lane),
-            _num(lane.percent, 0) if lane.released_at is not None else "",
             _num(lane.throughput_mbit_s, 0) if migrating else "",
             _num(lane.remaining_mib, 0) if migrating else "",
             str(lane.passes) if lane.passes else "",
