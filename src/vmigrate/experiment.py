@@ -76,6 +76,8 @@ class Experiment(ExperimentSession):
         self.ctx.marks_ns.update(baseline_start=start, baseline_end=end)
         if hooks.destination_host is not None:
             await self.bind_destination(hooks.destination_host)
+        if hooks.estimate is not None and self.ctx.preflight is not None:
+            self.ctx.preflight.checks.append(hooks.estimate)
         await self._migrate_from(source, hooks.report_migrated)
 
     async def _run(self, body: Callable[[VmConfig], Awaitable[None]]) -> Result:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from vmigrate.hypervisor.base import Domain
+    from vmigrate.migration.preflight import Check
 
 
 @dataclass
@@ -39,6 +40,7 @@ class LaneHooks:
     source: Domain | None = None  # the booted guest on its source, for the drain to measure
     baseline_ns: tuple[int, int] | None = None  # the drain's common baseline (monotonic)
     destination_host: str | None = None  # where the drain sends it (None: the slot's)
+    estimate: Check | None = None  # the drain's plan for it, as a pre-flight estimate
     released_ns: int | None = None  # when the drain released it (monotonic)
     migrated_ns: int | None = None  # when its migration ended, or the lane did (monotonic)
 
@@ -51,14 +53,19 @@ class LaneHooks:
         return not self.failed
 
     def release(
-        self, baseline_ns: tuple[int, int] | None = None, destination_host: str | None = None
+        self,
+        baseline_ns: tuple[int, int] | None = None,
+        destination_host: str | None = None,
+        estimate: Check | None = None,
     ) -> None:
         """Let the lane migrate now. `baseline_ns` (start, end; monotonic ns): the window its
         extra cost is measured against, the drain's common baseline (None: from when the lane
         was ready until now); `destination_host`: the testbed host it moves to (None: its
-        slot's)."""
+        slot's); `estimate`: what the drain's plan predicts for it (its result sets it beside
+        what happened)."""
         self.baseline_ns = baseline_ns
         self.destination_host = destination_host
+        self.estimate = estimate
         self.released_ns = time.monotonic_ns()
         self.go.set()
 

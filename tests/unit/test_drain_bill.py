@@ -11,14 +11,16 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from drain_fakes import RELEASE, S, fake_drain, lane_record, write_host_series
+from drain_fakes import RELEASE, S, fake_drain, lane_record, lane_result, write_host_series
 
+from vmigrate.analysis.prediction import prediction_section
 from vmigrate.drain.account import DrainRecord, LaneRecord, make_bill
 from vmigrate.drain.bill import DrainOutcome
-from vmigrate.drain.inputs import declared_inputs, plan_drain
+from vmigrate.drain.inputs import declared_inputs, plan_drain, planned_estimate
 from vmigrate.drain.schema import SCHEMA_PATH, drain_schema, render
 from vmigrate.drain.series import cut_for_lane, cut_rows
 from vmigrate.migration.orchestrator import Outcome
+from vmigrate.migration.preflight import Preflight
 
 COMMITTED = Path(__file__).resolve().parents[2] / "docs" / "drain.schema.json"
 
@@ -164,3 +166,26 @@ def test_cutting_writes_the_lanes_series_files(tmp_path: Path) -> None:
     }  # fmt: skip
     assert written == len(links) - 1 + 6  # processes: the source's QEMU, 4 samples + 1 each side
     assert not (lane / "series" / "threads.csv").exists()  # the drain sampled no threads
+
+
+def test_each_guest_gets_the_plans_figures_as_its_own_estimate() -> None:
+    drain = fake_drain()
+    inputs = declared_inputs(drain)
+    planned = plan_drain(drain, inputs)
+    vm = next(v for v in planned.vms if v.name == "d-mem-1")
+    assert vm.start_s is not None and vm.end_s is not None
+    check = planned_estimate(drain.guest("d-mem-1"), vm, inputs, planned.calibrated_runs)
+    assert (check.name, check.status) == ("estimate", "pass")
+    assert f"to {vm.destination}" in check.message
+    figures = check.figures
+    time_s = round(vm.end_s - vm.start_s, 3)
+    assert figures["predicted_total_time_s"] == time_s
+    assert figures["predicted_transferred_bytes"] == round(vm.transferred_bytes)
+    assert figures["bandwidth_mib_s"] == pytest.approx(vm.transferred_bytes / 2**20 / time_s, 1e-3)
+    assert figures["dirty_rate_mib_s"] == 10 and figures["memory_bytes"] == 384 * 2**20
+    # the guest's own result sets the plan beside what happened, as a run alone its estimate
+    result = lane_result(drain, "d-mem-1", vm.destination, (0.0, 10.0), total_s=10.0)
+    preflight = Preflight("qemu64", "qemu64", "pc-q35-10.0", skipped=True, checks=[check])
+    section = prediction_section(result.model_copy(update={"preflight": preflight.section()}))
+    assert section is not None and section.predicted.total_time_s == time_s
+    assert section.error.total_time_pct == pytest.approx((time_s - 10.0) / 10.0 * 100, abs=0.01)

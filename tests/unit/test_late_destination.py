@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_lane_hooks import FakeRun, no_analysis  # noqa: F401 - a fixture
 from test_testbed_layout import FakeIp
 from test_vm_slot import fake_ip, up_in_state
 
@@ -21,6 +22,7 @@ from vmigrate.experiment import Experiment, SilentObserver
 from vmigrate.hypervisor.libvirt_backend import LibvirtHost, LibvirtHypervisor
 from vmigrate.hypervisor.qemu_backend import QemuHypervisor
 from vmigrate.lane import LaneHooks
+from vmigrate.migration.preflight import Check, Preflight
 from vmigrate.slot import VmSlot
 from vmigrate.testbed.guests import GuestNic
 from vmigrate.testbed.testbed import Testbed
@@ -206,3 +208,36 @@ def test_a_lane_that_ends_without_migrating_frees_its_slot() -> None:
     hooks = LaneHooks()
     hooks.give_up()
     assert hooks.failed and hooks.booted.is_set() and hooks.migrated.is_set()
+
+
+@pytest.mark.usefixtures("no_analysis")
+def test_a_released_lane_keeps_the_drains_estimate_and_is_sent_where_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bed = Testbed("vmu", hypervisors=3)
+    run = FakeRun(
+        Experiment(validate_scenario({"name": "g"}), tmp_path / "g", bed, SilentObserver(),
+                   slot=SLOT1, shared=True),
+        monkeypatch,
+    )  # fmt: skip
+    run.run.ctx.preflight = Preflight("qemu64", "qemu64", "pc-q35-10.0", skipped=True)
+    bound: list[str] = []
+
+    async def bind(host: str) -> None:
+        bound.append(host)
+
+    monkeypatch.setattr(run.run, "bind_destination", bind)
+    hooks = LaneHooks()
+    estimate = Check("estimate", "pass", "the drain's plan", figures={"model": "precopy"})
+
+    async def drain() -> Any:
+        task = asyncio.create_task(run.run.run_lane(hooks))
+        assert await hooks.wait_booted()
+        hooks.release((1, 2), "hv3", estimate)
+        await hooks.wait_migrated()
+        return await task
+
+    result = asyncio.run(drain())
+    assert bound == ["hv3"] and hooks.migrated_ns is not None
+    assert [c.name for c in result["preflight"].checks] == ["estimate"]
+    assert result["preflight"].figures_of("estimate") == {"model": "precopy"}

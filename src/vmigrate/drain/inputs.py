@@ -18,13 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vmigrate.drain.cluster import Cluster, Host, VmGroup
 from vmigrate.drain.drain_file import Drain, Guest
-from vmigrate.drain.plan import Plan, plan, plan_placed
+from vmigrate.drain.plan import Plan, VmPlan, plan, plan_placed
 from vmigrate.drain.search import search
 from vmigrate.errors import ClusterError, HypervisorError
 from vmigrate.hypervisor.base import Domain
 from vmigrate.measure.link import measure_link_bytes_s
-from vmigrate.migration.estimate import PHYSICS, ModelConstants
+from vmigrate.migration.estimate import EXTRA_SYNCS, PHYSICS, ModelConstants
 from vmigrate.migration.estimate_check import DIRTY_RATE_SECONDS
+from vmigrate.migration.preflight import Check
 from vmigrate.testbed.testbed import Testbed
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,45 @@ def measure_link_mbit_s(testbed: Testbed, sender: str, receiver: str) -> float:
     to = testbed.hosts[receiver]
     rate = measure_link_bytes_s(testbed.hosts[sender].netns, to.netns, to.ip)
     return rate * 8 / 1e6
+
+
+def planned_estimate(
+    guest: Guest, planned: VmPlan, inputs: PlannerInputs, calibrated_runs: int
+) -> Check:
+    """The plan's figures for one guest as a pre-flight "estimate" check, so its own result.json
+    sets them beside what happened (its `prediction` section), as a run alone does with its
+    estimate. The bandwidth is the share the plan gave it on average (its bytes over its time)."""
+    given = inputs.guests[guest.name]
+    time_s = None
+    if planned.start_s is not None and planned.end_s is not None:
+        time_s = round(planned.end_s - planned.start_s, 3)
+    share_mib_s = planned.transferred_bytes / MIB / time_s if time_s else None
+    figures = {
+        "model": planned.strategy,
+        "calibrated_runs": calibrated_runs,
+        "dirty_rate_mib_s": round(given.dirty_rate_mib_s, 3),
+        "link_mbit_s": round(inputs.link_mbit_s, 3),
+        "bandwidth_mib_s": None if share_mib_s is None else round(share_mib_s, 3),
+        "guest_ram_bytes": given.memory_mib * MIB,
+        "touched_memory_bytes": given.touched_mib * MIB,
+        "memory_bytes": given.touched_mib * MIB,
+        "downtime_limit_ms": guest.scenario.migration.downtime_limit_ms,
+        "converges": planned.converges,
+        "predicted_passes": planned.passes,
+        "predicted_iterations": None if planned.passes is None else planned.passes + EXTRA_SYNCS,
+        "predicted_total_time_s": time_s,
+        "predicted_downtime_ms": planned.downtime_ms,
+        "predicted_transferred_bytes": round(planned.transferred_bytes),
+    }
+    when = "" if planned.start_s is None else f" from {planned.start_s:.1f} s into the drain"
+    return Check(
+        "estimate",
+        "pass" if planned.converges else "warn",
+        f"the drain's plan: {planned.outcome.value}{when}, "
+        + (f"{time_s:.1f} s to {planned.destination}" if time_s is not None else "not started"),
+        "" if planned.converges else planned.fix,
+        figures,
+    )
 
 
 def check_fits(drain: Drain, constants: ModelConstants = PHYSICS) -> Plan:

@@ -42,6 +42,7 @@ from vmigrate.drain.inputs import (
     check_fits,
     measure_guest,
     measure_link_mbit_s,
+    planned_estimate,
     replan,
 )
 from vmigrate.drain.plan import Plan
@@ -55,6 +56,7 @@ from vmigrate.lane import LaneHooks
 from vmigrate.measure.resources import ResourceSampler
 from vmigrate.migration.estimate import ModelConstants
 from vmigrate.migration.estimate_check import load_constants
+from vmigrate.migration.preflight import Check
 from vmigrate.report.rebuild import rebuild
 from vmigrate.result import Result
 from vmigrate.runlog import run_log
@@ -83,13 +85,14 @@ class Lane:
     record: LaneRecord
     task: asyncio.Task[Result] | None = None
     baseline_ns: tuple[int, int] | None = None
+    estimate: Check | None = None  # the plan's figures for it
 
     def release(self, destination: str) -> None:
         """Migrate now, to `destination` (schedule.Releasable)."""
         self.record.destination_host = destination
         self.record.released_ns = time.monotonic_ns()
         self.status.release(destination)
-        self.hooks.release(self.baseline_ns, destination)
+        self.hooks.release(self.baseline_ns, destination, self.estimate)
 
     async def wait_ended(self) -> None:
         """Until its migration ended, or the lane did (schedule.Releasable)."""
@@ -165,9 +168,14 @@ class DrainRun:
         plan = await self._measure_and_plan(booted)
         self.mark("measured")
         window = await self._baseline()
+        planned = {vm.name: vm for vm in plan.vms}
         for lane in booted:
             lane.baseline_ns = window
             lane.status.phase = LanePhase.QUEUED
+            if self.inputs is not None and lane.guest.name in planned:
+                lane.estimate = planned_estimate(
+                    lane.guest, planned[lane.guest.name], self.inputs, plan.calibrated_runs
+                )
         self._stage(f"draining {self.drain.host}: {len(booted)} guests under the policy")
         lanes = {lane.guest.name: lane for lane in booted}
         await carry_out(turns_of(plan), lanes, Limits.of(plan.policy))
