@@ -89,6 +89,7 @@ def assert_every_guest_moved(drain: Drain, bill: DrainBill, out: Path) -> None:
         assert result["outcome"] == "completed"
         assert result["environment"]["destination_host"] == vm.destination_host
         assert result["verification"]["memory_writes_intact"] is True
+        assert result["prediction"]["predicted"]["total_time_s"] == vm.predicted.time_s
         hosts = result["resources"]["hosts"]
         assert hosts["destination"]["net_rx_bytes"]["during"] >= vm.transferred_bytes > 0
         assert hosts["source"]["net_tx_bytes"]["during"] >= vm.transferred_bytes

@@ -122,7 +122,7 @@ def _from_result(bill: VmBill, result: Result, t0_ns: int) -> VmBill:
     """The guest's figures from its result.json."""
     env = result.environment.model_dump()
     source, destination = env.get("source_host", "source"), env.get("destination_host")
-    ver, mig, outage = result.verification, result.migration, result.outcome
+    ver, mig, outcome = result.verification, result.migration, result.outcome
     on = {"source": source, "destination": destination}.get(ver.running_on)
     intact = None
     if ver.memory_checksum_ok is not None:
@@ -130,10 +130,10 @@ def _from_result(bill: VmBill, result: Result, t0_ns: int) -> VmBill:
     started = result.timeline_s.get("migration_start") is not None
     during = result.service.latency_ms.get("during")
     bill.source_host, bill.destination_host, bill.running_on_host = source, destination, on
-    bill.outcome = outage if started else None
+    bill.outcome = outcome if started else None
     bill.memory_intact = intact
     bill.verified = bool(
-        outage == Outcome.COMPLETED and ver.running_on == "destination" and ver.service_ok_after
+        outcome == Outcome.COMPLETED and ver.running_on == "destination" and ver.service_ok_after
         and intact and ver.disk_checksum_ok is not False
     )  # fmt: skip
     bill.start_s = _since(_moment_ns(result, "migration_start"), t0_ns)
@@ -146,7 +146,7 @@ def _from_result(bill: VmBill, result: Result, t0_ns: int) -> VmBill:
     bill.transferred_bytes = mig.transferred_bytes
     bill.error = result.error or bill.error
     bill.result = f"vms/{bill.name}/result.json"
-    if bill.predicted is not None and outage == Outcome.COMPLETED:
+    if bill.predicted is not None and outcome == Outcome.COMPLETED:
         p = bill.predicted
         bill.errors = VmErrors(
             time_pct=_pct(p.time_s, mig.total_time_s),
