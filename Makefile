@@ -16,7 +16,7 @@ help:
 	@echo "make test   set everything up, lint, run unit + integration tests"
 	@echo "make setup  system packages, .venv, guest image (idempotent)"
 	@echo "make lint   ruff + mypy (strict on src/)"
-	@echo "make schema docs/result.schema.json from the Result model (src/vmigrate/result)"
+	@echo "make schema docs/result.schema.json and docs/drain.schema.json from their models"
 	@echo "make bench  benchmarks (figures, not pass/fail)"
 	@echo "make soak   one web guest migrated back and forth HOPS=$(HOPS) times (testbed $(SOAK_TESTBED))"
 	@echo "make down   remove the default testbed (also after a killed run)"
@@ -47,6 +47,7 @@ lint: venv
 
 schema: venv
 	$(BIN)/python -m vmigrate.result.schema
+	$(BIN)/python -m vmigrate.drain.schema
 
 unit: venv
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)

@@ -21,6 +21,10 @@ class ClusterError(UsageError):
     """A cluster file (`vmigrate plan`) is invalid, or its VMs do not fit its hosts."""
 
 
+class DrainError(UsageError):
+    """A drain file (`vmigrate drain`) is invalid, or asks what a drain cannot do."""
+
+
 class EnvironmentProblem(UsageError):
     """The machine lacks something (root, a package, a kernel feature); the message says the fix."""
 

@@ -70,11 +70,15 @@ class Experiment(ExperimentSession):
     async def _lane(self, config: VmConfig, hooks: LaneHooks) -> None:
         """A drain's lane: its guest, then the drain's word, then its migration."""
         source = await self._start_guest(config)
-        hooks.report_booted()
+        hooks.report_booted(source)
         self.observer.stage("ready: waiting for the drain to release the migration")
         start, end = await hooks.turn()
         self.ctx.marks_ns.update(baseline_start=start, baseline_end=end)
-        await self._migrate_from(source)
+        if hooks.destination_host is not None:
+            await self.bind_destination(hooks.destination_host)
+        if hooks.estimate is not None and self.ctx.preflight is not None:
+            self.ctx.preflight.checks.append(hooks.estimate)
+        await self._migrate_from(source, hooks.report_migrated)
 
     async def _run(self, body: Callable[[VmConfig], Awaitable[None]]) -> Result:
         """Run `body` in a session; the result document, written also when the run failed."""
@@ -108,7 +112,8 @@ class Experiment(ExperimentSession):
         # In threads: a drain's other lanes go on migrating while this one is analysed.
         result = await asyncio.to_thread(analyze, ctx.out_dir, recorded)
         await asyncio.to_thread(write_result, ctx.out_dir, result)
-        await asyncio.to_thread(render_report, ctx.out_dir, result)
+        if self.render:
+            await asyncio.to_thread(render_report, ctx.out_dir, result)
         return result
 
     def _environment(self) -> Environment:
@@ -201,8 +206,11 @@ class Experiment(ExperimentSession):
         await self._estimate(source)
         return source
 
-    async def _migrate_from(self, source: Domain) -> None:
-        """Prepare the destination, migrate, record; the after window and the guest's word."""
+    async def _migrate_from(
+        self, source: Domain, migrated: Callable[[], None] | None = None
+    ) -> None:
+        """Prepare the destination, migrate, record; the after window and the guest's word.
+        `migrated` is called once the migration ended (a drain's lane frees its slot)."""
         ctx, hypervisor = self.ctx, self.hypervisor
         assert hypervisor is not None
         self.observer.stage("preparing the destination")
@@ -210,7 +218,7 @@ class Experiment(ExperimentSession):
         try:
             job = await hypervisor.prepare_migration(source, plan)
         except HypervisorError as exc:  # the destination host refuses the VM: it stays put
-            await self._refused(source, exc)
+            await self._refused(source, exc, migrated)
             return
         self.observer.stage(f"migrating ({ctx.scenario.migration.strategy})")
         cancel = asyncio.Event()
@@ -227,6 +235,8 @@ class Experiment(ExperimentSession):
             cancel=cancel,
         )
         ctx.mark("migration_end")
+        if migrated is not None:
+            migrated()
         if self.injector is not None:  # a cut link comes back, a frozen QEMU runs again
             self.injector.close()
             ctx.record.actions = sorted(ctx.record.actions + self.injector.actions)
@@ -261,7 +271,9 @@ class Experiment(ExperimentSession):
         self.observer.stage(f"fault armed: {spec.kind} at {spec.at}")
         return FaultInjector(spec, targets, self.observer)
 
-    async def _refused(self, source: Domain, exc: HypervisorError) -> None:
+    async def _refused(
+        self, source: Domain, exc: HypervisorError, migrated: Callable[[], None] | None = None
+    ) -> None:
         """The destination would not start the VM: record a failed migration, keep measuring
         the VM that still serves on the source."""
         ctx = self.ctx
@@ -276,6 +288,8 @@ class Experiment(ExperimentSession):
             attempts=0,
         )
         ctx.mark("migration_end")
+        if migrated is not None:
+            migrated()
         ctx.running_on = "source" if await source.run_state() == RunState.RUNNING else "none"
         self.observer.stage(f"migration failed: {ctx.record.error}")
         await self._after_window()

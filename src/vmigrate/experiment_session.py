@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -98,7 +99,10 @@ class ExperimentSession:
 
     `slot`: which guest, on which testbed hosts; `shared`: the testbed is a drain's, up already,
     with other VMs on it: this run neither brings it up nor takes it down, and only a QEMU of
-    its own slot left by an earlier run stops it."""
+    its own slot left by an earlier run stops it; `sample_hosts`: False when someone else (a
+    drain) samples the hosts' resources for it (RUN/series then gets them afterwards);
+    `render`: False to leave report.html to whoever completes RUN/series (result.json is
+    written either way)."""
 
     def __init__(
         self,
@@ -110,6 +114,8 @@ class ExperimentSession:
         unsafe: bool = False,
         slot: VmSlot = DEFAULT_SLOT,
         shared: bool = False,
+        sample_hosts: bool = True,
+        render: bool = True,
     ) -> None:
         self.ctx = RunContext(scenario=scenario, out_dir=out_dir, testbed=testbed)
         self.observer = observer
@@ -117,6 +123,8 @@ class ExperimentSession:
         self.unsafe = unsafe
         self.slot = slot
         self.shared = shared
+        self.sample_hosts = sample_hosts
+        self.render = render
         self.owns_testbed = False
         self.hosts: dict[str, Host] = {}  # the testbed's hosts by the roles the VM sees
         self.hypervisor: Hypervisor | None = None
@@ -125,6 +133,7 @@ class ExperimentSession:
         self.recorder = Recorder(out_dir)
         self.sampler: ResourceSampler | None = None
         self.meters: Meters | None = None
+        self.disks: dict[str, Path] = {}  # by the VM's host role
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[VmConfig]:
@@ -136,7 +145,7 @@ class ExperimentSession:
             raise EnvironmentProblem("vmigrate needs root for namespaces and taps: run with sudo")
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         testbed = ctx.testbed
-        disks: dict[str, Path] = {}
+        disks = self.disks
         try:
             self.observer.stage("guest image")
             ctx.image = await asyncio.to_thread(build_image, False, self.observer.stage)
@@ -149,8 +158,9 @@ class ExperimentSession:
             ctx.preflight = await asyncio.to_thread(checks.settle, scenario, catalog, self.unsafe)
             ctx.preflight.skipped = self.skip_preflight
             await self._testbed_for_the_vm()
-            self._start_sampler()
-            disks = self.placement.create_disks()
+            if self.sample_hosts:
+                self._start_sampler()
+            disks.update(self.placement.create_disks())
             self.hypervisor = self.placement.hypervisor(disks)
             if not self.skip_preflight:
                 self.observer.stage("pre-flight checks")
@@ -209,6 +219,25 @@ class ExperimentSession:
         if slot.index:
             await asyncio.to_thread(testbed.add_guest_taps, slot.nic)
         testbed.require_no_vm(slot.qemu.labels() if self.shared else None)
+
+    async def bind_destination(self, host: str) -> None:
+        """Send the VM to testbed host `host` instead of the slot's destination (a drain's
+        lane, told where at its release): the slot, the hosts by role, the destination's disk
+        (storage not shared) and the backend's destination follow. Before the migration only.
+
+        :raise UsageError: `host` is the VM's source or not a host of the testbed.
+        :raise HypervisorError: the new destination's hypervisor does not answer."""
+        if host == self.slot.destination_host:
+            return
+        slot = dataclasses.replace(self.slot, destination_host=host)
+        hosts = slot.hosts(self.ctx.testbed)
+        self.slot, self.hosts, self.placement.slot = slot, hosts, slot
+        if "destination" in self.disks:
+            old = self.disks["destination"]
+            self.disks["destination"] = await asyncio.to_thread(self.placement.destination_disk)
+            old.unlink(missing_ok=True)
+        if self.hypervisor is not None:
+            await self.placement.retarget(self.hypervisor)
 
     def _teardown(self, disks: dict[str, Path]) -> list[Step]:
         """What ending a run undoes, in order; each step runs whatever the one before did."""

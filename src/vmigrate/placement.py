@@ -45,33 +45,18 @@ class Placement:
         self.out_dir = out_dir
         self.slot = slot
         self.nic = slot.nic
+        self.disk_name = ""  # set by create_disks
 
     def hypervisor(self, disks: dict[str, Path]) -> Hypervisor:
         """The backend that runs this scenario's VM on the slot's hosts (named by the roles the
-        VM sees them in, reached where the testbed has them)."""
+        VM sees them in, reached where the testbed has them). `disks` by role; the backend
+        reads it when it moves the VM, so a disk replaced there later is the one it uses."""
         testbed, slot = self.testbed, self.slot
         tls_dirs = self.certificates() if self.scenario.migration.tls else None
         if self.libvirt:
-
-            def libvirt_host(role: str) -> LibvirtHost:
-                host = slot.host(testbed, role).role
-                return LibvirtHost(
-                    role,
-                    uri=testbed.libvirt_uri(host),
-                    peer_uri=testbed.libvirt_tcp_uri(host),
-                    migration_uri=testbed.libvirt_migration_uri(host),
-                    root=testbed.libvirt_root(host),
-                    tap=self.nic.tap(testbed.name),
-                )
-
             return LibvirtHypervisor(
-                libvirt_host("source"), libvirt_host("destination"), self.out_dir
+                self.libvirt_host("source"), self.libvirt_host("destination"), self.out_dir
             )
-
-        def place(role: str) -> HostPlace:
-            host = slot.host(testbed, role)
-            tap = self.nic.tap(testbed.name)
-            return HostPlace(role, host.netns, tap, host.ip, self.scenario.hosts.cpu(role))
 
         def target_disk(role: str) -> str:
             """A fresh empty disk on host `role`, which the VM moves to (each attempt starts
@@ -80,8 +65,8 @@ class Placement:
             return str(disks[role])
 
         return QemuHypervisor(
-            place("source"),
-            place("destination"),
+            self.host_place("source"),
+            self.host_place("destination"),
             log_dir=self.out_dir,
             socket_dir=testbed.dir / "run",
             on_start=testbed.state.add_process,
@@ -90,6 +75,37 @@ class Placement:
             tls_dirs=tls_dirs,
             instance=slot.qemu,
         )
+
+    def host_place(self, role: str) -> HostPlace:
+        """The QEMU backend's view of the slot's host playing `role`."""
+        host = self.slot.host(self.testbed, role)
+        tap = self.nic.tap(self.testbed.name)
+        return HostPlace(role, host.netns, tap, host.ip, self.scenario.hosts.cpu(role))
+
+    def libvirt_host(self, role: str) -> LibvirtHost:
+        """How the libvirt backend reaches the daemon of the slot's host playing `role`."""
+        testbed = self.testbed
+        host = self.slot.host(testbed, role).role
+        return LibvirtHost(
+            role,
+            uri=testbed.libvirt_uri(host),
+            peer_uri=testbed.libvirt_tcp_uri(host),
+            migration_uri=testbed.libvirt_migration_uri(host),
+            root=testbed.libvirt_root(host),
+            tap=self.nic.tap(testbed.name),
+        )
+
+    async def retarget(self, hypervisor: Hypervisor) -> None:
+        """Point `hypervisor` (made by `hypervisor()` for an earlier slot, its VM not moved yet)
+        at the destination host of the current slot.
+
+        :raise HypervisorError: the new destination's libvirtd does not answer."""
+        if isinstance(hypervisor, LibvirtHypervisor):
+            await hypervisor.retarget(self.libvirt_host("destination"))
+        elif isinstance(hypervisor, QemuHypervisor):
+            hypervisor.retarget(self.host_place("destination"))
+        else:  # pragma: no cover - every backend the testbed runs is above
+            raise TypeError(f"cannot retarget a {type(hypervisor).__name__}")
 
     def certificates(self) -> dict[str, Path]:
         """This run's TLS certificates (migration.tls): a fresh CA, and for the source and the
@@ -111,23 +127,31 @@ class Placement:
         the NFS export for shared storage; one on each of the slot's hosts for local storage (the
         destination's stays empty until the migration copies the source's into it). By the VM's
         host role; named after the VM (its slot), the time and this process."""
-        testbed = self.testbed
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        name = f"{self.slot.name(self.scenario.name)}-{stamp}-{os.getpid()}.qcow2"
-        hosts = {role: self.slot.host(testbed, role).role for role in PAIR}
+        self.disk_name = f"{self.slot.name(self.scenario.name)}-{stamp}-{os.getpid()}.qcow2"
         if self.scenario.storage.mode == "shared-nfs":
-            places = {"source": testbed.export_dir}
-        elif self.libvirt:
-            places = {role: testbed.libvirt_images_dir(host) for role, host in hosts.items()}
-        else:
-            places = {role: testbed.local_disk_dir(host) for role, host in hosts.items()}
-        disks = {}
-        for role, directory in places.items():
-            directory.mkdir(parents=True, exist_ok=True)
-            disks[role] = directory / name
-            testbed.state.add_path(disks[role])
-            create_disk(disks[role])
-        return disks
+            return {"source": self._new_disk(self.testbed.export_dir)}
+        return {role: self._new_disk(self._local_dir(role)) for role in PAIR}
+
+    def destination_disk(self) -> Path:
+        """A fresh disk on the slot's destination host (storage not shared), for a destination
+        chosen after `create_disks`; the same name as the others."""
+        return self._new_disk(self._local_dir("destination"))
+
+    def _local_dir(self, role: str) -> Path:
+        """Where the slot's host playing `role` keeps its own disks."""
+        host = self.slot.host(self.testbed, role).role
+        if self.libvirt:
+            return self.testbed.libvirt_images_dir(host)
+        return self.testbed.local_disk_dir(host)
+
+    def _new_disk(self, directory: Path) -> Path:
+        """An empty disk of this run's name in `directory`, recorded in the testbed's state."""
+        directory.mkdir(parents=True, exist_ok=True)
+        disk = directory / self.disk_name
+        self.testbed.state.add_path(disk)
+        create_disk(disk)
+        return disk
 
     @property
     def libvirt(self) -> bool:

@@ -46,10 +46,10 @@ def test_defaults_match_the_documented_ones() -> None:
     assert s.testbed.hypervisors == 2
 
 
-SCENARIOS = [  # not the sweeps (a matrix) nor the drain planner's clusters (VMs)
+SCENARIOS = [  # not the sweeps (a matrix), the planner's clusters (VMs) nor drains (groups)
     p
     for p in sorted(EXAMPLES.glob("*.toml"))
-    if not {"matrix", "vms"} & tomllib.loads(p.read_text()).keys()
+    if not {"matrix", "vms", "groups"} & tomllib.loads(p.read_text()).keys()
 ]
 
 

@@ -145,9 +145,11 @@ class FakeRun:
                 raise GuestError("the guest did not boot")
             return "domain"
 
-        async def migrate_from(source: Any) -> None:
+        async def migrate_from(source: Any, migrated: Any = None) -> None:
             self.migrated_ns = time.monotonic_ns()
             run.ctx.mark("migration_start")
+            if migrated is not None:
+                migrated()
 
         monkeypatch.setattr(run, "session", session)
         monkeypatch.setattr(run, "_start_guest", start_guest)

@@ -8,6 +8,7 @@ that, and names the VM that does not fit where.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -223,14 +224,22 @@ def _where(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
     return text
 
 
-def _describe(error: ErrorDetails, data: dict[str, Any]) -> str:
-    """One line for one pydantic error: which entry and key, what is wrong, what is allowed."""
+def describe(
+    error: ErrorDetails,
+    data: dict[str, Any],
+    root: type[BaseModel] | None = None,
+    entries: Mapping[str, type[BaseModel]] | None = None,
+) -> str:
+    """One line for one pydantic error of a file of entries (`root`: the file's model, default
+    Cluster; `entries`: the model of each top-level table): which entry and key, what is wrong,
+    what is allowed."""
     loc = error["loc"]
     where = _where(loc, data)
     got = error.get("input")
     kind = error["type"]
     if kind == "extra_forbidden":
-        model = ENTRIES.get(str(loc[0]), Cluster) if len(loc) > 1 else Cluster
+        top = root or Cluster
+        model = (entries or ENTRIES).get(str(loc[0]), top) if len(loc) > 1 else top
         return f"{where}: unknown key {loc[-1]!r}; allowed: {', '.join(model.model_fields)}"
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "").replace("'", "")
@@ -249,7 +258,7 @@ def validate_cluster(data: dict[str, Any], origin: str = "cluster") -> Cluster:
     except ValidationError as exc:
         more = len(exc.errors()) - 1
         suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-        raise ClusterError(f"{origin}: {_describe(exc.errors()[0], data)}{suffix}") from None
+        raise ClusterError(f"{origin}: {describe(exc.errors()[0], data)}{suffix}") from None
 
 
 def load_cluster(path: Path) -> Cluster:

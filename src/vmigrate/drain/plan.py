@@ -5,7 +5,7 @@ outage and its bytes, whether it converges, and the fix when it does not — as 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, Field, computed_field
 
@@ -129,6 +129,19 @@ def plan(cluster: Cluster, constants: ModelConstants = PHYSICS) -> Plan:
     job = prepare(cluster, constants)
     choice = as_planned(cluster.policy)
     order, destination = arrange(job, choice)
+    return build_plan(job, choice, destination, simulate(job, choice, order, destination))
+
+
+def plan_placed(
+    cluster: Cluster, destinations: Mapping[str, str], constants: ModelConstants = PHYSICS
+) -> Plan:
+    """The drain under the cluster's policy with every VM's destination given (by name), not
+    placed by the policy: a plan with another's placement (a drain whose guests, measured, no
+    longer pack the way their declared sizes did)."""
+    job = prepare(cluster, constants)
+    choice = as_planned(cluster.policy)
+    order = ORDERS[choice.order](job.vms, job.alone_s)
+    destination = [destinations[vm.name] for vm in job.vms]
     return build_plan(job, choice, destination, simulate(job, choice, order, destination))
 
 

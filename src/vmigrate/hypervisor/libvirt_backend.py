@@ -101,6 +101,25 @@ class LibvirtHypervisor(Hypervisor):
             "qemu_version": libvirt_client.version_string(conn.getVersion()),
         }
 
+    async def retarget(self, destination: LibvirtHost) -> None:
+        """Move the VM to another host than the one given at first (a drain places its VMs
+        once they run): the connection to the old destination's daemon is closed, the new one
+        opened. Before the VM's first migration only.
+
+        :raise HypervisorError: the VM already has a domain there, or the daemon does not
+            answer."""
+        if any(d.host_role == "destination" and not d.released for d in self.domains):
+            raise HypervisorError("the VM already has a domain on its destination host")
+        old = self.conns.pop("destination", None)
+        self.hosts["destination"] = destination
+        if old is not None:
+            try:
+                await asyncio.to_thread(old.close)
+            except Exception as exc:  # a connection we no longer need: noted, not fatal
+                log.info("closing the libvirt connection to the old destination: %s", exc)
+        if self.conns:  # connected already: connect to the new one too
+            await self.connect()
+
     def _domain(
         self, role: str, name: str, owned: bool, memory_mib: int = 0, incoming: bool = False
     ) -> LibvirtDomain:

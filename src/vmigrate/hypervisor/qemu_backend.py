@@ -116,6 +116,15 @@ class QemuHypervisor(Hypervisor):
         self.domains = [d for d in self.domains if not d.released] + [domain]
         return domain
 
+    def retarget(self, destination: HostPlace) -> None:
+        """Move the VM to another host than the one given at first (a drain places its VMs
+        once they run): before its first migration only, while no QEMU runs there.
+
+        :raise HypervisorError: the VM already has a QEMU on the destination."""
+        if any(d.host_role == "destination" and not d.released for d in self.domains):
+            raise HypervisorError("the VM already has a QEMU on its destination host")
+        self.places["destination"] = destination
+
     async def boot(self, config: VmConfig) -> Domain:
         self.config = config
         domain = await self._launch("source", config, None)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import CoreSchema
 
@@ -83,11 +84,17 @@ def _tidy(node: Any) -> Any:
     return dict(sorted(out.items(), key=lambda item: rank.get(item[0], len(ORDER))))
 
 
+def model_schema(model: type[BaseModel], header: dict[str, str]) -> dict[str, Any]:
+    """The JSON Schema of a document `model` writes (serialization mode), tidied, `header`
+    ($schema, $id, title) first."""
+    raw = model.model_json_schema(mode="serialization", schema_generator=_Generator)
+    tidied: dict[str, Any] = _tidy(raw)
+    return {**header, **tidied}
+
+
 def result_schema() -> dict[str, Any]:
     """The JSON Schema of result.json, from the Result model."""
-    raw = Result.model_json_schema(mode="serialization", schema_generator=_Generator)
-    tidied: dict[str, Any] = _tidy(raw)
-    return {**HEADER, **tidied}
+    return model_schema(Result, HEADER)
 
 
 def render() -> str:
