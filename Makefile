@@ -56,7 +56,7 @@ integration: setup
 	$(BIN)/pytest tests/integration -q $(PYTEST_ARGS)
 
 test: setup lint
-	$(BIN)/pytest tests -q $(PYTEST_ARGS)
+	$(BIN)/pytest tests -q --durations=15 $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python -m bench
