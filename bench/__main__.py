@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark and print its table."""
 
-from bench import calibration, measurement, outage, planner, turnaround, warm_pause
+from bench import calibration, drain, measurement, outage, planner, turnaround, warm_pause
 
 if __name__ == "__main__":
     measurement.main()
@@ -8,4 +8,5 @@ if __name__ == "__main__":
     outage.main()
     warm_pause.main()
     calibration.main()
+    drain.main()
     planner.main()

@@ -2,26 +2,33 @@
 one dirtying 10 MiB/s) drained off the source with at most 1, 2 and 4 migrations at once, on one
 testbed of three hypervisor hosts. Per parallelism: the plan's drain time beside the measured
 one, and each guest's migration time, planned and measured, with its error; the medians.
-Goals: the median per-guest time error within 15 %, the drain time's within 10 %.
+Goals: the median per-guest time error within 15 %, the drain time's within 10 %. The planner
+uses the model the calibration bench fitted (its sweep in sweeps/bench-calibration, when it ran;
+through $VMIGRATE_MODEL, so the model stored on this machine is not touched), else the stored one.
 
     python -m bench.drain [PARALLELISM ...]      (as root; a few minutes per drain)
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from bench.calibration import OUT as CALIBRATION_OUT
 from vmigrate.drain.bill import DrainBill
 from vmigrate.drain.drain_file import load_drain
 from vmigrate.drain.inputs import check_fits
 from vmigrate.drain.progress import SilentFront
 from vmigrate.drain.run import run_drain
+from vmigrate.migration.calibration import fit, load_observations
 from vmigrate.testbed.testbed import Testbed
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "drain.toml"
@@ -29,6 +36,31 @@ PARALLELISM = (1, 2, 4)
 TESTBED = "vmigdb"
 GOAL_VM_PCT = 15.0
 GOAL_DRAIN_PCT = 10.0
+
+
+@contextlib.contextmanager
+def bench_model(console: Console) -> Iterator[None]:
+    """$VMIGRATE_MODEL set to the constants fitted on the calibration bench's sweep while the
+    drains run (when that sweep exists), and back as it was after."""
+    sweep = CALIBRATION_OUT / "bench-calibration"
+    if not (sweep / "runs").is_dir():
+        console.print("planner model: the stored one (no calibration bench sweep here)")
+        yield
+        return
+    constants = fit(load_observations(sweep))
+    before = os.environ.get("VMIGRATE_MODEL")
+    with tempfile.TemporaryDirectory(prefix="vmigrate-bench-model-") as tmp:
+        path = Path(tmp) / "model.json"
+        path.write_text(constants.model_dump_json(indent=2) + "\n")
+        console.print(f"planner model: fitted on {sweep} ({constants.fitted_runs} runs)")
+        os.environ["VMIGRATE_MODEL"] = str(path)
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("VMIGRATE_MODEL", None)
+            else:
+                os.environ["VMIGRATE_MODEL"] = before
 
 
 def drains(parallelism: tuple[int, ...] = PARALLELISM) -> list[tuple[int, DrainBill]]:
@@ -104,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     """Run the drains (parallelism from `argv`, default 1, 2, 4) and print the tables."""
     wanted = tuple(int(a) for a in argv) if argv else PARALLELISM
     console = Console()
-    bills = drains(wanted)
+    with bench_model(console):
+        bills = drains(wanted)
     console.print(summary(bills))
     console.print(guests(bills))
     errors = [abs(vm.errors.time_pct) for _, b in bills for vm in b.vms
