@@ -185,7 +185,7 @@ def _drain(drain: Drain, out_dir: Path, bed: Testbed) -> bool:
         bill = guarded(lambda: run_drain(drain, out_dir, bed, front))
     finally:
         front.stop()
-    console.print(summary_table(bill))
+    console.print(summary_table(bill, console.width))
     console.print(
         f"bill: {out_dir / 'drain.json'}  report: {out_dir / 'report.html'}  "
         f"guests: {out_dir / 'vms'}/",

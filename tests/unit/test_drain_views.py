@@ -94,6 +94,17 @@ def test_the_summary_table_has_every_guest_and_the_drain_line(tmp_path: Path) ->
     assert "drain time 4.0 s (planned" in text and "failed" in text
 
 
+def test_an_80_column_summary_keeps_every_name_and_figure_whole(tmp_path: Path) -> None:
+    """In a narrow console the start, end and bytes columns go; nothing else is cut."""
+    the_bill = bill(tmp_path)
+    text = rendered(summary_table(the_bill, 80), width=80)
+    assert "…" not in text
+    for name in ("d-web-1", "d-web-2", "d-mem-1"):
+        assert name in text
+    assert "start" not in text and "sent" not in text and "outage" in text
+    assert "start" in rendered(summary_table(the_bill, 200), width=200)
+
+
 def test_the_report_has_the_gantt_over_the_links_and_every_guest(tmp_path: Path) -> None:
     the_bill = bill(tmp_path)
     page = render_drain_html(tmp_path, the_bill)

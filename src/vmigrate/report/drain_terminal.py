@@ -106,32 +106,43 @@ def _cell(vm: VmBill) -> tuple[str, str]:
     return _num(vm.migration_time_s, 2), _num(planned, 2)
 
 
-def summary_table(bill: DrainBill) -> Table:
+#: Below this console width the summary leaves out when each guest started and ended and what
+#: it sent (drain.json has them): every figure keeps its digits, none is cut.
+WIDE_SUMMARY = 110
+
+
+def summary_table(bill: DrainBill, width: int = WIDE_SUMMARY) -> Table:
     """Per guest: where to, when, its time against the plan's, its pause and outage, whether it
-    is on its new host intact; the drain's totals in the caption."""
+    is on its new host intact; the drain's totals in the caption. In a console narrower than
+    WIDE_SUMMARY, without the start, end and bytes columns."""
     colour = "green" if bill.outcome == DrainOutcome.COMPLETED else "red"
     table = Table(
         title=f"vmigrate drain {escape(bill.name)}: [{colour}]{bill.outcome.value}[/{colour}]",
         box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
     )  # fmt: skip
-    table.add_column("guest")
+    wide = width >= WIDE_SUMMARY
+    table.add_column("guest", no_wrap=True)
     table.add_column("→ to", no_wrap=True)
-    for column in ("start\ns", "end\ns", "time\ns", "planned\ns", "error\n%", "downtime\nms",
-                   "outage\nms", "p99 during\nms", "sent\nMiB"):  # fmt: skip
-        table.add_column(column, justify="right")
-    table.add_column("intact")
+    figures = ("start\ns", "end\ns", "time\ns", "plan\ns", "error\n%", "pause\nms",
+               "outage\nms", "p99 ms\nduring", "sent\nMiB")  # fmt: skip
+    shown = [c for c in figures if wide or c not in ("start\ns", "end\ns", "sent\nMiB")]
+    for column in shown:
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("intact", no_wrap=True)
     for vm in bill.vms:
         measured, planned = _cell(vm)
         verdict = (
             "[green]yes[/green]" if vm.verified else f"[red]{escape(vm.outcome or 'no')}[/red]"
         )
-        table.add_row(
-            escape(vm.name), escape(vm.destination_host or "—"), _num(vm.start_s, 1),
-            _num(vm.end_s, 1), measured, planned,
+        cells = dict(zip(figures, (
+            _num(vm.start_s, 1), _num(vm.end_s, 1), measured, planned,
             _num(vm.errors.time_pct if vm.errors else None, 0),
             _num(vm.downtime_ms, 0), _num(vm.service_outage_ms, 0),
             _num(vm.latency_p99_during_ms, 0), _num(vm.transferred_bytes / 1024**2, 0),
-            verdict,
+        ), strict=True))  # fmt: skip
+        table.add_row(
+            escape(vm.name), escape(vm.destination_host or "—"),
+            *(cells[c] for c in shown), verdict,
         )  # fmt: skip
     table.caption = summary_line(bill)
     return table
