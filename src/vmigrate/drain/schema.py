@@ -6,13 +6,12 @@ docs/result.schema.json is from Result, so the two cannot drift.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from vmigrate.drain.bill import DrainBill
-from vmigrate.result.schema import model_schema
+from vmigrate.result.schema import model_schema, schema_text, write_schema
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "docs" / "drain.schema.json"
 HEADER = {
@@ -29,15 +28,12 @@ def drain_schema() -> dict[str, Any]:
 
 def render() -> str:
     """The schema file's text."""
-    return json.dumps(drain_schema(), indent=2) + "\n"
+    return schema_text(drain_schema())
 
 
 def main(argv: list[str]) -> int:
     """Write the schema to PATH (default: the checkout's docs/drain.schema.json)."""
-    path = Path(argv[0]) if argv else SCHEMA_PATH
-    path.write_text(render())
-    print(f"wrote {path}")
-    return 0
+    return write_schema(argv, SCHEMA_PATH, render)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,17 +98,27 @@ def result_schema() -> dict[str, Any]:
     return model_schema(Result, HEADER)
 
 
+def schema_text(schema: dict[str, Any]) -> str:
+    """A schema file's text."""
+    return json.dumps(schema, indent=2) + "\n"
+
+
 def render() -> str:
     """The schema file's text."""
-    return json.dumps(result_schema(), indent=2) + "\n"
+    return schema_text(result_schema())
+
+
+def write_schema(argv: list[str], default: Path, text: Callable[[], str]) -> int:
+    """Write a schema's text to PATH (argv[0], else `default`); the command's exit code."""
+    path = Path(argv[0]) if argv else default
+    path.write_text(text())
+    print(f"wrote {path}")
+    return 0
 
 
 def main(argv: list[str]) -> int:
     """Write the schema to PATH (default: the checkout's docs/result.schema.json)."""
-    path = Path(argv[0]) if argv else SCHEMA_PATH
-    path.write_text(render())
-    print(f"wrote {path}")
-    return 0
+    return write_schema(argv, SCHEMA_PATH, render)
 
 
 if __name__ == "__main__":
