@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from vmigrate.measure.capture import (
     read_capture,
     start_capture,
 )
-from vmigrate.measure.client import build_client, start_probe
+from vmigrate.measure.client import start_probe
 from vmigrate.measure.client_records import read_probe
 from vmigrate.result.outage import Capture
 
@@ -103,17 +102,6 @@ def test_the_referee_measures_the_outage_on_the_wire(tmp_path: Path) -> None:
     assert ref.receive_offset_us.model_dump() == {"median": 30.0, "max_abs": 30.0}
     assert ref.replies_on_wire == 900 and ref.replies_probe_missed == 0
     assert ref.guest_announce_s == pytest.approx(0.48)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc not installed")
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VMIGRATE_CACHE", str(path))
-        build_client()
-        yield path
 
 
 def test_tcpdump_and_the_probe_time_the_same_echoes_alike(cache: Path, tmp_path: Path) -> None:

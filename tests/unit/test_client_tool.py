@@ -27,18 +27,6 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A private VMIGRATE_CACHE for the whole module, with the client built into it."""
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc not installed")
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VMIGRATE_CACHE", str(path))
-        build_client()
-        yield path
-
-
-@pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
     """agent.c compiled for the host (as for the guest image) on loopback, free ports."""
     with running_agent(tmp_path_factory.mktemp("agent"), "--integrity-mib=0") as ports:
