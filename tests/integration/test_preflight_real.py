@@ -73,9 +73,11 @@ def test_preflight_fails_listing_the_missing_features(testbed: Testbed, tmp_path
     assert 800 < estimate["link_mbit_s"] < 1100
     assert estimate["converges"] is True
     assert estimate["predicted_total_time_s"] > 0
-    # The first pass sends what the booted guest touched: some, but far from all of its RAM.
+    # The first pass sends what the booted guest touched and holds data: some, but far from
+    # all of its RAM; some of what it touched holds zeros.
     assert 16 * MIB < estimate["touched_memory_bytes"] < estimate["guest_ram_bytes"]
-    assert estimate["memory_bytes"] == estimate["touched_memory_bytes"]
+    assert 8 * MIB < estimate["data_memory_bytes"] < estimate["touched_memory_bytes"]
+    assert estimate["memory_bytes"] == estimate["data_memory_bytes"]
 
 
 def test_forced_onto_an_older_host_the_vm_stays_on_the_source(

@@ -100,10 +100,16 @@ def test_the_planners_cluster_has_the_guests_and_the_measured_inputs() -> None:
     assert [vm.name for vm in vms] == ["d-web-1", "d-web-2", "d-mem-1"]
     assert vms[2].touched_mib == 384 and vms[2].downtime_limit_ms == 300
     guest = drain.guest("d-web-1")
-    seen = measured(guest, 40 * 1024 * 1024 + 1, 0.5)
+    seen = measured(guest, 40 * 1024 * 1024 + 1, None, 0.5)
     assert (seen.touched_mib, seen.dirty_rate_mib_s, seen.measured) == (41, 0.5, True)
-    assert measured(guest, None, -1).touched_mib == 256  # unknown: all of it
-    assert measured(guest, 10**12, 0).touched_mib == 256  # never more than its memory
+    assert seen.data_mib is None and seen.model_mib == 41  # data not sampled: the touched
+    assert measured(guest, None, None, -1).touched_mib == 256  # unknown: all of it
+    assert measured(guest, 10**12, None, 0).touched_mib == 256  # never more than its memory
+    # the memory holding data is what the planner sends
+    held = measured(guest, 40 * 1024 * 1024, 30 * 1024 * 1024, 0.5)
+    assert (held.touched_mib, held.data_mib, held.model_mib) == (40, 30, 30)
+    assert cluster_for(drain, inputs.model_copy(update={"guests": {**inputs.guests,
+        "d-web-1": held}})).machines()[0].touched_mib == 30  # fmt: skip
 
 
 BAD: list[tuple[str, dict[str, Any], str]] = [

@@ -82,6 +82,9 @@ class FakeDomain:
     async def touched_memory_bytes(self) -> int:
         return 100 * MIB
 
+    async def data_memory_bytes(self) -> int:
+        return 80 * MIB
+
     async def measure_dirty_rate(self, seconds: int) -> float:
         world = self.world
         world.measuring.append(self.name)
@@ -189,6 +192,7 @@ def test_a_drain_runs_every_lane_under_the_policy_and_writes_its_bill(
     assert world.most_measuring == 1
     assert run.inputs is not None and run.inputs.link_mbit_s == 380 and run.inputs.link_measured
     assert run.inputs.guests["d-web-1"].touched_mib == 100
+    assert run.inputs.guests["d-web-1"].data_mib == 80  # what the plan sends
     assert run.inputs.guests["d-mem-1"].dirty_rate_mib_s == 10
     # released in the plan's order, each to its planned host, at most two at once
     assert run.plan is not None

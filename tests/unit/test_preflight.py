@@ -4,15 +4,12 @@ missing where, which baseline is chosen, when a shared disk is unsafe, what pre-
 from __future__ import annotations
 
 import math
-import mmap
-import os
 
 import pytest
 
 from vmigrate.config import validate_scenario
 from vmigrate.errors import UsageError
 from vmigrate.hypervisor.cpu import CpuCatalog, CpuModel, baseline, missing
-from vmigrate.hypervisor.qemu import guest_ram_resident_bytes
 from vmigrate.migration.estimate import precopy_estimate
 from vmigrate.migration.preflight import cache_check, cpu_check
 
@@ -139,24 +136,6 @@ def test_an_idle_guest_stops_after_the_first_pass() -> None:
     est = precopy_estimate(512 * MIB, 0, 100 * MIB, 300)
     assert est.passes == 1 and est.downtime_ms == 0.0
     assert math.isclose(est.total_time_s or 0, 5.12)
-
-
-def test_touched_memory_is_the_resident_part_of_the_ram_mapping() -> None:
-    # A 64 MiB anonymous mapping stands in for guest RAM; 10 MiB of it written. (Executable,
-    # so the kernel never merges it with Python's own anonymous mappings next to it.)
-    ram = mmap.mmap(
-        -1, 64 * MIB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-        prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC,
-    )  # fmt: skip
-    try:
-        for offset in range(0, 10 * MIB, 4096):
-            ram[offset] = 1
-        touched = guest_ram_resident_bytes(os.getpid(), 64 * MIB)
-        assert touched is not None
-        assert 10 * MIB <= touched <= 12 * MIB  # transparent huge pages may round it up
-        assert guest_ram_resident_bytes(os.getpid(), 999 * MIB) is None  # no mapping that size
-    finally:
-        ram.close()
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,8 @@ COMPARED = (
     ("transferred_bytes", "predicted_transferred_bytes", "transferred_bytes"),
 )
 INPUTS = ("dirty_rate_mib_s", "bandwidth_mib_s", "link_mbit_s", "memory_bytes",
-          "guest_ram_bytes", "downtime_limit_ms")  # fmt: skip
+          "touched_memory_bytes", "data_memory_bytes", "guest_ram_bytes",
+          "downtime_limit_ms")  # fmt: skip
 
 
 def estimate_figures(result: Recorded) -> dict[str, Any] | None:

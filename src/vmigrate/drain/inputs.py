@@ -3,9 +3,10 @@ links' rate — declared (from the drain file, to check before anything boots th
 fit the receiving hosts) or measured (from the running guests, to plan the drain itself).
 
 The measured inputs are what a pre-flight estimate measures (migration/estimate_check.py):
-the memory the guest has touched (untouched pages go as zero pages, next to free) and its
-dirty rate, each guest in turn (two measurements at once would disturb each other), and the
-link once (every uplink of the testbed is shaped alike).
+the memory the guest has touched and, of it, the memory holding data (untouched pages and
+pages of zeros go as zero pages, next to free), and its dirty rate, each guest in turn (two
+measurements at once would disturb each other), and the link once (every uplink of the
+testbed is shaped alike).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from vmigrate.drain.search import search
 from vmigrate.errors import ClusterError, HypervisorError
 from vmigrate.hypervisor.base import Domain
 from vmigrate.measure.link import measure_link_bytes_s
-from vmigrate.migration.estimate import EXTRA_SYNCS, PHYSICS, ModelConstants
+from vmigrate.migration.estimate import EXTRA_SYNCS, PHYSICS, ModelConstants, memory_to_send
 from vmigrate.migration.estimate_check import DIRTY_RATE_SECONDS
 from vmigrate.migration.preflight import Check
 from vmigrate.testbed.testbed import Testbed
@@ -39,9 +40,17 @@ class GuestInputs(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     memory_mib: int = Field(gt=0, description="its RAM: the room it takes on a receiving host")
-    touched_mib: int = Field(ge=0, description="memory it has touched: what pass 0 sends")
+    touched_mib: int = Field(ge=0, description="memory it has touched")
+    data_mib: int | None = Field(
+        None, ge=0, description="of it, memory holding data: what pass 0 sends (None: unknown)"
+    )
     dirty_rate_mib_s: float = Field(ge=0, description="how fast it dirties its memory")
     measured: bool = Field(description="measured on the running guest (false: declared)")
+
+    @property
+    def model_mib(self) -> int:
+        """M, what the model sends: the memory holding data when known, else the touched."""
+        return self.touched_mib if self.data_mib is None else self.data_mib
 
 
 class PlannerInputs(BaseModel):
@@ -73,15 +82,20 @@ def declared_inputs(drain: Drain) -> PlannerInputs:
     )
 
 
-def measured(guest: Guest, touched_bytes: int | None, dirty_rate_mib_s: float) -> GuestInputs:
-    """A guest as measured: its touched memory (None or 0: unknown, all of it) and dirty rate."""
+def measured(
+    guest: Guest, touched_bytes: int | None, data_bytes: int | None, dirty_rate_mib_s: float
+) -> GuestInputs:
+    """A guest as measured: its touched memory (None or 0: unknown, all of it), the memory
+    holding data (None: unknown) and its dirty rate."""
     memory_mib = guest.scenario.vm.memory_mib
-    touched_mib = memory_mib
-    if touched_bytes:
-        touched_mib = min(math.ceil(touched_bytes / MIB), memory_mib)
+    ram = memory_mib * MIB
+    data_mib = (
+        None if data_bytes is None else math.ceil(memory_to_send(ram, None, data_bytes) / MIB)
+    )
     return GuestInputs(
         memory_mib=memory_mib,
-        touched_mib=touched_mib,
+        touched_mib=math.ceil(memory_to_send(ram, touched_bytes, None) / MIB),
+        data_mib=data_mib,
         dirty_rate_mib_s=max(dirty_rate_mib_s, 0.0),
         measured=True,
     )
@@ -108,7 +122,7 @@ def _vm(guest: Guest, given: GuestInputs, host: str) -> VmGroup:
         name=guest.name,
         host=host,
         memory_mib=given.memory_mib,
-        touched_mib=given.touched_mib,
+        touched_mib=given.model_mib,
         dirty_rate_mib_s=given.dirty_rate_mib_s,
         downtime_limit_ms=migration.downtime_limit_ms,
         strategy=strategy,
@@ -157,11 +171,12 @@ async def measure_guest(guest: Guest, source: Domain, seconds: int = DIRTY_RATE_
     the pre-flight estimate measures it); what cannot be measured is taken as declared."""
     try:
         touched = await source.touched_memory_bytes()
+        data = await source.data_memory_bytes()
         rate = await source.measure_dirty_rate(seconds)
     except HypervisorError as exc:
         log.warning("%s: not measured (%s); planned as declared", guest.name, exc)
         return declared(guest)
-    return measured(guest, touched, rate)
+    return measured(guest, touched, data, rate)
 
 
 def measure_link_mbit_s(testbed: Testbed, sender: str, receiver: str) -> float:
@@ -190,7 +205,8 @@ def planned_estimate(
         "bandwidth_mib_s": None if share_mib_s is None else round(share_mib_s, 3),
         "guest_ram_bytes": given.memory_mib * MIB,
         "touched_memory_bytes": given.touched_mib * MIB,
-        "memory_bytes": given.touched_mib * MIB,
+        "data_memory_bytes": None if given.data_mib is None else given.data_mib * MIB,
+        "memory_bytes": given.model_mib * MIB,
         "downtime_limit_ms": guest.scenario.migration.downtime_limit_ms,
         "converges": planned.converges,
         "predicted_passes": planned.passes,

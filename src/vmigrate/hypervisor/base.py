@@ -195,8 +195,13 @@ class Domain(abc.ABC):
 
     @abc.abstractmethod
     async def touched_memory_bytes(self) -> int | None:
-        """How much of its RAM the guest has touched (None when unknown): what pre-copy's
-        first pass really has to send."""
+        """How much of its RAM the guest has touched (None when unknown): the pages it never
+        touched go as zero pages, next to free."""
+
+    async def data_memory_bytes(self) -> int | None:
+        """How much of the touched memory holds data (None where the backend cannot tell):
+        pages of zeros go as zero pages, so this is what the first pass sends as full pages."""
+        return None
 
     @abc.abstractmethod
     async def measure_dirty_rate(self, seconds: int) -> float:

@@ -19,7 +19,7 @@ from typing import Any
 from vmigrate import libvirt_client
 from vmigrate.errors import HypervisorError
 from vmigrate.hypervisor.base import Domain, EventKind, HypervisorEvent, RunState
-from vmigrate.hypervisor.qemu import guest_ram_resident_bytes
+from vmigrate.hypervisor.guest_ram import guest_ram_data_bytes, guest_ram_resident_bytes
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,14 @@ class LibvirtDomain(Domain):
         if pid is None:
             return None
         return guest_ram_resident_bytes(pid, self.memory_mib * MIB)
+
+    async def data_memory_bytes(self) -> int | None:
+        """The touched memory that holds data, sampled from QEMU's memory when its PID is
+        known (testbed)."""
+        pid = self._qemu_pid() if self._qemu_pid is not None else None
+        if pid is None:
+            return None
+        return await asyncio.to_thread(guest_ram_data_bytes, pid, self.memory_mib * MIB)
 
     async def measure_dirty_rate(self, seconds: int) -> float:
         """libvirt's dirty-rate calculation (QEMU's calc-dirty-rate underneath)."""

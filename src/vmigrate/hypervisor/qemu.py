@@ -30,6 +30,7 @@ from vmigrate.hypervisor.base import (
     VmConfig,
 )
 from vmigrate.hypervisor.cpu import load_catalog, missing
+from vmigrate.hypervisor.guest_ram import guest_ram_data_bytes, guest_ram_resident_bytes
 from vmigrate.hypervisor.introspect import QEMU_BINARY
 from vmigrate.hypervisor.qemu_checkpoints import ARGS as CHECKPOINT_ARGS
 from vmigrate.hypervisor.qemu_checkpoints import read_checkpoints
@@ -38,7 +39,6 @@ from vmigrate.pids import terminate
 from vmigrate.proc import in_netns, run
 
 MIB = 1024 * 1024
-SMAPS_HEAD = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+(.*)$")
 CONNECT_TIMEOUT_S = 20.0
 COMMAND_TIMEOUT_S = 30.0
 DISK_ID = "disk0"
@@ -104,29 +104,6 @@ def qemu_argv(
     if incoming:
         argv += ["-incoming", incoming]
     return argv
-
-
-RAM_ALIGNMENT_SLACK = 2 * MIB  # the guest-RAM mapping may be a little larger than asked
-
-
-def guest_ram_resident_bytes(pid: int, ram_bytes: int) -> int | None:
-    """The Rss of the anonymous mapping that holds a guest's RAM (the one of its size), or None
-    when there is no such mapping."""
-    size = None
-    try:
-        lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        head = SMAPS_HEAD.match(line)
-        if head:
-            start, end, path = int(head[1], 16), int(head[2], 16), head[3].strip()
-            size = end - start if not path else None
-        elif line.startswith("Rss:") and size is not None:
-            if ram_bytes <= size <= ram_bytes + RAM_ALIGNMENT_SLACK:
-                return int(line.split()[1]) * 1024
-            size = None
-    return None
 
 
 def _refuse_beyond_ceiling(
@@ -358,6 +335,10 @@ class QemuDomain(Domain):
         pages the guest never touched are not resident, and pre-copy sends them as zero pages
         at next to no cost."""
         return guest_ram_resident_bytes(self.pid, self.memory_mib * MIB)
+
+    async def data_memory_bytes(self) -> int | None:
+        """The touched memory that holds data (not all zeros), sampled from QEMU's memory."""
+        return await asyncio.to_thread(guest_ram_data_bytes, self.pid, self.memory_mib * MIB)
 
     async def measure_dirty_rate(self, seconds: int) -> float:
         """QEMU's calc-dirty-rate by page sampling (hashes of sampled pages, no dirty logging),

@@ -1,11 +1,11 @@
 """Fitting the model's constants to measured runs (`vmigrate calibrate SWEEP_DIR`).
 
 Each completed run whose pre-flight estimate ran is one observation: what the estimate measured
-(touched memory, dirty rate, link rate, downtime limit) and what the migration did (total time,
+(memory holding data, dirty rate, link rate, downtime limit) and what the migration did (total time,
 bytes, downtime, iterations). Each constant is fitted on what it explains:
 - the link efficiency straight from the runs (bytes / time against the measured link);
 - the switch-over's fixed cost from the downtime the RAM sent in the stop does not explain;
-- the share of the touched memory sent as full pages, the dirty-rate factor and floor and the
+- the share of the memory holding data sent as full pages, the dirty-rate factor and floor and the
   per-pass cost together, by a grid search (the share in steps of 0.02, then refined to 0.01
   alone) that minimises the median relative error on total time and bytes of each strategy's
   runs, summed — so post-copy runs, which send each page once, pin the share, and pre-copy

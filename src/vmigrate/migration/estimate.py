@@ -1,10 +1,11 @@
 """The migration model: will a pre-copy converge, and how long will a migration take, how many
 bytes will it send, how long will the VM pause?
 
-Memory. M is the memory the guest has touched (the resident part of QEMU's guest-RAM mapping);
-untouched pages go as zero pages, at next to no cost on the wire. Of M, a share s goes as full
-pages, F = s·M: the rest holds zeros (freed or never written since it was mapped) and goes as
-zero pages too.
+Memory. M is the memory that holds data: of the pages the guest has touched (the resident
+part of QEMU's guest-RAM mapping), those not all zeros, sampled (hypervisor/guest_ram.py).
+Untouched pages and pages of zeros go as zero pages, at next to no cost on the wire. Where the
+data cannot be sampled M is the touched memory, where nothing is known the whole RAM. Of M, a
+share s goes as full pages, F = s·M (fitted: what turns to zeros between the look and the send).
 
 Pre-copy, as QEMU 10's migration_iteration_run stops it. The budget is θ = B·downtime_limit.
 Pass 0 sends F at bandwidth B in t_0 = F/B while the guest dirties X_0 = D·t_0; its zero pages
@@ -23,7 +24,7 @@ destination while F is pulled across at B.
 
 What the plain physics leaves out is in `ModelConstants`, fitted to measured runs by
 `vmigrate calibrate` (migration/calibration.py): the share of the link the stream gets, the
-share of the touched memory sent as full pages, the bias of the dirty-rate measurement, a cost
+share of the memory holding data sent as full pages, the bias of the dirty-rate measurement, a cost
 per pass, the undershoot of the stop, the switch-over's fixed cost and the device state's size.
 """
 
@@ -48,8 +49,7 @@ class ModelConstants(BaseModel):
 
     link_efficiency: float = Field(1.0, gt=0, le=2, description="stream rate / measured link")
     full_page_share: float = Field(
-        1.0, gt=0, le=1, description="share of the touched memory sent as full pages (the rest "
-        "holds zeros and goes as zero pages, nearly free)",
+        1.0, gt=0, le=1, description="share of the memory holding data sent as full pages",
     )  # fmt: skip
     dirty_rate_factor: float = Field(1.0, ge=0, description="real / measured dirty rate")
     dirty_rate_floor_mib_s: float = Field(0.0, ge=0, description="dirty rate the probe misses")
@@ -95,8 +95,17 @@ def effective_rates(
     return dirty, bandwidth_bytes_s * constants.link_efficiency
 
 
+def memory_to_send(ram_bytes: int, touched_bytes: int | None, data_bytes: int | None) -> int:
+    """M: the memory holding data when it was sampled, else the touched memory, else all the
+    RAM (never more than the RAM)."""
+    for measured in (data_bytes, touched_bytes):
+        if measured is not None and measured > 0:
+            return min(measured, ram_bytes)
+    return ram_bytes
+
+
 def full_pages(memory_bytes: float, constants: ModelConstants) -> float:
-    """The bytes of the touched memory that go as full pages: pass 0, or post-copy's pull."""
+    """The bytes of M that go as full pages: pass 0, or post-copy's pull."""
     return memory_bytes * constants.full_page_share
 
 

@@ -21,6 +21,7 @@ from vmigrate.migration.estimate import (
     Estimate,
     ModelConstants,
     full_pages,
+    memory_to_send,
     postcopy_estimate,
     precopy_estimate,
 )
@@ -86,7 +87,8 @@ async def estimate_check(
     bandwidth = min(link, cap) if cap else link
     ram = scenario.vm.memory_mib * MIB
     touched = await source.touched_memory_bytes()
-    memory = min(touched, ram) if touched else ram  # untouched pages go as zero pages: ~free
+    data = await source.data_memory_bytes()
+    memory = memory_to_send(ram, touched, data)
     constants = load_constants()
     model = predict(scenario, memory, dirty_mib_s * MIB, bandwidth, constants)
     figures: dict[str, Any] = {
@@ -97,6 +99,7 @@ async def estimate_check(
         "bandwidth_mib_s": round(bandwidth / MIB, 3),
         "guest_ram_bytes": ram,
         "touched_memory_bytes": touched,
+        "data_memory_bytes": data,
         "memory_bytes": memory,
         "downtime_limit_ms": scenario.migration.downtime_limit_ms,
         "converges": model.converges,
@@ -119,9 +122,9 @@ def _verdict(
     memory: tuple[float, float, float],
 ) -> Check:
     """The check's status and words: a pre-copy that will not converge or overruns the
-    timeout warns, when the strategy relies on pre-copy. `memory`: (full pages sent, touched,
-    guest RAM) in bytes."""
-    sent, touched, ram = memory
+    timeout warns, when the strategy relies on pre-copy. `memory`: (full pages sent, the memory
+    holding data (M), guest RAM) in bytes."""
+    sent, held, ram = memory
     rates = (
         f"the guest dirties {dirty_mib_s:.1f} MiB/s, the migration gets {bandwidth / MIB:.1f} MiB/s"
     )
@@ -155,8 +158,8 @@ def _verdict(
         "warn" if late and relies_on_precopy else "pass",
         f"{figures['model']} predicted to take {model.total_time_s:.1f} s {passes}with "
         f"{model.downtime_ms:.0f} ms downtime ({rates}; the first pass sends {sent / MIB:.0f} "
-        f"MiB, the full pages of the {touched / MIB:.0f} MiB of its {ram / MIB:.0f} MiB the "
-        "guest has touched)",
+        f"MiB, the full pages of the {held / MIB:.0f} MiB of its {ram / MIB:.0f} MiB that hold "
+        "data)",
         f"raise migration.timeout_s above {model.total_time_s:.0f} s" if late else "",
         figures,
     )

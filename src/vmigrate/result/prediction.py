@@ -16,7 +16,15 @@ class PredictionInputs(Section):
     dirty_rate_mib_s: Number | None = Field(description="how fast the guest dirtied memory")
     bandwidth_mib_s: Number | None = Field(description="what the migration gets of the link")
     link_mbit_s: Number | None = Field(description="the link's measured rate")
-    memory_bytes: Number | None = Field(description="memory the first pass sends (touched)")
+    memory_bytes: Number | None = Field(
+        description="memory the model sends (M: the memory holding data, else the touched)"
+    )
+    touched_memory_bytes: Number | None = Field(
+        None, description="memory the guest had touched (resident)"
+    )
+    data_memory_bytes: Number | None = Field(
+        None, description="of it, the memory holding data (not all zeros; sampled)"
+    )
     guest_ram_bytes: Number | None = Field(description="the guest's RAM")
     downtime_limit_ms: Number | None = Field(description="migration.downtime_limit_ms")
 
