@@ -1,9 +1,11 @@
 """QMP events are stamped when QEMU emitted them, not when our event loop got round to them;
 QEMU's switch-over checkpoints come from its log."""
 
+import subprocess
 from pathlib import Path
 
 from vmigrate.hypervisor.base import EventKind
+from vmigrate.hypervisor.qemu import QemuDomain
 from vmigrate.hypervisor.qemu_checkpoints import read_checkpoints
 from vmigrate.hypervisor.qmp_vocabulary import event_from_qmp
 
@@ -67,3 +69,24 @@ def test_checkpoints_are_read_from_the_lines_of_this_qemu_only(tmp_path: Path) -
         (1796257821_047821_000, "src-iterable-saved"),
     ]
     assert read_checkpoints(tmp_path / "missing.log", 0) == []
+
+
+def test_a_dead_qemu_is_reported_by_its_signal_and_its_own_messages(tmp_path: Path) -> None:
+    earlier = b"$ qemu-system-x86_64 (an earlier QEMU)\nqemu-system-x86_64: not this one\n"
+    (tmp_path / "qemu-source.log").write_bytes(
+        earlier
+        + b"$ ip netns exec vmx-source qemu-system-x86_64 ...\n"
+        + b"qemu-system-x86_64: a warning\n"
+        + b"223@1796257821.047821:vmstate_downtime_checkpoint src-iterable-saved\n"
+    )
+    process = subprocess.Popen(["sleep", "60"])
+    process.kill()
+    process.wait()
+    qemu = QemuDomain(
+        "source", process, tmp_path, tmp_path / "qmp.sock", lambda _: None,
+        log_offset=len(earlier),
+    )  # fmt: skip
+    assert qemu.exit_reason() == (
+        "QEMU on source was killed by signal 9 (Killed): qemu-system-x86_64: a warning "
+        f"(see {tmp_path / 'qemu-source.log'})"
+    )

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from vmigrate.hypervisor.cpu import load_catalog, missing
 from vmigrate.hypervisor.guest_ram import guest_ram_data_bytes, guest_ram_resident_bytes
 from vmigrate.hypervisor.introspect import QEMU_BINARY
 from vmigrate.hypervisor.qemu_checkpoints import ARGS as CHECKPOINT_ARGS
-from vmigrate.hypervisor.qemu_checkpoints import read_checkpoints
+from vmigrate.hypervisor.qemu_checkpoints import is_checkpoint, read_checkpoints
 from vmigrate.hypervisor.qmp_vocabulary import RUN_STATES, event_from_qmp, stats_from_query
 from vmigrate.pids import terminate
 from vmigrate.proc import in_netns, run
@@ -220,21 +221,22 @@ class QemuDomain(Domain):
         return domain
 
     def log_tail(self, lines: int = 3) -> str:
-        """The last lines QEMU printed (for error messages)."""
+        """The last lines this QEMU printed for a person (for error messages): its log from
+        its own command line on, without the checkpoints it traced."""
         try:
-            text = self.qemu_log.read_text(errors="replace").strip().splitlines()
+            with open(self.qemu_log, "rb") as file:
+                file.seek(self.log_offset)
+                text = file.read().decode(errors="replace").strip().splitlines()
         except OSError:
             return ""
-        return " | ".join(line for line in text[-lines:] if not line.startswith("$ "))
+        said = [line for line in text if not line.startswith("$ ") and not is_checkpoint(line)]
+        return " | ".join(said[-lines:])
 
     async def _connect(self) -> None:
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         while True:
             if self.process.poll() is not None:
-                raise HypervisorError(
-                    f"QEMU on {self.host_role} exited with {self.process.returncode}: "
-                    f"{self.log_tail() or 'no output'} (see {self.qemu_log})"
-                )
+                raise HypervisorError(self._ended())
             if self.qmp_socket.exists():
                 try:
                     await self._client.connect(str(self.qmp_socket))
@@ -284,10 +286,16 @@ class QemuDomain(Domain):
     def exit_reason(self) -> str | None:
         if self.process.poll() is None:
             return None
-        return (
-            f"QEMU on {self.host_role} exited with {self.process.returncode}: "
-            f"{self.log_tail() or 'no output'} (see {self.qemu_log})"
-        )
+        return self._ended()
+
+    def _ended(self) -> str:
+        """How the process ended, and the last it said (for a process that has ended)."""
+        code = self.process.returncode
+        how = f"exited with {code}"
+        if code < 0:
+            how = f"was killed by signal {-code} ({signal.strsignal(-code)})"
+        said = self.log_tail() or "no output"
+        return f"QEMU on {self.host_role} {how}: {said} (see {self.qemu_log})"
 
     async def version(self) -> str:
         """QEMU's version as major.minor.micro (query-version)."""

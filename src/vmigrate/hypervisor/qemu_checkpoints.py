@@ -21,6 +21,11 @@ _LINE = re.compile(rb"^\d+@(\d+)\.(\d{6}):" + TRACE_POINT.encode() + rb" (\S+)\s
 log = logging.getLogger(__name__)
 
 
+def is_checkpoint(line: str) -> bool:
+    """Whether a line of QEMU's log is one of its checkpoints (not a message for a person)."""
+    return _LINE.match(line.encode()) is not None
+
+
 def read_checkpoints(path: Path, offset: int) -> list[tuple[int, str]]:
     """The checkpoints one QEMU wrote to its host's log `path`: from `offset` (the log's size
     before its command line was written there) up to the next QEMU's command line ("$ ..."), as
