@@ -32,6 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 image_app = typer.Typer(help="The guest image (Debian kernel, busybox, vmigrate's agent).")
 testbed_app = typer.Typer(help="The embedded testbed of namespaced hosts.")

@@ -104,7 +104,7 @@ def drain_command(
     host and in all, the order, the placement). Try examples/drain.toml.
 
     Every guest boots on the drained host under its own probe and HTTP load. Once all serve,
-    each is measured (touched memory, dirty rate), the link once, and the planner plans the
+    each is measured (memory holding data, dirty rate), the link once, and the planner plans the
     drain (DIR/plan.json). After a common baseline the guests leave in the plan's order,
     each to the host the plan chose, no more at once than the policy allows; a live table
     shows every migration.

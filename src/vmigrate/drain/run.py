@@ -3,7 +3,7 @@
     image, testbed (N hypervisor hosts; libvirtd on each with hosts.backend = libvirt), the
     drain's own host sampler ──► one lane per guest (experiment.py's run_lane: boot, probe,
     load, warm-up) ──► every lane booted (one that did not: the drain goes on without it) ──►
-    each guest measured in turn (touched memory, dirty rate) and the link once ──► the plan
+    each guest measured in turn (memory holding data, dirty rate) and the link once ──► the plan
     (plan.json) ──► a common baseline ──► the lanes released under the policy, each to the
     host the plan placed it on (schedule.py) ──► every lane's migration, after window and
     verification ──► the lanes' host series cut from the drain's, each re-analysed ──► the
@@ -233,7 +233,7 @@ class DrainRun:
         """Each booted guest measured in turn, the link once; the plan, written to plan.json."""
         measured: dict[str, GuestInputs] = {}
         for lane in booted:
-            self._stage(f"measuring {lane.guest.name}: touched memory, dirty rate")
+            self._stage(f"measuring {lane.guest.name}: memory holding data, dirty rate")
             source = lane.hooks.source
             if source is not None:
                 measured[lane.guest.name] = await measure_guest(lane.guest, source)
