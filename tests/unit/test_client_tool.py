@@ -91,7 +91,9 @@ def test_probe_against_the_agent(cache: Path, agent: dict[str, int], tmp_path: P
     assert proc.wait(10) == out
     after_ns = time.monotonic_ns()
     records = read_probe(out)
-    assert 450 <= len(records) <= 500  # one per ms (a stall of this busy machine skips slots)
+    # At most one per ms; a stall of this busy 2-core machine skips slots (seen: 390 of 500
+    # at load 2.7), so the floor only says the tool kept sending: the pacing is below.
+    assert 250 <= len(records) <= 500
     assert np.array_equal(records.seq, np.arange(len(records)))
     assert not records.lost.any()
     assert (np.diff(records.send_ns) > 0).all()
