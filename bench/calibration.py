@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rich.console import Console
-
+from bench.console import bench_console
 from vmigrate.experiment import SilentObserver
 from vmigrate.migration.calibration import fit, load_observations
 from vmigrate.migration.estimate import PHYSICS
@@ -25,7 +24,7 @@ OUT = Path("sweeps")
 
 
 def main() -> None:
-    console = Console()
+    console = bench_console()
     dirs = {name: OUT / f"bench-{name}" for name in ("calibration", "calibration-check")}
     with ExperimentRunner(Testbed("vmigb"), SilentObserver()) as runner:
         for name, out in dirs.items():

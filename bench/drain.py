@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.calibration import OUT as CALIBRATION_OUT
+from bench.console import bench_console
 from vmigrate.drain.bill import DrainBill
 from vmigrate.drain.drain_file import load_drain
 from vmigrate.drain.inputs import check_fits
@@ -135,7 +136,7 @@ def guests(bills: list[tuple[int, DrainBill]]) -> Table:
 def main(argv: list[str] | None = None) -> None:
     """Run the drains (parallelism from `argv`, default 1, 2, 4) and print the tables."""
     wanted = tuple(int(a) for a in argv) if argv else PARALLELISM
-    console = Console()
+    console = bench_console()
     with bench_model(console):
         bills = drains(wanted)
     console.print(summary(bills))

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
+from bench.console import bench_console
 from vmigrate.analysis.service import observed_downtime
 from vmigrate.config import validate_scenario
 from vmigrate.experiment import Experiment, SilentObserver
@@ -113,7 +113,7 @@ async def load_run(bed: Testbed, out: Path, rate_rps: float) -> dict[str, float]
 
 
 def main() -> None:
-    console = Console()
+    console = bench_console()
     bed = Testbed("vmigb")
     bed.up(1000)
     try:

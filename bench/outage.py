@@ -9,9 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from bench.console import bench_console
 from vmigrate.config import load_scenario
 from vmigrate.experiment import SilentObserver, run_experiment
 from vmigrate.testbed.testbed import Testbed
@@ -73,7 +73,7 @@ def outages(repetitions: int = REPETITIONS) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    console = Console()
+    console = bench_console()
     runs = outages()
     table = Table(title=f"the demo's outage, decomposed: median of {len(runs)} runs (ms)")
     for column in ("part", "median ms", "range ms"):

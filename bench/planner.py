@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from bench.console import bench_console
 from vmigrate.drain.cluster import Cluster, validate_cluster
 from vmigrate.drain.plan import Plan, plan
 from vmigrate.drain.search import search
@@ -78,7 +78,7 @@ def _row(table: Table, what: str, times: list[float], planned: Plan) -> None:
 
 
 def main() -> None:
-    console = Console()
+    console = bench_console()
     constants: ModelConstants = load_constants()
     started = time.perf_counter()
     cluster: Cluster = validate_cluster(make_cluster())

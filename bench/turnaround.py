@@ -11,9 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
+from bench.console import bench_console
 from vmigrate.config import validate_scenario
 from vmigrate.experiment import SilentObserver, run_experiment
 from vmigrate.testbed.testbed import Testbed
@@ -22,7 +22,7 @@ REPETITIONS = 3
 
 
 def main() -> None:
-    console = Console()
+    console = bench_console()
     bed = Testbed("vmigb")
     started = time.monotonic()
     bed.up(1000)

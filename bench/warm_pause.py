@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
+from bench.console import bench_console
 from vmigrate.config import load_scenario
 from vmigrate.experiment import SilentObserver, run_experiment
 from vmigrate.hypervisor.base import EventKind
@@ -123,7 +123,7 @@ def main() -> None:
         table.add_row(
             label, _median([f[paused] for f in found]), _median([f[moved] for f in found])
         )
-    Console().print(table)
+    bench_console().print(table)
 
 
 if __name__ == "__main__":

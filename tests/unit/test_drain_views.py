@@ -17,7 +17,12 @@ from vmigrate.drain.progress import DrainBoard, LaneObserver, LanePhase
 from vmigrate.hypervisor.base import MigrationStats, MigrationStatus
 from vmigrate.migration.orchestrator import Outcome
 from vmigrate.report.drain_terminal import DrainTerminal, board_table, summary_table
-from vmigrate.report.html.drain_page import render_drain_html, render_drain_report
+from vmigrate.report.html.drain_page import (
+    PLANNED_FILL,
+    render_drain_html,
+    render_drain_report,
+    timeline_figure,
+)
 
 
 def rendered(renderable: object, width: int = 160) -> str:
@@ -117,6 +122,26 @@ def test_the_report_has_the_gantt_over_the_links_and_every_guest(tmp_path: Path)
     assert "The plan&#x27;s inputs" in page or "The plan's inputs" in page
     path = render_drain_report(tmp_path, the_bill)
     assert path == tmp_path / "report.html" and path.read_text() == page
+
+
+def test_the_time_line_legend_names_each_host_once(tmp_path: Path) -> None:
+    """One key for the planned bars and one per host, the host's bars and uplink toggled
+    together under it (not a key per guest, nor per link direction); planned bars pale and
+    outlined, measured ones solid in their destination's colour."""
+    fig, _ = timeline_figure(bill(tmp_path), tmp_path)
+    keys = [trace for trace in fig.data if trace.showlegend is not False]
+    assert [key.name for key in keys] == ["planned", "source", "destination", "hv3"]
+    assert {trace.legendgroup for trace in fig.data} == {key.legendgroup for key in keys}
+    assert all(key.legendgroup == key.name and key.x == (None,) for key in keys)  # keys only
+    hv3 = {(trace.type, trace.name) for trace in fig.data if trace.legendgroup == "hv3"}
+    assert {("bar", "→ hv3"), ("scatter", "hv3 tx"), ("scatter", "hv3 rx")} <= hv3
+    bars = [trace for trace in fig.data if trace.type == "bar"]
+    planned = [bar for bar in bars if bar.legendgroup == "planned"]
+    measured = [bar for bar in bars if bar.legendgroup != "planned"]
+    assert len(planned) == 3 and len(measured) == 2
+    assert {bar.marker.color for bar in planned} == {PLANNED_FILL}
+    assert all(bar.marker.line.width for bar in planned)  # outlined in the planned host's colour
+    assert {bar.marker.color for bar in measured}.isdisjoint({PLANNED_FILL})
 
 
 def test_a_report_without_series_or_plan_still_renders(tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ REPORT_FILE = "report.html"
 OUTCOME = {DrainOutcome.COMPLETED: "ok", DrainOutcome.INCOMPLETE: "fail",
            DrainOutcome.FAILED: "fail", DrainOutcome.INTERRUPTED: "warn"}  # fmt: skip
 BAR_PX = 34
+PLANNED = "planned"  # the legend group of every planned bar
+PLANNED_FILL, PLANNED_EDGE = "rgba(0,0,0,0.06)", "#6e7781"
 
 
 def _colours(bill: DrainBill) -> dict[str, str]:
@@ -33,7 +35,9 @@ def _colours(bill: DrainBill) -> dict[str, str]:
 
 
 def _gantt(fig: go.Figure, bill: DrainBill, colour: dict[str, str]) -> None:
-    """Row 1: per guest a planned bar (pale, outlined) and the measured one (solid)."""
+    """Row 1: per guest a planned bar (pale, outlined) and the measured one (solid). The bars
+    stay out of the legend: the planned ones are toggled by its "planned" key, the measured
+    ones by their destination's (see _legend)."""
     for vm in bill.vms:
         label = vm.name
         planned = vm.predicted
@@ -41,9 +45,9 @@ def _gantt(fig: go.Figure, bill: DrainBill, colour: dict[str, str]) -> None:
             fig.add_trace(
                 go.Bar(
                     y=[label], x=[planned.end_s - planned.start_s], base=[planned.start_s],
-                    orientation="h", name="planned", legendgroup="planned",
-                    showlegend=vm is bill.vms[0], offsetgroup="planned",
-                    marker={"color": "rgba(0,0,0,0.06)",
+                    orientation="h", name="planned", legendgroup=PLANNED,
+                    showlegend=False, offsetgroup="planned",
+                    marker={"color": PLANNED_FILL,
                             "line": {"color": colour.get(planned.destination_host, "#888"),
                                      "width": 1.5}},
                     hovertemplate=f"{esc(label)} planned → {esc(planned.destination_host)}<br>"
@@ -56,7 +60,7 @@ def _gantt(fig: go.Figure, bill: DrainBill, colour: dict[str, str]) -> None:
             fig.add_trace(
                 go.Bar(
                     y=[label], x=[max(vm.end_s - vm.start_s, 0.01)], base=[vm.start_s],
-                    orientation="h", name=f"→ {host}", legendgroup=host,
+                    orientation="h", name=f"→ {host}", legendgroup=host, showlegend=False,
                     offsetgroup="measured", marker={"color": colour.get(host, "#888")},
                     hovertemplate=f"{esc(label)} → {esc(host)}: {esc(vm.outcome or '')}<br>"
                     "from %{base:.2f} s, %{x:.2f} s<extra></extra>",
@@ -66,7 +70,8 @@ def _gantt(fig: go.Figure, bill: DrainBill, colour: dict[str, str]) -> None:
 
 
 def _links(fig: go.Figure, bill: DrainBill, drain_dir: Path, colour: dict[str, str]) -> bool:
-    """Row 2: each host's uplink, sent (solid) and received (dotted), Mbit/s. False: no data."""
+    """Row 2: each host's uplink, sent (solid) and received (dotted), Mbit/s, in the host's
+    legend group (out of the legend: its key is _legend's). False: no data."""
     numeric, text = load_series(drain_dir, "links")
     hosts = np.array(text.get("host", []), dtype=object)
     if "t_ns" not in numeric or not len(hosts):
@@ -85,6 +90,7 @@ def _links(fig: go.Figure, bill: DrainBill, drain_dir: Path, colour: dict[str, s
             fig.add_trace(
                 go.Scatter(
                     x=seconds, y=rate, mode="lines", name=f"{host} {column[:2]}",
+                    legendgroup=host, showlegend=False,
                     line={"color": colour.get(host, "#888"), "dash": dash, "width": 1.5},
                     hovertemplate=f"{esc(host)} {column[:2]} %{{y:.1f}} Mbit/s<br>"
                     "t %{x:.2f} s<extra></extra>",
@@ -94,8 +100,33 @@ def _links(fig: go.Figure, bill: DrainBill, drain_dir: Path, colour: dict[str, s
     return True
 
 
-def figure_html(bill: DrainBill, drain_dir: Path) -> str:
-    """The time line: the Gantt over the links' use, sharing the time axis."""
+def _legend(fig: go.Figure, colour: dict[str, str]) -> None:
+    """The legend: one key for the planned bars, then one per host drawn, each naming the host
+    once and toggling all of its traces (the guests' bars to it, its uplink) together. The keys
+    are legend-only traces (no data), so every key is the same square swatch, whether its
+    group draws bars, lines or both: pale and outlined for planned, the host's colour else."""
+    groups = dict.fromkeys(trace.legendgroup for trace in fig.data)
+    hosts = sorted(
+        (g for g in groups if g and g != PLANNED),
+        key=lambda g: list(colour).index(g) if g in colour else len(colour),
+    )
+    keys = [(PLANNED, PLANNED_FILL, PLANNED_EDGE)] if PLANNED in groups else []
+    keys += [(host, colour.get(host, "#888"), colour.get(host, "#888")) for host in hosts]
+    for name, fill, edge in keys:
+        fig.add_trace(
+            go.Scatter(
+                x=[None], y=[None], mode="markers", name=name, legendgroup=name,
+                marker={"symbol": "square", "size": 12, "color": fill,
+                        "line": {"color": edge, "width": 1.5}},
+                hoverinfo="skip",
+            ),
+            row=1, col=1,
+        )  # fmt: skip
+
+
+def timeline_figure(bill: DrainBill, drain_dir: Path) -> tuple[go.Figure, bool]:
+    """The time line's figure: the Gantt over the links' use, sharing the time axis; and
+    whether any link sample was drawn."""
     colour = _colours(bill)
     rows = max(len(bill.vms), 1)
     fig = make_subplots(
@@ -106,6 +137,7 @@ def figure_html(bill: DrainBill, drain_dir: Path) -> str:
     )  # fmt: skip
     _gantt(fig, bill, colour)
     drawn = _links(fig, bill, drain_dir, colour)
+    _legend(fig, colour)
     fig.update_layout(
         barmode="group", height=260 + rows * BAR_PX + 280, margin={"l": 140, "r": 20, "t": 40},
         template="plotly_white", legend={"orientation": "h"},
@@ -113,6 +145,13 @@ def figure_html(bill: DrainBill, drain_dir: Path) -> str:
     fig.update_yaxes(autorange="reversed", row=1, col=1)
     fig.update_yaxes(title_text="Mbit/s", row=2, col=1)
     fig.update_xaxes(title_text="seconds since the drain's first release", row=2, col=1)
+    return fig, drawn
+
+
+def figure_html(bill: DrainBill, drain_dir: Path) -> str:
+    """The time line as an HTML fragment (plotly.js not included), noted when it has no link
+    samples."""
+    fig, drawn = timeline_figure(bill, drain_dir)
     note = "" if drawn else '<div class="legend-note">no link samples recorded</div>'
     html: str = pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id="drain-timeline")
     return note + html
