@@ -80,7 +80,8 @@ class _Qemu:
         self.client = QMPClient(f"vmigrate-recover-{role}")
 
     async def ask(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        return await asyncio.wait_for(self.client.execute(command, arguments), 10.0)
+        async with asyncio.timeout(10.0):  # not wait_for: see QemuDomain.execute
+            return await self.client.execute(command, arguments)
 
     async def status(self) -> tuple[str, str]:
         """(run state, migration status)."""
@@ -111,7 +112,8 @@ async def _attach_qemus(testbed: Testbed) -> dict[str, _Qemu]:
     for role, res in _recorded_qemus(testbed):
         qemu = _Qemu(role, res.pid, res.start_ticks, testbed.dir / "run" / f"qmp-{role}.sock")
         try:
-            await asyncio.wait_for(qemu.client.connect(str(qemu.socket)), 10.0)
+            async with asyncio.timeout(10.0):
+                await qemu.client.connect(str(qemu.socket))
         except (QMPError, OSError, TimeoutError) as exc:
             log.warning("QEMU on the %s (pid %d) does not answer: %s", role, res.pid, exc)
             continue

@@ -1,6 +1,7 @@
 """QMP events are stamped when QEMU emitted them, not when our event loop got round to them;
-QEMU's switch-over checkpoints come from its log."""
+QEMU's switch-over checkpoints come from its log; a QMP command never swallows a Ctrl-C."""
 
+import asyncio
 import subprocess
 from pathlib import Path
 
@@ -90,3 +91,41 @@ def test_a_dead_qemu_is_reported_by_its_signal_and_its_own_messages(tmp_path: Pa
         "QEMU on source was killed by signal 9 (Killed): qemu-system-x86_64: a warning "
         f"(see {tmp_path / 'qemu-source.log'})"
     )
+
+
+class ReplyOnCue:
+    """A QMP client whose reply comes when the test says."""
+
+    def __init__(self) -> None:
+        self.reply: asyncio.Future[dict[str, object]] | None = None
+
+    async def execute(self, command: str, arguments: object = None) -> dict[str, object]:
+        self.reply = asyncio.get_running_loop().create_future()
+        return await self.reply
+
+
+def test_a_ctrl_c_landing_with_a_qmp_reply_still_stops_the_run(tmp_path: Path) -> None:
+    """asyncio.wait_for on Python 3.11 returned the reply and dropped the cancellation: the run
+    went on migrating after Ctrl-C (test_ctrl_c_during_migration_leaves_nothing hung)."""
+
+    async def scenario() -> str:
+        domain = QemuDomain("source", None, tmp_path, tmp_path / "qmp.sock", lambda pid: None)  # type: ignore[arg-type]
+        client = ReplyOnCue()
+        domain._client = client  # type: ignore[assignment]
+
+        async def poll() -> str:
+            await domain.execute("query-migrate")
+            await asyncio.sleep(0.05)  # as the orchestrator's loop goes on
+            return "went on"
+
+        task = asyncio.create_task(poll())
+        while client.reply is None:
+            await asyncio.sleep(0)
+        client.reply.set_result({"status": "active"})  # the reply arrives...
+        task.cancel()  # ...and Ctrl-C cancels the run in the same turn of the loop
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return "stopped"
+
+    assert asyncio.run(scenario()) == "stopped"

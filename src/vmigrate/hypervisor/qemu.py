@@ -262,9 +262,10 @@ class QemuDomain(Domain):
         if self._released:
             raise HypervisorError(f"QEMU on {self.host_role} is already stopped ({command})")
         try:
-            return await asyncio.wait_for(
-                self._client.execute(command, arguments), COMMAND_TIMEOUT_S
-            )
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation (Ctrl-C) that
+            # lands just as the reply does, and the run went on migrating as if none came.
+            async with asyncio.timeout(COMMAND_TIMEOUT_S):
+                return await self._client.execute(command, arguments)
         except ExecuteError as exc:
             raise HypervisorError(f"QEMU on {self.host_role} refused {command}: {exc}") from exc
         except (QMPError, OSError, EOFError, TimeoutError) as exc:
@@ -392,9 +393,11 @@ class QemuDomain(Domain):
             return
         if self.process.poll() is None and self._client.runstate.name == "RUNNING":
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._client.execute("quit"), 3.0)
+                async with asyncio.timeout(3.0):
+                    await self._client.execute("quit")
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._client.disconnect(), 3.0)
+            async with asyncio.timeout(3.0):
+                await self._client.disconnect()
         if self._event_task is not None:
             self._event_task.cancel()
             with contextlib.suppress(BaseException):
