@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 from test_migration import assert_moved, run
 from wire import Wire, is_tls_record, plaintext_marks
 
@@ -53,23 +52,18 @@ def test_a_plain_migration_is_readable_on_the_wire(testbed: Testbed, tmp_path: P
     assert not any(is_tls_record(p) for payloads in sent.values() for p in payloads)
 
 
-@pytest.mark.parametrize(
-    ("migration", "connections"),
-    [
-        ({"strategy": "precopy"}, 1),
-        ({"strategy": "multifd", "multifd_channels": 2}, 3),  # the main channel and two more
-    ],
-    ids=["precopy", "multifd"],
-)
-def test_tls_encrypts_every_strategy(
-    testbed: Testbed, tmp_path: Path, migration: dict[str, Any], connections: int
-) -> None:
+def test_tls_encrypts_every_multifd_channel(testbed: Testbed, tmp_path: Path) -> None:
+    """The main channel and two more, each its own TLS session. (Plain pre-copy's one stream
+    is encrypted in test_tls_encrypts_the_disk_copy's run, beside its NBD connection.)"""
     result, sent = migrate_watched(
-        testbed, tmp_path / "run", QEMU_PORTS, migration={**migration, "tls": True}
+        testbed,
+        tmp_path / "run",
+        QEMU_PORTS,
+        migration={"strategy": "multifd", "multifd_channels": 2, "tls": True},
     )
     assert_moved(result, tmp_path / "run")
     assert result["migration"]["tls"] is True
-    assert_encrypted(sent, connections)
+    assert_encrypted(sent, connections=3)
 
 
 def test_tls_encrypts_postcopy(testbed: Testbed, tmp_path: Path) -> None:
@@ -91,6 +85,7 @@ def test_tls_encrypts_postcopy(testbed: Testbed, tmp_path: Path) -> None:
 
 
 def test_tls_encrypts_the_disk_copy(testbed: Testbed, tmp_path: Path) -> None:
+    """Pre-copy with the disk mirrored over NBD: both connections encrypted."""
     result, sent = migrate_watched(
         testbed,
         tmp_path / "run",
@@ -99,9 +94,12 @@ def test_tls_encrypts_the_disk_copy(testbed: Testbed, tmp_path: Path) -> None:
         migration={"tls": True},
     )
     assert_moved(result, tmp_path / "run")
+    assert result["migration"]["tls"] is True
     assert result["migration"]["disk_copy_bytes"] > 0
     nbd = {key: p for key, p in sent.items() if key.endswith(":10809")}
     assert nbd, sent  # the mirror's NBD connection was seen, and it is encrypted
+    stream = {key: p for key, p in sent.items() if key.endswith(":4444")}
+    assert stream, sent  # the pre-copy stream was seen too, and it starts with TLS
     assert_encrypted(sent, connections=1)
 
 
