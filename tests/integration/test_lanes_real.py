@@ -36,7 +36,7 @@ LANE = {
     "vm": {"accel": "tcg", "memory_mib": 256},
     "workload": {"kind": "web"},
     "load": {"rate_rps": 20},
-    "phases": {"warmup_s": 1, "baseline_s": 1, "after_s": 2},
+    "phases": {"warmup_s": 0, "baseline_s": 1, "after_s": 2},
 }
 SLOTS = (VmSlot(GuestNic(1), "source", "destination"), VmSlot(GuestNic(2), "source", "hv3"))
 BOOT_TIMEOUT_S = 300.0

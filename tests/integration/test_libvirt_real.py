@@ -25,7 +25,7 @@ LIBVIRT = {"hosts": {"backend": "libvirt"}}
 def test_the_libvirt_example_gets_the_whole_bill(testbed: Testbed, tmp_path: Path) -> None:
     scenario = load_scenario(
         EXAMPLES / "libvirt.toml",
-        ["vm.accel=tcg", "phases.warmup_s=1", "phases.baseline_s=2", "phases.after_s=2"],
+        ["vm.accel=tcg", "phases.warmup_s=0", "phases.baseline_s=2", "phases.after_s=2"],
     )
     result = run_experiment(scenario, tmp_path, testbed, SilentObserver()).model_dump(mode="json")
     jsonschema.validate(result, SCHEMA)
@@ -107,7 +107,7 @@ def test_killing_the_destination_daemon_leaves_the_vm_on_the_source(
         {
             **LIBVIRT,
             "vm": {"accel": "tcg"},
-            "phases": {"warmup_s": 1, "baseline_s": 1, "after_s": 2},
+            "phases": {"warmup_s": 0, "baseline_s": 1, "after_s": 2},
             "network": {"bandwidth_mbit": 100},
             "workload": {"kind": "memory", "working_set_mib": 128, "dirty_rate_mib_s": 30},
         }
