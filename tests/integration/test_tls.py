@@ -105,7 +105,8 @@ def test_tls_encrypts_the_disk_copy(testbed: Testbed, tmp_path: Path) -> None:
 
 def test_tls_through_libvirt(testbed: Testbed, tmp_path: Path) -> None:
     """VIR_MIGRATE_TLS with the run's certificates in each daemon's migrate_tls_x509_cert_dir,
-    the disk copied too (libvirt's NBD over TLS)."""
+    the disk copied too (libvirt's NBD over TLS). Also the libvirt backend's run with local
+    storage: the disk copy libvirt makes (VIR_MIGRATE_NON_SHARED_DISK)."""
     result, sent = migrate_watched(
         testbed,
         tmp_path / "run",
@@ -117,5 +118,6 @@ def test_tls_through_libvirt(testbed: Testbed, tmp_path: Path) -> None:
     assert_moved(result, tmp_path / "run")
     assert result["environment"]["backend"] == "libvirt"
     assert result["migration"]["tls"] is True
+    assert result["migration"]["disk_copy_bytes"] > 0
     assert len(sent) >= 2, sent  # the migration stream and the disk copy
     assert_encrypted(sent, connections=1)
