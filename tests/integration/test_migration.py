@@ -1,6 +1,7 @@
 """Real live migrations on the embedded testbed: the VM moves, keeps its identity and memory.
 
-The plain pre-copy of a web guest is test_outage_real.py's run (its checks are there)."""
+The plain pre-copy of a web guest is test_outage_real.py's run, that of a guest dirtying its
+memory test_tls.py's control run (their checks are there)."""
 
 from __future__ import annotations
 
@@ -53,19 +54,6 @@ def assert_moved(result: dict[str, Any], out: Path) -> None:
                  "serial-destination.log"):  # fmt: skip
         assert (out / name).exists(), name
     assert "VMIGRATE-AGENT-READY" in (out / "serial-source.log").read_text()
-
-
-def test_precopy_with_memory_dirtying_workload(testbed: Testbed, tmp_path: Path) -> None:
-    result = run(
-        testbed,
-        tmp_path,
-        workload={"kind": "memory", "working_set_mib": 64, "dirty_rate_mib_s": 20},
-    )
-    assert_moved(result, tmp_path)
-    # Dirtied pages are re-sent: more than one pass over memory.
-    assert result["migration"]["iterations"] >= 2
-    # Every page of the working set was checked against the agent's ledger after the move.
-    assert result["verification"]["working_set_pages_checked"] == 64 * 1024 * 1024 // 4096
 
 
 def test_cold_migration_pauses_an_idle_guest_for_the_whole_transfer(

@@ -44,9 +44,14 @@ def assert_encrypted(sent: dict[str, list[bytes]], connections: int = 1) -> None
 
 def test_a_plain_migration_is_readable_on_the_wire(testbed: Testbed, tmp_path: Path) -> None:
     """The control: without TLS the capture sees QEMU's stream header, so the checks below
-    can fail."""
+    can fail. Also the plain pre-copy of a guest that dirties its memory meanwhile."""
     result, sent = migrate_watched(testbed, tmp_path / "run", QEMU_PORTS)
     assert_moved(result, tmp_path / "run")
+    # Dirtied pages are re-sent: more than one pass over memory.
+    assert result["migration"]["iterations"] >= 2
+    # Every page of the working set was checked against the agent's ledger after the move.
+    ws_pages = WORKLOAD["working_set_mib"] * 1024 * 1024 // 4096
+    assert result["verification"]["working_set_pages_checked"] == ws_pages
     assert result["migration"]["tls"] is False
     assert any(payloads[0].startswith(b"QEVM") for payloads in sent.values()), sent
     assert not any(is_tls_record(p) for payloads in sent.values() for p in payloads)
