@@ -1,8 +1,11 @@
 """The libvirt backend's translations: the plan as migration flags and parameters, job
-statistics as MigrationStats, domain states as RunState, the testbed's domain XML."""
+statistics as MigrationStats, domain states as RunState, the testbed's domain XML; and how it
+removes its domains."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pytest
 from vmigrate import libvirt_client
 from vmigrate.config import MigrationSpec
 from vmigrate.hypervisor.base import MigrationStatus, RunState, VmConfig
+from vmigrate.hypervisor.libvirt_backend import LibvirtHost, LibvirtHypervisor
 from vmigrate.hypervisor.libvirt_domain import run_state
 from vmigrate.hypervisor.libvirt_migration import libvirt_settings, stats_from_job
 from vmigrate.hypervisor.libvirt_xml import domain_xml, with_console
@@ -164,3 +168,33 @@ def test_a_local_disk_is_a_file() -> None:
     disk = root.find("devices/disk")
     assert disk is not None and disk.get("type") == "file"
     assert disk.find("source").get("file") == "/var/lib/libvirt/images/d.qcow2"  # type: ignore[union-attr]
+
+
+class SlowDomain:
+    """A domain handle whose removal takes `seconds` (a daemon that holds it) or fails."""
+
+    def __init__(self, host_role: str, seconds: float, fails: bool = False) -> None:
+        self.host_role, self.seconds, self.fails = host_role, seconds, fails
+        self.removed = False
+
+    async def shutdown(self) -> None:
+        await asyncio.sleep(self.seconds)
+        if self.fails:
+            raise RuntimeError("cannot acquire state change lock")
+        self.removed = True
+
+
+def test_close_removes_the_domains_at_once_and_a_failure_stops_no_other(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hypervisor = LibvirtHypervisor(
+        LibvirtHost("source", "qemu:///a"), LibvirtHost("destination", "qemu:///b"), tmp_path
+    )
+    source = SlowDomain("source", 0.4, fails=True)
+    destination = SlowDomain("destination", 0.4)
+    hypervisor.domains = [source, destination]  # type: ignore[list-item]
+    started = time.monotonic()
+    asyncio.run(hypervisor.close())
+    assert time.monotonic() - started < 0.7  # not one after the other
+    assert destination.removed and not source.removed
+    assert "removing the domain on the source: cannot acquire state change lock" in caplog.text

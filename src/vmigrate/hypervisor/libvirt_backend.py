@@ -231,12 +231,19 @@ class LibvirtHypervisor(Hypervisor):
 
     async def close(self) -> None:
         """Remove the domains vmigrate defined (never a user's), keep libvirt's QEMU logs in
-        the run directory, and close the connections."""
-        for domain in reversed(self.domains):
-            try:
-                await domain.shutdown()
-            except Exception as exc:  # every domain gets its turn
-                log.warning("removing the domain on the %s: %s", domain.host_role, exc)
+        the run directory, and close the connections.
+
+        The domains go at once, each through its host's daemon: after a fault one may take its
+        daemon long (a destination QEMU stuck in a failed post-copy ignores SIGTERM, libvirt
+        kills it 10 s later; a source whose job hung keeps its lock, libvirt gives up after
+        30 s), and the other need not wait for it."""
+        domains = list(reversed(self.domains))
+        outcomes = await asyncio.gather(*(d.shutdown() for d in domains), return_exceptions=True)
+        for domain, outcome in zip(domains, outcomes, strict=True):
+            if isinstance(outcome, Exception):  # every domain had its turn
+                log.warning("removing the domain on the %s: %s", domain.host_role, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
         self._keep_qemu_logs()
         for role, conn in self.conns.items():
             try:
