@@ -1,5 +1,6 @@
 """Removing a testbed daemon's domains, and finding those a hung job will not let go — against
-libvirt's in-process test driver (test:///default, one shared state per process)."""
+libvirt's in-process test driver (test:///default, one shared state per process); a daemon
+found hung is stopped without being asked again."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import pytest
 
 from vmigrate import libvirt_client
-from vmigrate.testbed import libvirt_domains
+from vmigrate.testbed import libvirt_domains, state
 
 URI = "test:///default"
 
@@ -67,3 +68,18 @@ def test_stuck_domains_of_a_missing_daemon_raises_quickly() -> None:
     libvirt = libvirt_client.load()
     with pytest.raises(libvirt.libvirtError):
         libvirt_domains.stuck_domains("qemu+unix:///system?socket=/nonexistent/libvirt-sock", 2.0)
+
+
+@pytest.mark.parametrize("destroy", [True, False])
+def test_stopping_a_hung_daemon_does_not_ask_it_for_its_domains_again(
+    monkeypatch: pytest.MonkeyPatch, destroy: bool
+) -> None:
+    asked: list[str] = []
+    stopped: list[int] = []
+    monkeypatch.setattr(state, "is_same_process", lambda pid, ticks: True)
+    monkeypatch.setattr(state.libvirtd, "is_isolated_daemon", lambda pid: True)
+    monkeypatch.setattr(state.libvirt_domains, "destroy_domains", lambda uri: asked.append(uri))
+    monkeypatch.setattr(state.libvirtd, "stop", lambda pid, ticks: stopped.append(pid))
+    state.stop_libvirtd(state.Resource("process", "libvirtd-source", 4321), destroy)
+    assert bool(asked) is destroy  # one found hung is stopped without waiting on it once more
+    assert stopped == [4321]

@@ -156,19 +156,21 @@ def tear_down(state: StateFile) -> list[str]:
     return problems
 
 
-def stop_libvirtd(res: Resource) -> None:
-    """Destroy a recorded libvirtd's domains, then stop it. Never raises: a daemon that does not
-    answer is stopped all the same, and its QEMUs go with its namespace's processes."""
+def stop_libvirtd(res: Resource, destroy_domains: bool = True) -> None:
+    """Destroy a recorded libvirtd's domains (unless told not to ask it), then stop it. Never
+    raises: a daemon that does not answer is stopped all the same, and its QEMUs go with its
+    namespace's processes."""
     if not is_same_process(res.pid, res.start_ticks):
         return
-    try:
-        if not libvirtd.is_isolated_daemon(res.pid):
-            raise TestbedError("not a libvirtd in a mount namespace of its own")
-        removed = libvirt_domains.destroy_domains(libvirtd.unix_uri(res.pid))
-        if removed:
-            log.info("%s (pid %d): destroyed %s", res.name, res.pid, ", ".join(removed))
-    except Exception as exc:  # libvirt.libvirtError, TimeoutError, TestbedError
-        log.warning("%s (pid %d): domains not destroyed: %s", res.name, res.pid, exc)
+    if destroy_domains:
+        try:
+            if not libvirtd.is_isolated_daemon(res.pid):
+                raise TestbedError("not a libvirtd in a mount namespace of its own")
+            removed = libvirt_domains.destroy_domains(libvirtd.unix_uri(res.pid))
+            if removed:
+                log.info("%s (pid %d): destroyed %s", res.name, res.pid, ", ".join(removed))
+        except Exception as exc:  # libvirt.libvirtError, TimeoutError, TestbedError
+            log.warning("%s (pid %d): domains not destroyed: %s", res.name, res.pid, exc)
     try:
         libvirtd.stop(res.pid, res.start_ticks)
     except Exception as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from vmigrate import libvirt_client
@@ -59,12 +59,16 @@ class LibvirtDaemons:
         """Host `role`'s libvirt directories (etc, lib, log, cache) and its libvirtd.log."""
         return self.dir / "libvirt" / role
 
-    def start_libvirt(self, progress: Progress = _quiet, roles: Sequence[str] = ()) -> None:
+    def start_libvirt(
+        self, progress: Progress = _quiet, roles: Sequence[str] = (), hung: Collection[str] = ()
+    ) -> None:
         """Start a libvirtd on each hypervisor host of this (up) testbed, or on `roles` alone
         (the other hosts keep theirs); return once they answer.
 
-        Daemons recorded earlier on those hosts are stopped first (their domains destroyed). On
-        failure nothing of the new ones is left (the rest of the testbed stays as it was).
+        Daemons recorded earlier on those hosts are stopped first (their domains destroyed;
+        those on `hung` hosts, found not to let go of a domain or not to answer, are not asked:
+        their QEMUs are stopped after them). On failure nothing of the new ones is left (the
+        rest of the testbed stays as it was).
 
         :raise TestbedError: a daemon did not start or answer."""
         roles = tuple(roles) or self.hypervisor_roles
@@ -78,7 +82,7 @@ class LibvirtDaemons:
             )
             for role in roles
         ]
-        self._forget_libvirtd(roles)
+        self._forget_libvirtd(roles, hung)
         for spec in specs:  # an earlier daemon's domain definitions and runtime state
             shutil.rmtree(spec.work_dir / "lib", ignore_errors=True)
             shutil.rmtree(spec.work_dir / "etc", ignore_errors=True)
@@ -105,20 +109,22 @@ class LibvirtDaemons:
             if len(missing) == len(self.hypervisor_roles):
                 return  # all fresh
         if libvirt and (stuck := self._stuck_libvirtd()):
+            held = ", ".join(f"{role} ({', '.join(names)})" for role, names in stuck.items())
             progress(
-                f"libvirtd on {', '.join(stuck)} cannot let go of a domain an earlier run "
-                "left (a job hung after a fault): restarting the daemons"
+                f"libvirtd on {held} cannot let go of a domain an earlier run left (a job hung "
+                "after a fault): restarting the daemons"
             )
-            self.start_libvirt(progress)
+            self.start_libvirt(progress, hung=list(stuck))
 
-    def _forget_libvirtd(self, roles: Sequence[str] = ()) -> None:
-        """Stop (domains first) and forget every recorded libvirtd (or those on `roles`), alive
-        or not; QEMUs a dead daemon left behind in its host go too (they would hold a tap)."""
+    def _forget_libvirtd(self, roles: Sequence[str] = (), hung: Collection[str] = ()) -> None:
+        """Stop (domains first, but not through a daemon on a `hung` host: it would only time
+        out again) and forget every recorded libvirtd (or those on `roles`), alive or not; QEMUs
+        a stopped daemon left behind in its host go too (they would hold a tap)."""
         for role, record in self._libvirtd_records().items():
             if roles and role not in roles:
                 continue
             if is_same_process(record.pid, record.start_ticks):
-                stop_libvirtd(record)
+                stop_libvirtd(record, destroy_domains=role not in hung)
             libvirtd.release(record.pid)
             self.state.forget(record)
             if role in self.hosts:
@@ -126,11 +132,11 @@ class LibvirtDaemons:
                     log.warning("stopping QEMU %d that a dead libvirtd left on %s", pid, role)
                     terminate(pid, None)
 
-    def _stuck_libvirtd(self) -> list[str]:
+    def _stuck_libvirtd(self) -> dict[str, list[str]]:
         """The hypervisor hosts whose libvirtd holds a stopped domain it cannot remove, or does
-        not answer (each named with what it holds)."""
+        not answer, with what each holds."""
         libvirt = libvirt_client.load()
-        stuck = []
+        stuck = {}
         for role in self.hypervisor_roles:
             try:
                 names = libvirt_domains.stuck_domains(self.libvirt_uri(role))
@@ -138,7 +144,7 @@ class LibvirtDaemons:
                 log.warning("libvirtd on %s does not answer: %s", role, exc)
                 names = ["no answer"]
             if names:
-                stuck.append(f"{role} ({', '.join(names)})")
+                stuck[role] = names
         return stuck
 
     def _libvirtd_pid(self, role: str) -> int:
