@@ -70,16 +70,20 @@ def test_stuck_domains_of_a_missing_daemon_raises_quickly() -> None:
         libvirt_domains.stuck_domains("qemu+unix:///system?socket=/nonexistent/libvirt-sock", 2.0)
 
 
-@pytest.mark.parametrize("destroy", [True, False])
+@pytest.mark.parametrize("hung", [False, True])
 def test_stopping_a_hung_daemon_does_not_ask_it_for_its_domains_again(
-    monkeypatch: pytest.MonkeyPatch, destroy: bool
+    monkeypatch: pytest.MonkeyPatch, hung: bool
 ) -> None:
     asked: list[str] = []
-    stopped: list[int] = []
+    stopped: list[tuple[int, float]] = []
     monkeypatch.setattr(state, "is_same_process", lambda pid, ticks: True)
     monkeypatch.setattr(state.libvirtd, "is_isolated_daemon", lambda pid: True)
     monkeypatch.setattr(state.libvirt_domains, "destroy_domains", lambda uri: asked.append(uri))
-    monkeypatch.setattr(state.libvirtd, "stop", lambda pid, ticks: stopped.append(pid))
-    state.stop_libvirtd(state.Resource("process", "libvirtd-source", 4321), destroy)
-    assert bool(asked) is destroy  # one found hung is stopped without waiting on it once more
-    assert stopped == [4321]
+    monkeypatch.setattr(
+        state.libvirtd, "stop", lambda pid, ticks, grace_s: stopped.append((pid, grace_s))
+    )
+    state.stop_libvirtd(state.Resource("process", "libvirtd-source", 4321), hung=hung)
+    # One found hung is stopped without waiting on it once more, for its domains or on SIGTERM.
+    assert bool(asked) is not hung
+    grace_s = state.libvirtd.HUNG_STOP_GRACE_S if hung else state.libvirtd.STOP_GRACE_S
+    assert stopped == [(4321, grace_s)]

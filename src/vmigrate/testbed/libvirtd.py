@@ -67,6 +67,8 @@ START_TIMEOUT_S = 60.0
 CALL_TIMEOUT_S = 10.0
 #: SIGTERM → SIGKILL grace when stopping a daemon.
 STOP_GRACE_S = 10.0
+#: ... one found hung (a job that will not end): it waits for that job on SIGTERM, in vain.
+HUNG_STOP_GRACE_S = 1.0
 POLL_INTERVAL_S = 0.1
 #: Process labels in the testbed's state file: "libvirtd-source", "libvirtd-destination".
 LABEL_PREFIX = "libvirtd-"

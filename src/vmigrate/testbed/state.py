@@ -156,13 +156,14 @@ def tear_down(state: StateFile) -> list[str]:
     return problems
 
 
-def stop_libvirtd(res: Resource, destroy_domains: bool = True) -> None:
-    """Destroy a recorded libvirtd's domains (unless told not to ask it), then stop it. Never
-    raises: a daemon that does not answer is stopped all the same, and its QEMUs go with its
-    namespace's processes."""
+def stop_libvirtd(res: Resource, hung: bool = False) -> None:
+    """Destroy a recorded libvirtd's domains, then stop it. A daemon found `hung` (it would not
+    let go of a domain, or did not answer) is not asked again and gets a short grace: on
+    SIGTERM it would wait for its hung job. Never raises: a daemon that does not answer is
+    stopped all the same, and its QEMUs go with its namespace's processes."""
     if not is_same_process(res.pid, res.start_ticks):
         return
-    if destroy_domains:
+    if not hung:
         try:
             if not libvirtd.is_isolated_daemon(res.pid):
                 raise TestbedError("not a libvirtd in a mount namespace of its own")
@@ -171,7 +172,8 @@ def stop_libvirtd(res: Resource, destroy_domains: bool = True) -> None:
                 log.info("%s (pid %d): destroyed %s", res.name, res.pid, ", ".join(removed))
         except Exception as exc:  # libvirt.libvirtError, TimeoutError, TestbedError
             log.warning("%s (pid %d): domains not destroyed: %s", res.name, res.pid, exc)
+    grace_s = libvirtd.HUNG_STOP_GRACE_S if hung else libvirtd.STOP_GRACE_S
     try:
-        libvirtd.stop(res.pid, res.start_ticks)
+        libvirtd.stop(res.pid, res.start_ticks, grace_s)
     except Exception as exc:
         log.warning("%s (pid %d): not stopped: %s", res.name, res.pid, exc)

@@ -66,9 +66,9 @@ class LibvirtDaemons:
         (the other hosts keep theirs); return once they answer.
 
         Daemons recorded earlier on those hosts are stopped first (their domains destroyed;
-        those on `hung` hosts, found not to let go of a domain or not to answer, are not asked:
-        their QEMUs are stopped after them). On failure nothing of the new ones is left (the
-        rest of the testbed stays as it was).
+        those on `hung` hosts, found not to let go of a domain or not to answer, are not asked
+        and are killed after a short grace: their QEMUs are stopped after them). On failure
+        nothing of the new ones is left (the rest of the testbed stays as it was).
 
         :raise TestbedError: a daemon did not start or answer."""
         roles = tuple(roles) or self.hypervisor_roles
@@ -118,13 +118,14 @@ class LibvirtDaemons:
 
     def _forget_libvirtd(self, roles: Sequence[str] = (), hung: Collection[str] = ()) -> None:
         """Stop (domains first, but not through a daemon on a `hung` host: it would only time
-        out again) and forget every recorded libvirtd (or those on `roles`), alive or not; QEMUs
-        a stopped daemon left behind in its host go too (they would hold a tap)."""
+        out again, and would not exit on SIGTERM either) and forget every recorded libvirtd (or
+        those on `roles`), alive or not; QEMUs a stopped daemon left behind in its host go too
+        (they would hold a tap)."""
         for role, record in self._libvirtd_records().items():
             if roles and role not in roles:
                 continue
             if is_same_process(record.pid, record.start_ticks):
-                stop_libvirtd(record, destroy_domains=role not in hung)
+                stop_libvirtd(record, hung=role in hung)
             libvirtd.release(record.pid)
             self.state.forget(record)
             if role in self.hosts:
