@@ -75,11 +75,14 @@ def test_cold_migration_pauses_an_idle_guest_for_the_whole_transfer(
 def test_timeout_cancels_and_the_vm_keeps_serving_on_the_source(
     testbed: Testbed, tmp_path: Path
 ) -> None:
+    # Never done in 3 s: its first pass alone takes ~8 s, and pre-copy cannot converge. (The
+    # link is not shaped lower: at 20 Mbit/s the guest's NFS disk crawls too, and every check
+    # of it with it.)
     result = run(
         testbed,
         tmp_path,
-        network={"bandwidth_mbit": 20},
-        workload={"kind": "memory", "working_set_mib": 128, "dirty_rate_mib_s": 50},
+        network={"bandwidth_mbit": 200},
+        workload=OUTRUNS_THE_LINK,
         migration={"timeout_s": 3},
     )
     testbed.shape(1000)
@@ -226,7 +229,10 @@ def test_a_stall_is_rescued_by_restarting_with_auto_converge(
         migration={
             "on_stall": "auto-converge",
             "stall_iterations": 2,
-            "cpu_throttle_initial_pct": 60,
+            # 80 %: the guest's 50 MiB/s becomes 10, well under the link's ~24, so the
+            # second attempt converges within a few passes of the throttle (at 60 % it
+            # needed one more step of it, ~10 s)
+            "cpu_throttle_initial_pct": 80,
             "cpu_throttle_increment_pct": 20,
             "timeout_s": 90,
         },
@@ -245,7 +251,7 @@ def test_a_stall_is_rescued_by_restarting_with_auto_converge(
     header = progress[0].split(",")
     rows = [dict(zip(header, line.split(","), strict=True)) for line in progress[1:]]
     assert {r["attempt"] for r in rows} == {"1", "2"}
-    assert max(int(r["cpu_throttle_pct"] or 0) for r in rows if r["attempt"] == "2") >= 60
+    assert max(int(r["cpu_throttle_pct"] or 0) for r in rows if r["attempt"] == "2") >= 80
     assert all(int(r["cpu_throttle_pct"] or 0) == 0 for r in rows if r["attempt"] == "1")
     first = max(int(r["transferred_bytes"]) for r in rows if r["attempt"] == "1")
     assert mig["transferred_bytes"] > first >= 64 * 1024 * 1024
