@@ -42,8 +42,12 @@ PANELS: dict[str, Callable[[TimelineFigure, int], bool]] = {
 def decorate(tl: TimelineFigure, drawn: Sequence[bool]) -> None:
     """Phase bands and moment lines on every panel, per-panel legends, "no data" notes."""
     moments = _moments(tl)
+    shapes: list[dict[str, Any]] = []
     for row, (_, _, y_title) in enumerate(ROWS, start=1):
-        _decorate_panel(tl, row, y_title, moments, drawn[row - 1])
+        _decorate_panel(tl, row, y_title, moments, drawn[row - 1], shapes)
+    # Added at once: plotly re-validates every shape the figure has on each add_shape, which
+    # made the bands and lines (dozens) most of a report's rendering time.
+    tl.fig.update_layout(shapes=[*tl.fig.layout.shapes, *shapes])
     _label_windows(tl)
     _style(tl)
 
@@ -59,11 +63,16 @@ def _moments(tl: TimelineFigure) -> list[Moment]:
 
 
 def _decorate_panel(
-    tl: TimelineFigure, row: int, y_title: str, moments: Sequence[Moment], drew: bool
+    tl: TimelineFigure,
+    row: int,
+    y_title: str,
+    moments: Sequence[Moment],
+    drew: bool,
+    shapes: list[dict[str, Any]],
 ) -> None:
-    """One panel's window bands, moment lines, legend and y title; a "no data" note if empty."""
-    _shade_windows(tl, row)
-    _draw_moments(tl, row, moments)
+    """One panel's window bands and moment lines (appended to `shapes`), legend and y title;
+    a "no data" note if empty."""
+    shapes += _window_bands(tl, row) + _moment_lines(tl, row, moments)
     _place_legend(tl, row)
     tl.fig.update_yaxes(
         title_text=y_title, title_font={"size": 11}, row=row, col=1, secondary_y=False
@@ -72,39 +81,43 @@ def _decorate_panel(
         _mark_empty(tl, row)
 
 
-def _shade_windows(tl: TimelineFigure, row: int) -> None:
+def _window_bands(tl: TimelineFigure, row: int) -> list[dict[str, Any]]:
     """A band per window (baseline, during, after) behind the panel's traces."""
     xref, yref = tl.refs(row)
-    for name, (a, b) in tl.windows.items():
-        tl.fig.add_shape(
-            type="rect",
-            xref=xref,
-            yref=f"{yref} domain",
-            x0=a,
-            x1=b,
-            y0=0,
-            y1=1,
-            fillcolor=WINDOW_FILL.get(name, ("rgba(110,119,129,0.08)", ""))[0],
-            line={"width": 0},
-            layer="below",
-        )
+    return [
+        {
+            "type": "rect",
+            "xref": xref,
+            "yref": f"{yref} domain",
+            "x0": a,
+            "x1": b,
+            "y0": 0,
+            "y1": 1,
+            "fillcolor": WINDOW_FILL.get(name, ("rgba(110,119,129,0.08)", ""))[0],
+            "line": {"width": 0},
+            "layer": "below",
+        }
+        for name, (a, b) in tl.windows.items()
+    ]
 
 
-def _draw_moments(tl: TimelineFigure, row: int, moments: Sequence[Moment]) -> None:
+def _moment_lines(tl: TimelineFigure, row: int, moments: Sequence[Moment]) -> list[dict[str, Any]]:
     """A vertical line per moment across the panel, so every panel shares the same marks."""
     xref, yref = tl.refs(row)
-    for t, _, colour, dash in moments:
-        tl.fig.add_shape(
-            type="line",
-            xref=xref,
-            yref=f"{yref} domain",
-            x0=t,
-            x1=t,
-            y0=0,
-            y1=1,
-            line={"color": colour, "dash": dash, "width": 1.3},
-            layer="above",
-        )
+    return [
+        {
+            "type": "line",
+            "xref": xref,
+            "yref": f"{yref} domain",
+            "x0": t,
+            "x1": t,
+            "y0": 0,
+            "y1": 1,
+            "line": {"color": colour, "dash": dash, "width": 1.3},
+            "layer": "above",
+        }
+        for t, _, colour, dash in moments
+    ]
 
 
 def _place_legend(tl: TimelineFigure, row: int) -> None:
