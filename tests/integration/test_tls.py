@@ -73,7 +73,8 @@ def test_tls_encrypts_every_multifd_channel(testbed: Testbed, tmp_path: Path) ->
 
 def test_tls_encrypts_postcopy(testbed: Testbed, tmp_path: Path) -> None:
     """Dirtying faster than the link carries, so the switch to post-copy surely comes: the
-    pages then travel on request, over the same encrypted connection."""
+    pages then travel on request, over the same encrypted connection. (Also the run of a
+    post-copy from the start that completes without a fault.)"""
     result, sent = migrate_watched(
         testbed,
         tmp_path / "run",
@@ -85,6 +86,8 @@ def test_tls_encrypts_postcopy(testbed: Testbed, tmp_path: Path) -> None:
     testbed.shape(1000)
     assert_moved(result, tmp_path / "run")
     assert [a["action"] for a in result["migration"]["actions"]] == ["postcopy"]
+    events = [e["data"].get("status") for e in result["events"] if e["event"] == "migration"]
+    assert "postcopy-active" in events
     assert result["data"]["postcopy_bytes"] > 0
     assert_encrypted(sent)
 
