@@ -52,7 +52,6 @@ def test_the_libvirt_example_gets_the_whole_bill(testbed: Testbed, tmp_path: Pat
         {"migration": {"strategy": "hybrid", "postcopy_after_iterations": 2}},
         {"migration": {"strategy": "xbzrle"}},
         {"migration": {"strategy": "cold"}},
-        {"migration": {"on_stall": "raise-downtime", "stall_iterations": 1}},
     ],
     ids=[
         "postcopy",
@@ -61,7 +60,6 @@ def test_the_libvirt_example_gets_the_whole_bill(testbed: Testbed, tmp_path: Pat
         "hybrid",
         "xbzrle",
         "cold",
-        "on-stall-raise-downtime",
     ],
 )
 def test_strategies_through_libvirt(
