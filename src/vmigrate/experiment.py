@@ -74,6 +74,7 @@ class Experiment(ExperimentSession):
         self.observer.stage("ready: waiting for the drain to release the migration")
         start, end = await hooks.turn()
         self.ctx.marks_ns.update(baseline_start=start, baseline_end=end)
+        self.ctx.mark("destination_prepare")  # its setup: placed, then prepared
         if hooks.destination_host is not None:
             await self.bind_destination(hooks.destination_host)
         if hooks.estimate is not None and self.ctx.preflight is not None:
@@ -214,6 +215,8 @@ class Experiment(ExperimentSession):
         ctx, hypervisor = self.ctx, self.hypervisor
         assert hypervisor is not None
         self.observer.stage("preparing the destination")
+        if "destination_prepare" not in ctx.marks_ns:
+            ctx.mark("destination_prepare")
         plan = self._plan()
         try:
             job = await hypervisor.prepare_migration(source, plan)

@@ -144,6 +144,28 @@ def test_only_completed_runs_with_an_estimate_are_observations(tmp_path: Path) -
     assert found[0].downtime_bytes == 1 * MIB and found[0].bandwidth_bytes_s == 100 * MIB
 
 
+def test_the_cost_around_the_stream_is_the_median_of_the_runs_moments(tmp_path: Path) -> None:
+    results = {}
+    for name, (prepare_s, end_s) in {"a": (0.3, 3.4), "b": (0.1, 3.3), "c": (0.2, 3.5)}.items():
+        results[name] = result_json("completed", 3.2)  # QEMU's 3.2 s of the run's 3.3 … 3.5
+        results[name]["timeline_s"] = {
+            "destination_prepare": 1.0 - prepare_s, "migration_start": 1.0,
+            "migration_end": 1.0 + end_s,
+        }  # fmt: skip
+    results["d"] = result_json("completed", 3.2)  # an older run: no moments around it
+    found = load_observations(sweep_dir(tmp_path, results))
+    assert [(o.setup_ms, o.wrapup_ms) for o in found] == [
+        (pytest.approx(300), pytest.approx(200)),
+        (pytest.approx(100), pytest.approx(100)),
+        (pytest.approx(200), pytest.approx(300)),
+        (None, None),
+    ]
+    fitted = fit(found)
+    assert fitted.setup_ms == pytest.approx(200) and fitted.wrapup_ms == pytest.approx(200)
+    # Runs that marked neither leave the physics' none.
+    assert fit(found[3:]).setup_ms == fit(found[3:]).wrapup_ms == 0.0
+
+
 def test_a_directory_without_runs_is_refused_with_the_fix(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="holds no runs"):
         load_observations(tmp_path)

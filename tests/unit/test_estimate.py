@@ -118,6 +118,7 @@ def test_constants_stored_before_the_new_fields_still_read_as_physics_there() ->
     assert read.link_efficiency == 0.9 and read.fitted_runs == 44
     assert read.full_page_share == PHYSICS.full_page_share == 1.0
     assert read.stop_undershoot_ms == PHYSICS.stop_undershoot_ms == QEMU_BURST_MS / 2
+    assert read.setup_ms == read.wrapup_ms == 0.0
 
 
 def result_with(outcome: str, figures: dict[str, Any] | None) -> Result:

@@ -113,6 +113,24 @@ def test_two_at_once_on_one_link_each_get_half_and_are_no_faster_than_one_after_
     assert together.total_time_s == pytest.approx(in_turn.total_time_s)
 
 
+def test_a_migration_holds_its_slot_not_the_link_while_prepared_and_wrapped_up() -> None:
+    around = ModelConstants(setup_ms=200, wrapup_ms=100)
+    alone_s = 500 * MIB / LINK_BYTES_S
+    vms = [vm("a", 500), vm("b", 500)]
+    in_turn = plan(cluster(vms, parallel_per_host=1), around)
+    # a: prepared 0.2 s, sends; seen ended 0.1 s later; then b is released.
+    assert [(v.start_s, v.end_s) for v in in_turn.vms] == [
+        (pytest.approx(0.2), pytest.approx(0.2 + alone_s)),
+        (pytest.approx(0.5 + alone_s), pytest.approx(0.5 + 2 * alone_s)),
+    ]
+    assert in_turn.total_time_s == pytest.approx(0.6 + 2 * alone_s)
+    together = plan(cluster(vms, parallel_per_host=2), around)
+    assert [(v.start_s, v.end_s) for v in together.vms] == [
+        (pytest.approx(0.2), pytest.approx(0.2 + 2 * alone_s)),
+    ] * 2
+    assert together.total_time_s == pytest.approx(0.3 + 2 * alone_s)
+
+
 def test_guests_that_dirty_make_sharing_a_link_slower_and_costlier() -> None:
     vms = [vm("a", 512, dirty=15), vm("b", 512, dirty=15)]
     together = plan(cluster(vms, parallel_per_host=2))

@@ -32,7 +32,10 @@ class VmPlan(BaseModel):
     destination: str
     strategy: str
     outcome: VmOutcome
-    start_s: float | None = Field(description="None: not started")
+    start_s: float | None = Field(
+        description="its stream's start, its destination prepared (the model's setup_ms after "
+        "its release); None: not started"
+    )
     end_s: float | None = Field(description="done (or cancelled, when it stalls)")
     downtime_ms: float | None = Field(description="the VM paused: the stop, the switch-over")
     outage_ms: float | None = Field(
@@ -58,7 +61,9 @@ class Plan(BaseModel):
     calibrated_runs: int = Field(
         description="runs the model's constants were fitted to; 0: physics"
     )
-    total_time_s: float = Field(description="from the first start to the last end")
+    total_time_s: float = Field(
+        description="from the first release to the last end, and its wrap-up (wrapup_ms)"
+    )
     transferred_bytes: float
     searched: int = Field(0, description="candidates the search simulated; 0: the policy as given")
     vms: list[VmPlan]

@@ -16,6 +16,9 @@ becomes K plus what the guest dirtied during the burst (at most its full pages);
 once the pending fits in the budget θ = B·downtime_limit — θ, u and K at the bandwidth B it has
 then. When the bandwidth stays put this is exactly `precopy_estimate` (and
 `postcopy_estimate`).
+Around its stream a migration holds its slot (not the links) a fixed time: before it, while
+its destination is prepared (`setup_ms`), and after it, until it is seen ended (`wrapup_ms`);
+so one at a time, the next starts a little after the last ended, as in a real drain.
 A pre-copy whose passes stop shrinking `stall_passes` times in a row (it shares a link with
 too many others) is cancelled, as migration.on_stall = "fail" does; one that cannot converge
 even alone on its links (D ≥ B) is not started. Not modelled: the CPU a migration costs
@@ -60,11 +63,13 @@ class Phase(Enum):
     """Where a migration is; the sending phases end when their bytes are sent, the others
     after a fixed time."""
 
+    SETUP = "setup"  # its slot taken, its destination being prepared: not sending yet
     PASS = "pass"  # pre-copy: sending what was dirtied since the last pass
     OVERHEAD = "overhead"  # pre-copy: the fixed cost of a pass
     STOP = "stop"  # paused: the last pass and the device state go
     SWITCH = "switch"  # paused: the switch-over's fixed cost
     PULL = "pull"  # post-copy: running on the destination, its memory pulled across
+    WRAPUP = "wrapup"  # ended, off the links, its slot not yet free
 
 
 SENDING = frozenset({Phase.PASS, Phase.STOP, Phase.PULL})
@@ -121,17 +126,19 @@ class Trace:
     pull_s: list[float]
     sent_bytes: list[float]
     passes: list[int | None]
+    freed_s: list[float | None]  # its slot free again: the wrap-up after its end
 
     @classmethod
     def empty(cls, n: int) -> Trace:
         return cls(
             [VmOutcome.NEVER] * n, [None] * n, [None] * n, [None] * n, [0.0] * n, [0.0] * n,
-            [None] * n,
+            [None] * n, [None] * n,
         )  # fmt: skip
 
     @property
     def total_time_s(self) -> float:
-        return max((end for end in self.end_s if end is not None), default=0.0)
+        """From the first release to the last slot freed."""
+        return max((freed for freed in self.freed_s if freed is not None), default=0.0)
 
 
 @dataclass(slots=True, eq=False)
@@ -145,8 +152,8 @@ class _Flow:
     dirty: float
     limit_ms: float
     postcopy: bool
-    start: float
-    phase: Phase = Phase.PASS
+    start: float = 0.0  # the stream's start, after the setup
+    phase: Phase = Phase.SETUP
     left: float = 0.0  # bytes the sending phase has still to send
     rate: float = 0.0  # the stream's rate now, bytes/s
     since: float = 0.0  # when `left` was last brought up to date
@@ -178,7 +185,8 @@ class _Drain:
         self.rank = rank  # each VM's place in the start order
         self.trace = Trace.empty(len(job.vms))
         self.now = 0.0
-        self.active = 0
+        self.active = 0  # migrations holding a slot
+        self.slots = [0] * len(job.hosts)  # ... per sending host
         self.seq = 0
         self.heap: list[tuple[float, int, int, _Flow]] = []  # (due, seq, version, flow)
         self.out: list[list[_Flow]] = [[] for _ in job.hosts]  # what each host sends
@@ -198,11 +206,13 @@ class _Drain:
 
     def _handlers(self) -> dict[Phase, Callable[[_Flow], None]]:
         return {
+            Phase.SETUP: self._begin,
             Phase.PASS: self._pass_sent,
             Phase.OVERHEAD: self._next_pass,
             Phase.STOP: self._stopped,
             Phase.SWITCH: self._resumed,
             Phase.PULL: lambda flow: self._finish(flow, VmOutcome.MIGRATES),
+            Phase.WRAPUP: self._free,
         }
 
     def _fill(self) -> None:
@@ -210,11 +220,7 @@ class _Drain:
         while self.ready and self.active < self.parallel_total:
             rank, host = heapq.heappop(self.ready)
             queue = self.queues[host]
-            if (
-                queue
-                and self.rank[queue[0]] == rank
-                and len(self.out[host]) < self.parallel_per_host
-            ):
+            if queue and self.rank[queue[0]] == rank and self.slots[host] < self.parallel_per_host:
                 self._start(queue.popleft())
                 self._offer(host)
 
@@ -222,18 +228,28 @@ class _Drain:
         """Put `host` among the ready ones when it has room and VMs waiting (an entry whose
         host has since started its head, or filled up, is skipped by _fill)."""
         queue = self.queues[host]
-        if queue and len(self.out[host]) < self.parallel_per_host:
+        if queue and self.slots[host] < self.parallel_per_host:
             heapq.heappush(self.ready, (self.rank[queue[0]], host))
 
     def _start(self, vm: int) -> None:
+        """Release `vm`: its slot is taken, its destination prepared."""
         job = self.job
         spec = job.vms[vm]
         flow = _Flow(
             vm, job.host_index[spec.host], self.destination[vm], job.memory_bytes[vm],
             job.dirty_bytes_s[vm], spec.downtime_limit_ms, spec.strategy == "postcopy",
-            self.now,
         )  # fmt: skip
         self.active += 1
+        self.slots[flow.src] += 1
+        if job.constants.setup_ms > 0:
+            self._wait(flow, Phase.SETUP, job.constants.setup_ms / 1000)
+        else:
+            self._begin(flow)
+
+    def _begin(self, flow: _Flow) -> None:
+        """The stream starts: the migration takes its share of the links."""
+        job = self.job
+        flow.start = self.now
         self.out[flow.src].append(flow)
         self.into[flow.dst].append(flow)
         self._reshare(self.out[flow.src])
@@ -322,7 +338,7 @@ class _Drain:
         self._send(flow, Phase.PULL, flow.left)
 
     def _finish(self, flow: _Flow, outcome: VmOutcome) -> None:
-        """Record the VM, free its links and slots, start what may start."""
+        """Record the VM, free its links; its slot after the wrap-up."""
         vm, trace = flow.vm, self.trace
         trace.outcome[vm] = outcome
         trace.start_s[vm], trace.end_s[vm] = flow.start, self.now
@@ -331,12 +347,21 @@ class _Drain:
             trace.paused_s[vm] = flow.resumed_at - flow.paused_at
             trace.pull_s[vm] = self.now - flow.resumed_at
             trace.passes[vm] = flow.passes
-        flow.version += 1
-        self.active -= 1
         self.out[flow.src].remove(flow)
         self.into[flow.dst].remove(flow)
         self._reshare(self.out[flow.src])
         self._reshare(self.into[flow.dst])
+        flow.version += 1  # whatever it had due is void
+        if self.job.constants.wrapup_ms > 0:
+            self._wait(flow, Phase.WRAPUP, self.job.constants.wrapup_ms / 1000)
+        else:
+            self._free(flow)
+
+    def _free(self, flow: _Flow) -> None:
+        """Its slot is free: start what may start."""
+        self.trace.freed_s[flow.vm] = self.now
+        self.active -= 1
+        self.slots[flow.src] -= 1
         self._offer(flow.src)
         self._fill()
 

@@ -11,7 +11,9 @@ bytes, downtime, iterations). Each constant is fitted on what it explains:
   runs, summed — so post-copy runs, which send each page once, pin the share, and pre-copy
   runs alone find it too;
 - last the stop's undershoot, by a line search on the median downtime error of the pre-copy
-  runs the model stops mid-pass (the only ones it moves).
+  runs the model stops mid-pass (the only ones it moves);
+- what a migration costs around its stream, as medians of the runs' moments: the destination's
+  preparation before it, and the time from the hypervisor's end to the run's (a drain's slot).
 Every grid starts at the plain physics and a tie goes to it. Small, explainable,
 deterministic, and measured against held-out runs (`--check`), not against the runs it was
 fitted on.
@@ -64,6 +66,8 @@ class Observation:
     downtime_ms: float
     iterations: int
     downtime_bytes: float | None  # what QEMU sent in the stop (None: the backend does not say)
+    setup_ms: float | None = None  # destination_prepare → migration_start (None: not marked)
+    wrapup_ms: float | None = None  # migration_start → migration_end beyond the total time
 
     def predict(self, constants: ModelConstants) -> Estimate:
         if self.model == "postcopy":
@@ -95,10 +99,26 @@ def observation(run: str, result: Result) -> Observation | None:
             downtime_bytes=float(result.data.downtime_bytes)
             if result.data.downtime_bytes
             else None,
+            **_around_the_stream(result),
         )
     except (KeyError, TypeError, ValueError) as exc:
         log.warning("%s: not an observation: %s", run, exc)
         return None
+
+
+def _around_the_stream(result: Result) -> dict[str, float | None]:
+    """setup_ms and wrapup_ms from the run's moments (None where one is not marked)."""
+    at = result.timeline_s
+    start, end = at.get("migration_start"), at.get("migration_end")
+    prepare, total_s = at.get("destination_prepare"), result.migration.total_time_s
+    setup = None if start is None or prepare is None else 1000 * (start - prepare)
+    wrapup = None
+    if start is not None and end is not None and total_s is not None:
+        wrapup = 1000 * (end - start - total_s)
+    return {
+        "setup_ms": None if setup is None else max(setup, 0.0),
+        "wrapup_ms": None if wrapup is None else max(wrapup, 0.0),
+    }
 
 
 def _known(value: float | None) -> float:
@@ -185,6 +205,8 @@ def fit(observations: Sequence[Observation]) -> ModelConstants:
     efficiency = min(max(efficiency, 0.05), 2.0)
     start = ModelConstants(
         link_efficiency=efficiency, switchover_ms=_switchover_ms(observations, efficiency),
+        setup_ms=_median_of(o.setup_ms for o in observations) or PHYSICS.setup_ms,
+        wrapup_ms=_median_of(o.wrapup_ms for o in observations) or PHYSICS.wrapup_ms,
         fitted_runs=len(observations),
     )  # fmt: skip
     grid = (
@@ -226,6 +248,12 @@ def _near(share: float) -> list[float]:
     """A coarse share and its fine neighbours (the one nearer the physics first)."""
     i = FULL_PAGE_SHARES.index(share)
     return [share, *FULL_PAGE_SHARES[max(i - 1, 0) : i], *FULL_PAGE_SHARES[i + 1 : i + 2]]
+
+
+def _median_of(values: Iterable[float | None]) -> float | None:
+    """The median of the values measured (None: none was)."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def _switchover_ms(observations: Sequence[Observation], efficiency: float) -> float:

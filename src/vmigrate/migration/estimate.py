@@ -61,6 +61,14 @@ class ModelConstants(BaseModel):
     )  # fmt: skip
     switchover_ms: float = Field(0.0, ge=0, description="fixed cost of the stop")
     device_state_bytes: float = Field(0.0, ge=0, description="sent in the stop on top of RAM")
+    setup_ms: float = Field(
+        0.0, ge=0, description="preparing the destination (its QEMU started, listening) before "
+        "the stream starts: a drain's migration holds its slot meanwhile",
+    )  # fmt: skip
+    wrapup_ms: float = Field(
+        0.0, ge=0, description="from the hypervisor's end of the migration until it is seen "
+        "ended and its slot is free (its start's commands, the last look at it)",
+    )  # fmt: skip
     fitted_runs: int = Field(0, ge=0, description="how many runs the constants were fitted to")
 
 

@@ -164,9 +164,9 @@ class Recorded(Section):
     )
     migration: MigrationFigures = Field(description="the hypervisor's figures")
     timeline_s: dict[str, float] = Field(
-        description="named moments (boot_start, guest_ready, baseline_start, migration_start, "
-        "migration_end, after_end; baseline_end where the baseline ended before the migration "
-        "began: a VM that waited its turn)"
+        description="named moments (boot_start, guest_ready, baseline_start, "
+        "destination_prepare, migration_start, migration_end, after_end; baseline_end where "
+        "the baseline ended before the migration began: a VM that waited its turn)"
     )
     events: list[Event] = Field(description="every hypervisor event, in order")
     verification: Verification = Field(description="what was checked after the run")
