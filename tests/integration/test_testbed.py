@@ -164,6 +164,9 @@ def test_ctrl_c_during_migration_leaves_nothing(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Ctrl-C as in a terminal: a suite started in the background has SIGINT ignored, and
+        # the child would inherit that (then nothing would interrupt it).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     state = Testbed(name).state
     deadline = time.monotonic() + 120
