@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 from bench.console import FILE_COLUMNS, bench_console
-from bench.drain import guests, summary
+from bench.drain import Drained, drain_errors, guest_errors, guests, summary
 from drain_fakes import RELEASE, S, fake_drain, lane_record, write_host_series
 from rich.console import Console
 
 from vmigrate.drain.account import DrainRecord, LaneRecord, make_bill
-from vmigrate.drain.bill import DrainBill
 from vmigrate.drain.inputs import declared_inputs, plan_drain
 from vmigrate.migration.orchestrator import Outcome
 
@@ -24,9 +23,9 @@ GROUPS = [  # examples/drain.toml's guests, so the names are as long as the benc
 ]
 
 
-def drain_bills(tmp_path: Path) -> list[tuple[int, DrainBill]]:
+def drain_bills(tmp_path: Path) -> list[Drained]:
     """What bench/drain.py tabulates: a drain of the example's four guests (one failed, one
-    not booted), as at 1, 2 and 4 at once."""
+    not booted), as at 1, 2 and 4 at once, twice."""
     drain = fake_drain(name="drain", groups=GROUPS)
     inputs = declared_inputs(drain)
     lanes = [
@@ -41,7 +40,8 @@ def drain_bills(tmp_path: Path) -> list[tuple[int, DrainBill]]:
         marks_ns={"start": RELEASE - 30 * S, "first_release": RELEASE}, inputs=inputs,
         plan=plan_drain(drain, inputs), lanes=lanes,
     )  # fmt: skip
-    return [(k, make_bill(record, tmp_path, "qemu")) for k in (1, 2, 4)]
+    bill = make_bill(record, tmp_path, "qemu")
+    return [(k, rep, bill) for rep in (1, 2) for k in (1, 2, 4)]
 
 
 def test_the_drain_bench_tables_print_whole_to_a_file(
@@ -63,6 +63,17 @@ def test_the_drain_bench_tables_print_whole_to_a_file(
     for whole in ("drain-dirty-1", "drain-idle-1", "destination", "incomplete",
                   "median |guest error| %", "bytes error %", "measured s"):  # fmt: skip
         assert whole in text, whole
+    assert "all 2" in text  # each parallelism's drains judged together
+
+
+def test_the_goals_are_judged_on_every_drain_of_a_parallelism(tmp_path: Path) -> None:
+    (bill,) = {id(b): b for _, _, b in drain_bills(tmp_path)}.values()
+    assert bill.prediction is not None
+    one_drain = [vm.errors.time_pct for vm in bill.vms if vm.errors and vm.errors.time_pct]
+    assert one_drain  # the completed guests have an error
+    twice: list[Drained] = [(2, 1, bill), (2, 2, bill)]
+    assert sorted(guest_errors(twice)) == sorted(abs(e) for e in one_drain * 2)
+    assert drain_errors(twice) == [bill.prediction.drain_time_error_pct] * 2
 
 
 def test_the_bench_console_fits_a_terminal_and_only_a_terminal(
