@@ -4,8 +4,13 @@ QEMU's switch-over checkpoints come from its log; a QMP command never swallows a
 import asyncio
 import subprocess
 from pathlib import Path
+from typing import Any
 
-from vmigrate.hypervisor.base import EventKind
+import pytest
+
+from vmigrate.errors import HypervisorError
+from vmigrate.hypervisor import qemu as qemu_module
+from vmigrate.hypervisor.base import EventKind, RunState
 from vmigrate.hypervisor.qemu import QemuDomain
 from vmigrate.hypervisor.qemu_checkpoints import read_checkpoints
 from vmigrate.hypervisor.qmp_vocabulary import event_from_qmp
@@ -129,3 +134,65 @@ def test_a_ctrl_c_landing_with_a_qmp_reply_still_stops_the_run(tmp_path: Path) -
             return "stopped"
 
     assert asyncio.run(scenario()) == "stopped"
+
+
+def sleeper(tmp_path: Path) -> tuple[subprocess.Popen[bytes], QemuDomain]:
+    """A QemuDomain whose process is a `sleep` (never connected to a QMP socket)."""
+    process = subprocess.Popen(["sleep", "60"])
+    return process, QemuDomain("destination", process, tmp_path, tmp_path / "qmp.sock", print)
+
+
+def test_a_qemu_killed_as_its_state_is_asked_is_gone_not_an_error(tmp_path: Path) -> None:
+    process, qemu = sleeper(tmp_path)
+
+    async def disconnected(command: str, arguments: dict[str, Any] | None = None) -> Any:
+        process.kill()  # its QMP socket closes before the process is reaped
+        raise HypervisorError(f"QMP {command} on destination failed: Disconnected")
+
+    qemu.execute = disconnected  # type: ignore[method-assign]
+    assert asyncio.run(qemu.run_state()) == RunState.GONE
+
+
+def test_a_broken_connection_to_a_living_qemu_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    process, qemu = sleeper(tmp_path)
+    monkeypatch.setattr(qemu_module, "EXIT_GRACE_S", 0.1)
+
+    async def disconnected(command: str, arguments: dict[str, Any] | None = None) -> Any:
+        raise HypervisorError(f"QMP {command} on destination failed: Disconnected")
+
+    qemu.execute = disconnected  # type: ignore[method-assign]
+    try:
+        with pytest.raises(HypervisorError, match="Disconnected"):
+            asyncio.run(qemu.run_state())
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_ctrl_c_while_shutdown_waits_for_the_event_stream_is_not_swallowed(
+    tmp_path: Path,
+) -> None:
+    process, qemu = sleeper(tmp_path)
+    process.kill()
+    process.wait()
+
+    async def stubborn_stream() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.5)  # ends slowly once told to
+
+    async def interrupted_shutdown() -> bool:
+        qemu._event_task = asyncio.create_task(stubborn_stream())
+        shutdown = asyncio.create_task(qemu.shutdown())
+        await asyncio.sleep(0.1)
+        shutdown.cancel()  # what asyncio.run does to the run's task on Ctrl-C
+        try:
+            await shutdown
+        except asyncio.CancelledError:
+            return True
+        return False
+
+    assert asyncio.run(interrupted_shutdown())

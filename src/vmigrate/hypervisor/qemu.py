@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import re
 import signal
 import subprocess
@@ -42,6 +43,9 @@ from vmigrate.proc import in_netns, run
 MIB = 1024 * 1024
 CONNECT_TIMEOUT_S = 20.0
 COMMAND_TIMEOUT_S = 30.0
+#: How long a QEMU whose QMP connection broke may take to be seen ended (killed, not yet reaped).
+EXIT_GRACE_S = 1.0
+log = logging.getLogger(__name__)
 DISK_ID = "disk0"
 #: Pages calc-dirty-rate samples per GiB of guest RAM (QEMU allows 128 to 16384; 1/32 of them).
 DIRTY_RATE_SAMPLE_PAGES = 8192
@@ -278,8 +282,21 @@ class QemuDomain(Domain):
     async def run_state(self) -> RunState:
         if self._released or self.process.poll() is not None:
             return RunState.GONE
-        reply = await self.execute("query-status")
+        try:
+            reply = await self.execute("query-status")
+        except HypervisorError:
+            # Killed as it was asked: its socket closed before the process was reaped.
+            if await self._exits_within(EXIT_GRACE_S):
+                return RunState.GONE
+            raise
         return RUN_STATES.get(str(reply["status"]), RunState.OTHER)
+
+    async def _exits_within(self, seconds: float) -> bool:
+        """Whether the process has ended, or ends within `seconds`."""
+        deadline = time.monotonic() + seconds
+        while self.process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.process.poll() is not None
 
     def process_id(self) -> int | None:
         return None if self._released or self.process.poll() is not None else self.process.pid
@@ -400,8 +417,13 @@ class QemuDomain(Domain):
                 await self._client.disconnect()
         if self._event_task is not None:
             self._event_task.cancel()
-            with contextlib.suppress(BaseException):
+            try:
                 await self._event_task
+            except asyncio.CancelledError:
+                if _being_cancelled():  # a Ctrl-C of this run, not the task's own end
+                    raise
+            except Exception as exc:  # the event stream ended on a broken connection
+                log.debug("QEMU on %s: event stream: %r", self.host_role, exc)
         try:
             await asyncio.to_thread(self.process.wait, 5.0)
         except subprocess.TimeoutExpired:
@@ -410,3 +432,9 @@ class QemuDomain(Domain):
                 self.process.wait(2.0)
         self._released = True
         self._on_exit(self.process.pid)
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task was asked to stop (a Ctrl-C cancels the run's main task)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
