@@ -196,3 +196,26 @@ def test_a_ctrl_c_while_shutdown_waits_for_the_event_stream_is_not_swallowed(
         return False
 
     assert asyncio.run(interrupted_shutdown())
+
+
+def test_the_cleanup_after_a_ctrl_c_shuts_qemu_down_whole(tmp_path: Path) -> None:
+    process, qemu = sleeper(tmp_path)
+    process.kill()
+    process.wait()
+
+    async def run_then_clean_up() -> bool:
+        try:
+            await asyncio.sleep(60)  # the run, when Ctrl-C cancels it
+        except asyncio.CancelledError:
+            qemu._event_task = asyncio.create_task(asyncio.sleep(60))
+            await qemu.shutdown()  # the cleanup: the task is still "cancelling" here
+            return qemu.process_id() is None and qemu._released
+        return False
+
+    async def main() -> bool:
+        run = asyncio.create_task(run_then_clean_up())
+        await asyncio.sleep(0.05)
+        run.cancel()
+        return await run
+
+    assert asyncio.run(main())

@@ -417,12 +417,10 @@ class QemuDomain(Domain):
                 await self._client.disconnect()
         if self._event_task is not None:
             self._event_task.cancel()
-            try:
-                await self._event_task
-            except asyncio.CancelledError:
-                if _being_cancelled():  # a Ctrl-C of this run, not the task's own end
-                    raise
-            except Exception as exc:  # the event stream ended on a broken connection
+            # asyncio.wait, not await: the task's own cancellation stays in it, while a Ctrl-C
+            # of this run (even during the cleanup after an earlier one) still goes through.
+            await asyncio.wait([self._event_task])
+            if not self._event_task.cancelled() and (exc := self._event_task.exception()):
                 log.debug("QEMU on %s: event stream: %r", self.host_role, exc)
         try:
             await asyncio.to_thread(self.process.wait, 5.0)
@@ -432,9 +430,3 @@ class QemuDomain(Domain):
                 self.process.wait(2.0)
         self._released = True
         self._on_exit(self.process.pid)
-
-
-def _being_cancelled() -> bool:
-    """Whether the running task was asked to stop (a Ctrl-C cancels the run's main task)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
