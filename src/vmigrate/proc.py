@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import enum
+import os
+import selectors
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from vmigrate.errors import CommandFailed
 
@@ -34,3 +38,29 @@ def run(
     if check and done.returncode != 0:
         raise CommandFailed(full, done.returncode, done.stderr or done.stdout)
     return done
+
+
+class ReadEnd(enum.Enum):
+    """Why `read_until` stopped reading."""
+
+    ENOUGH = "enough"
+    CLOSED = "closed"
+    TIMED_OUT = "timed out"
+
+
+def read_until(fd: int, enough: Callable[[bytes], bool], timeout_s: float) -> tuple[bytes, ReadEnd]:
+    """Read a child's pipe `fd` until `enough(what was read)` holds, the child closes it, or
+    `timeout_s` passes; what was read, and which of the three ended it."""
+    seen = b""
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while not enough(seen):
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                return seen, ReadEnd.TIMED_OUT
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return seen, ReadEnd.CLOSED
+            seen += chunk
+    return seen, ReadEnd.ENOUGH

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
-import selectors
 import shutil
 import signal
 import struct
@@ -28,7 +26,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ValidationError
 
 from vmigrate.errors import EnvironmentProblem, VmigrateError
-from vmigrate.proc import in_netns
+from vmigrate.proc import ReadEnd, in_netns, read_until
 
 log = logging.getLogger(__name__)
 
@@ -184,19 +182,12 @@ def _wait_listening(capture: Capture) -> None:
     """Block until tcpdump says "listening on" (its capture runs from then on)."""
     stderr = capture.popen.stderr
     assert stderr is not None
-    seen = b""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    with selectors.DefaultSelector() as sel:
-        sel.register(stderr.fileno(), selectors.EVENT_READ)
-        while b"listening on" not in seen:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                raise CaptureError(f"tcpdump did not start within {READY_TIMEOUT_S:g} s")
-            chunk = os.read(stderr.fileno(), 4096)
-            if not chunk:
-                capture.popen.wait()
-                raise CaptureError(f"tcpdump failed: {seen.decode(errors='replace').strip()}")
-            seen += chunk
+    seen, end = read_until(stderr.fileno(), lambda seen: b"listening on" in seen, READY_TIMEOUT_S)
+    if end is ReadEnd.TIMED_OUT:
+        raise CaptureError(f"tcpdump did not start within {READY_TIMEOUT_S:g} s")
+    if end is ReadEnd.CLOSED:
+        capture.popen.wait()
+        raise CaptureError(f"tcpdump failed: {seen.decode(errors='replace').strip()}")
     capture.said.append(seen.decode(errors="replace"))
 
 

@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import selectors
 import shutil
 import signal
 import subprocess
@@ -28,7 +27,7 @@ from typing import IO
 from vmigrate.errors import ImageBuildError, VmigrateError
 from vmigrate.paths import cache_dir
 from vmigrate.pids import is_same_process, process_start_ticks
-from vmigrate.proc import in_netns
+from vmigrate.proc import ReadEnd, in_netns, read_until
 
 CLIENT_SOURCE = Path(__file__).with_name("client.c")
 CLIENT_CFLAGS: tuple[str, ...] = ("-O2", "-Wall", "-Wextra")
@@ -265,27 +264,17 @@ def _start(
 def _wait_ready(client: ClientProcess, popen: subprocess.Popen[bytes], argv: list[str]) -> None:
     """Block until the client prints READY (at most READY_TIMEOUT_S)."""
     assert popen.stdout is not None
-    fd = popen.stdout.fileno()
-    seen = b""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while b"\n" not in seen:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                problem = f"did not say READY within {READY_TIMEOUT_S:g} s"
-                break
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                time.sleep(0.05)  # let it finish writing stderr
-                problem = "exited before it was ready"
-                break
-            seen += chunk
-        else:
-            if seen.split(b"\n", 1)[0].strip() == b"READY":
-                return
-            first = seen.split(b"\n", 1)[0][:200]
-            problem = f"said {first!r} instead of READY"
+    seen, end = read_until(popen.stdout.fileno(), lambda seen: b"\n" in seen, READY_TIMEOUT_S)
+    if end is ReadEnd.TIMED_OUT:
+        problem = f"did not say READY within {READY_TIMEOUT_S:g} s"
+    elif end is ReadEnd.CLOSED:
+        time.sleep(0.05)  # let it finish writing stderr
+        problem = "exited before it was ready"
+    else:
+        first = seen.split(b"\n", 1)[0]
+        if first.strip() == b"READY":
+            return
+        problem = f"said {first[:200]!r} instead of READY"
     raise ClientToolError(f"`{' '.join(argv)}` {problem}: {client._last_words()}")
 
 
