@@ -174,6 +174,21 @@ def test_a_daemon_that_dies_at_start_is_reported_with_its_log(tmp_path: Path) ->
     libvirtd.release(daemon.pid)
 
 
+def test_a_daemon_that_ends_between_the_two_looks_still_says_its_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Running when its Popen is polled, a zombie when its /proc entry is read (the race a
+    loaded machine hit): it is reaped, and its status said, all the same."""
+    daemon = _stand_in(tmp_path, "exit 3")
+    child = libvirtd._CHILDREN[daemon.pid]
+    while daemon.alive():  # until it is a zombie, not reaped
+        time.sleep(0.01)
+    monkeypatch.setattr(child, "poll", lambda: None)  # the poll came just before it ended
+    with pytest.raises(TestbedError, match="exited with status 3"):
+        libvirtd.wait_ready(daemon, time.monotonic() + 10)
+    libvirtd.release(daemon.pid)
+
+
 def test_a_daemon_that_never_answers_times_out(tmp_path: Path) -> None:
     daemon = _stand_in(tmp_path, "echo probing; exec sleep 30")
     started = time.monotonic()

@@ -318,8 +318,13 @@ def wait_ready(daemon: Daemon, deadline: float) -> float:
         child = _CHILDREN.get(daemon.pid)
         exited = child is not None and child.poll() is not None
         if exited or not daemon.alive():
-            code = f" with status {child.returncode}" if child is not None and exited else ""
-            raise _failure(daemon, f"it exited{code}")
+            if child is not None and not exited:  # it ended between poll() and alive(): reap it
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=1.0)
+            status = child.returncode if child is not None else None
+            raise _failure(
+                daemon, "it exited" + (f" with status {status}" if status is not None else "")
+            )
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _failure(daemon, f"no answer after {deadline - started:.0f} s ({last_error})")
