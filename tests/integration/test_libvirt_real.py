@@ -10,7 +10,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from test_migration import SCHEMA, assert_moved, run
+from test_migration import PREEMPT_THREAD, SCHEMA, assert_moved, run, threads_seen
 
 from vmigrate.config import load_scenario, validate_scenario
 from vmigrate.experiment import SilentObserver, run_experiment
@@ -75,6 +75,11 @@ def test_strategies_through_libvirt(
     actions = [a["action"] for a in result["migration"]["actions"]]
     if strategy in ("postcopy", "hybrid"):
         assert actions.count("postcopy") == 1
+        # libvirt turns postcopy-preempt on with every post-copy, unasked, and the run says so
+        assert result["migration"]["postcopy_preempt"] is True
+        assert any(a.startswith("libvirt turned postcopy-preempt on") for a in actions)
+    if strategy == "postcopy":  # long enough (200 Mbit/s) for the meters to see its threads
+        assert PREEMPT_THREAD in threads_seen(tmp_path, "destination")
     if strategy == "cold":  # paused for the whole move: the pause is the downtime
         mig = result["migration"]
         assert mig["downtime_reported_ms"] == pytest.approx(mig["total_time_s"] * 1000, rel=0.01)

@@ -5,6 +5,7 @@ memory test_tls.py's control run (their checks are there)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,15 @@ QUICK = {"phases": {"warmup_s": 0, "baseline_s": 1, "after_s": 1}}
 # The 64 MiB working set is re-sent each pass; a larger one or a slower link only makes each
 # pass (and the test) longer.
 OUTRUNS_THE_LINK = {"kind": "memory", "working_set_mib": 64, "dirty_rate_mib_s": 50}
+
+
+PREEMPT_THREAD = "mig/dst/preempt"  # the destination QEMU's thread for preempted pages
+
+
+def threads_seen(out: Path, host: str) -> set[str]:
+    """The names of the threads the run's meters saw on `host`."""
+    with (out / "series" / "threads.csv").open() as rows:
+        return {row["thread"] for row in csv.DictReader(rows) if row["host"] == host}
 
 
 def run(testbed: Testbed, out: Path, **sections: Any) -> dict[str, Any]:
@@ -177,18 +187,27 @@ def test_each_precopy_variant_moves_a_dirtying_guest(
 def test_hybrid_moves_a_guest_that_dirties_faster_than_the_link(
     testbed: Testbed, tmp_path: Path
 ) -> None:
-    """Pre-copy passes, then post-copy. (Post-copy from the start is test_tls.py's
-    test_tls_encrypts_postcopy run, and test_faults.py's under faults.)"""
+    """Pre-copy passes, then post-copy, its faulted pages on a connection of their own
+    (postcopy-preempt: the destination QEMU runs its preempt thread). (Post-copy from the start,
+    without preempt, is test_tls.py's test_tls_encrypts_postcopy run, and test_faults.py's under
+    faults.)"""
     # 50 MiB/s of dirtying over a 200 Mbit/s link (~24 MiB/s): pre-copy alone cannot converge.
     result = run(
         testbed,
         tmp_path,
         network={"bandwidth_mbit": 200},
         workload=OUTRUNS_THE_LINK,
-        migration={"strategy": "hybrid", "postcopy_after_iterations": 2, "timeout_s": 90},
+        migration={
+            "strategy": "hybrid",
+            "postcopy_after_iterations": 2,
+            "postcopy_preempt": True,
+            "timeout_s": 90,
+        },
     )
     testbed.shape(1000)
     assert_moved(result, tmp_path)
+    assert result["migration"]["postcopy_preempt"] is True
+    assert PREEMPT_THREAD in threads_seen(tmp_path, "destination")
     assert [a["action"] for a in result["migration"]["actions"]] == ["postcopy"]
     events = [e["data"].get("status") for e in result["events"] if e["event"] == "migration"]
     assert "postcopy-active" in events

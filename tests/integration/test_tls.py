@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from test_migration import assert_moved, run
+from test_migration import PREEMPT_THREAD, assert_moved, run, threads_seen
 from wire import Wire, is_tls_record, plaintext_marks
 
 from vmigrate.testbed.testbed import Testbed
@@ -86,6 +86,9 @@ def test_tls_encrypts_postcopy(testbed: Testbed, tmp_path: Path) -> None:
     testbed.shape(1000)
     assert_moved(result, tmp_path / "run")
     assert [a["action"] for a in result["migration"]["actions"]] == ["postcopy"]
+    # postcopy_preempt is off unless asked (test_migration.py's hybrid run asks)
+    assert result["migration"]["postcopy_preempt"] is False
+    assert PREEMPT_THREAD not in threads_seen(tmp_path / "run", "destination")
     events = [e["data"].get("status") for e in result["events"] if e["event"] == "migration"]
     assert "postcopy-active" in events
     assert result["data"]["postcopy_bytes"] > 0

@@ -838,6 +838,7 @@ def make_synthetic_run(path: Path, *, failed_check: bool = False) -> Path:
         "migration": {
             "strategy": "precopy",
             "tls": False,
+            "postcopy_preempt": False,
             "total_time_s": round(total_s, 3),
             "setup_time_s": round(SETUP_END - MIG_START, 3),
             "downtime_reported_ms": 118.0,

@@ -149,6 +149,7 @@ def test_any_other_strategy_is_refused_with_the_allowed_list(strategy: str) -> N
         ("multifd", "xbzrle_cache_mib", 128),
         ("postcopy", "postcopy_after_iterations", 5),
         ("xbzrle", "cpu_throttle_initial_pct", 50),
+        ("precopy", "postcopy_preempt", True),
     ],
 )
 def test_a_knob_of_another_strategy_is_refused_with_the_reason(
@@ -164,6 +165,11 @@ def test_a_knob_of_another_strategy_is_refused_with_the_reason(
 def test_every_strategy_round_trips(strategy: str) -> None:
     s = validate_scenario({"migration": {"strategy": strategy}})
     assert validate_scenario(scenario_to_dict(s)) == s
+
+
+def test_on_stall_postcopy_takes_postcopy_preempt() -> None:
+    scenario = validate_scenario({"migration": {"on_stall": "postcopy", "postcopy_preempt": True}})
+    assert scenario.migration.postcopy_preempt
 
 
 def test_on_stall_auto_converge_takes_the_throttle_knobs() -> None:
@@ -262,3 +268,11 @@ def test_bad_testbed_hypervisors_is_one_line_with_the_range(value: object, says:
 def test_testbed_hypervisors_is_refused_with_your_own_hosts() -> None:
     with pytest.raises(ScenarioError, match="your own hosts .* are not a testbed"):
         validate_scenario({**OWN_HOSTS, "testbed": {"hypervisors": 4}})
+
+
+def test_an_unknown_key_with_a_line_break_is_named_on_one_line() -> None:
+    """(Found by the fuzz test: TOML allows any quoted key.)"""
+    with pytest.raises(ScenarioError) as info:
+        validate_scenario({"0\n0": 0})
+    assert "\n" not in str(info.value)
+    assert "unknown key '0\\n0'" in str(info.value)

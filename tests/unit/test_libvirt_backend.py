@@ -16,7 +16,11 @@ from vmigrate.config import MigrationSpec
 from vmigrate.hypervisor.base import MigrationStatus, RunState, VmConfig
 from vmigrate.hypervisor.libvirt_backend import LibvirtHost, LibvirtHypervisor
 from vmigrate.hypervisor.libvirt_domain import run_state
-from vmigrate.hypervisor.libvirt_migration import libvirt_settings, stats_from_job
+from vmigrate.hypervisor.libvirt_migration import (
+    LibvirtMigration,
+    libvirt_settings,
+    stats_from_job,
+)
 from vmigrate.hypervisor.libvirt_xml import domain_xml, with_console
 from vmigrate.migration.strategy import plan_for
 
@@ -83,6 +87,17 @@ def test_tls_is_libvirts_tls_flag_with_every_strategy() -> None:
     for strategy in ("precopy", "postcopy", "multifd", "cold"):
         flags, _ = settings(strategy=strategy, tls=True)
         assert flags & libvirt.VIR_MIGRATE_TLS, strategy
+
+
+@pytest.mark.parametrize("preempt", [True, False])
+def test_postcopy_through_libvirt_runs_preempted_whatever_the_plan_says(preempt: bool) -> None:
+    """libvirt 11.3 sets postcopy-preempt with VIR_MIGRATE_POSTCOPY whenever both QEMUs have it
+    (and has no flag for it): the job says it ran so; pre-copy has none."""
+    spec = MigrationSpec(strategy="postcopy", postcopy_preempt=preempt)
+    postcopy = LibvirtMigration(None, None, plan_for(spec), "qemu+tcp://d/system", None)  # type: ignore[arg-type]
+    assert postcopy.postcopy_preempt
+    precopy = LibvirtMigration(None, None, plan_for(MigrationSpec()), "qemu+tcp://d/system", None)  # type: ignore[arg-type]
+    assert not precopy.postcopy_preempt
 
 
 def test_a_running_job_reports_no_downtime_and_a_completed_one_does() -> None:

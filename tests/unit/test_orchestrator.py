@@ -26,6 +26,7 @@ from vmigrate.hypervisor.qemu_migration import UNLIMITED_BYTES_S, qmp_settings
 from vmigrate.migration.orchestrator import MigrationRecord, Outcome, migrate
 from vmigrate.migration.stall import StallDetector
 from vmigrate.migration.strategy import plan_for
+from vmigrate.report.result import migration_figures
 
 S = MigrationStatus
 
@@ -79,6 +80,10 @@ class FakeMigration(Migration):
         self.polls = 0
         self.calls: list[str] = []
         self.actions: list[tuple[int, str]] = []
+
+    @property
+    def postcopy_preempt(self) -> bool:
+        return self.plan.postcopy_preempt
 
     async def copy_storage(self, timeout_s: float) -> int:
         if not self.plan.copy_storage:
@@ -280,6 +285,7 @@ def test_the_plan_in_qmp_terms_passes_the_bandwidth_cap_in_bytes() -> None:
     assert caps == {
         "events": True,
         "postcopy-ram": False,
+        "postcopy-preempt": False,
         "auto-converge": False,
         "xbzrle": False,
         "multifd": False,
@@ -322,6 +328,30 @@ def test_each_strategy_sets_its_capabilities_and_parameters(
     assert source_params.items() <= source.items()
     assert both_params.items() <= source.items()
     assert destination == {**both_params, "tls-creds": ""}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        MigrationSpec(strategy="postcopy", postcopy_preempt=True),
+        MigrationSpec(strategy="hybrid", postcopy_preempt=True),
+        MigrationSpec(on_stall="postcopy", postcopy_preempt=True),
+    ],
+)
+def test_postcopy_preempt_is_set_on_both_ends_when_asked(spec: MigrationSpec) -> None:
+    capabilities, _, _ = qmp_settings(plan_for(spec))
+    assert capabilities["postcopy-ram"] and capabilities["postcopy-preempt"]
+    plain = qmp_settings(plan_for(spec.model_copy(update={"postcopy_preempt": False})))[0]
+    assert plain["postcopy-ram"] and not plain["postcopy-preempt"]
+
+
+@pytest.mark.parametrize("preempt", [True, False])
+def test_a_run_records_whether_postcopy_preempt_ran(preempt: bool) -> None:
+    """As the backend's job says (the fake's follows its plan; libvirt's is on regardless)."""
+    record, _, _ = run([S.POSTCOPY, S.COMPLETED], strategy="postcopy", postcopy_preempt=preempt)
+    assert record.postcopy_preempt is preempt
+    figures = migration_figures(record, 512 * 1024 * 1024)
+    assert figures.postcopy_preempt is preempt
 
 
 def test_the_plan_says_what_each_strategy_means() -> None:

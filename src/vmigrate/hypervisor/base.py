@@ -237,6 +237,12 @@ class Migration(abc.ABC):
     #: (else a stalled post-copy can only wait for TCP to carry the old one on).
     recovers_postcopy: bool = True
 
+    @property
+    def postcopy_preempt(self) -> bool:
+        """Whether the pages the destination faults on travel on a connection of their own,
+        ahead of the background copy (QEMU's postcopy-preempt), in this attempt."""
+        return False
+
     @abc.abstractmethod
     async def copy_storage(self, timeout_s: float) -> int:
         """Copy a non-shared disk to the destination and keep it in sync, before the RAM

@@ -36,6 +36,7 @@ class MigrationPlan(_Frozen):
     live: bool = True  # False: pause the VM first, move it, resume it (cold)
     postcopy: bool = False  # post-copy armed (a switch may follow)
     postcopy_after_passes: int | None = None  # switch once this many passes ended (0: at once)
+    postcopy_preempt: bool = False  # faulted pages on a connection of their own
     throttle: Throttle | None = None
     xbzrle_cache_bytes: int | None = None
     multifd: Multifd | None = None

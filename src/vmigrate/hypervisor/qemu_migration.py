@@ -39,6 +39,7 @@ def qmp_settings(
     caps: dict[str, bool] = {
         "events": True,
         "postcopy-ram": False,
+        "postcopy-preempt": False,
         "auto-converge": False,
         "xbzrle": False,
         "multifd": False,
@@ -51,6 +52,7 @@ def qmp_settings(
     both: dict[str, Any] = {}
     if plan.postcopy:
         caps["postcopy-ram"] = True
+        caps["postcopy-preempt"] = plan.postcopy_preempt
     if plan.throttle is not None:
         caps["auto-converge"] = True
         source["cpu-throttle-initial"] = plan.throttle.initial_pct
@@ -197,6 +199,10 @@ class QemuMigration(Migration):
         self.tls_dirs = tls_dirs or {}
         self._actions: list[tuple[int, str]] = []
         self._mirroring = False
+
+    @property
+    def postcopy_preempt(self) -> bool:
+        return self.plan.postcopy_preempt  # as the plan says: qmp_settings sets it both ends
 
     async def configure(self) -> None:
         """Set capabilities and parameters on both ends, then let the destination listen."""

@@ -79,6 +79,7 @@ class MigrationRecord:
     source_state_after: RunState | None = None
     stall_detected: bool = False
     switched_to_postcopy: bool = False
+    postcopy_preempt: bool = False  # the last attempt's faulted pages had their own connection
     postcopy_pauses: list[PostcopyPause] = field(default_factory=list)
     disk_copy_bytes: int = 0
     attempts: int = 1
@@ -195,6 +196,7 @@ class _Run:
         self.active = True
         await self.job.start()
         self.attempt_started_ns = time.monotonic_ns()
+        self.record.postcopy_preempt = self.job.postcopy_preempt
 
     async def follow(self) -> None:
         """Poll until the job ends, switching to post-copy and acting on stalls on the way."""

@@ -19,12 +19,14 @@ def plan_for(
         postcopy_after = 0  # switch at once: the VM runs on the destination from the start
     elif spec.strategy == "hybrid":
         postcopy_after = spec.postcopy_after_iterations
+    # on_stall = postcopy: post-copy must be armed before the migration starts.
+    postcopy = postcopy_after is not None or spec.on_stall == "postcopy"
     return MigrationPlan(
         strategy=spec.strategy,
         live=spec.strategy != "cold",
-        # on_stall = postcopy: post-copy must be armed before the migration starts.
-        postcopy=postcopy_after is not None or spec.on_stall == "postcopy",
+        postcopy=postcopy,
         postcopy_after_passes=postcopy_after,
+        postcopy_preempt=postcopy and spec.postcopy_preempt,
         throttle=throttle_of(spec) if spec.strategy == "auto-converge" else None,
         xbzrle_cache_bytes=spec.xbzrle_cache_mib * MIB if spec.strategy == "xbzrle" else None,
         multifd=Multifd(channels=spec.multifd_channels, compression=spec.multifd_compression)

@@ -60,6 +60,7 @@ def migration_figures(
         return MigrationFigures(
             strategy=record.strategy if record else None,
             tls=tls,
+            postcopy_preempt=record.postcopy_preempt if record else False,
             total_time_s=None,
             setup_time_s=None,
             downtime_reported_ms=None,
@@ -82,6 +83,7 @@ def migration_figures(
     return MigrationFigures(
         strategy=record.strategy,
         tls=tls,
+        postcopy_preempt=record.postcopy_preempt,
         total_time_s=_round(record.total_time_s),
         setup_time_s=_round(final.setup_time_ms / 1000 if final.setup_time_ms else None),
         downtime_reported_ms=_round(record.downtime_reported_ms),

@@ -36,6 +36,12 @@ class MigrationFigures(Section):
     tls: bool = Field(
         False, description="the migration stream (and a disk copy) went over TLS (migration.tls)"
     )
+    postcopy_preempt: bool = Field(
+        False,
+        description="post-copy's faulted pages travelled on a connection of their own (QEMU's "
+        "postcopy-preempt): as migration.postcopy_preempt asks on the QEMU driver; with every "
+        "post-copy through libvirt 11.3, which turns it on itself",
+    )
     total_time_s: NonNegFloat | None = Field(
         description="hypervisor-reported total time; cold: from pause to resume; restarted: "
         "from the first attempt's start to completion"
