@@ -22,8 +22,8 @@ def ask_qemu(
     accel: str, commands: list[tuple[str, dict[str, Any]]], netns: str | None = None
 ) -> list[Any]:
     """Run QMP commands in a machine-less QEMU under `accel` (on host `netns`, when given);
-    their answers, in order. A QEMU that ends without answering them all (seen once in 700
-    CI tests, three guests booting at once: no output at all) is asked once more."""
+    their answers, in order. A probe QEMU that ends without answering them all is asked once
+    more (a slow reader once lost answers that way; see _ask_once)."""
     try:
         return _ask_once(accel, commands, netns)
     except Unanswered as exc:

@@ -293,10 +293,11 @@ class QemuDomain(Domain):
 
     async def _exits_within(self, seconds: float) -> bool:
         """Whether the process has ended, or ends within `seconds`."""
-        deadline = time.monotonic() + seconds
-        while self.process.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        return self.process.poll() is not None
+        try:
+            await asyncio.to_thread(self.process.wait, seconds)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def process_id(self) -> int | None:
         return None if self._released or self.process.poll() is not None else self.process.pid
